@@ -1,0 +1,72 @@
+# tiermesh: `make run` runs the whole mesh, `make test` runs every test (both from a fresh clone).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+PROTOS := $(shell find proto -name '*.proto' | sort)
+
+.PHONY: run test setup proto proto-check lint fmt unit integration bench clean
+
+## setup: create .venv and install tiermesh with its dev tools (re-runs when pyproject.toml changes)
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade 'pip>=24'
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+## run: set up, then run the whole mesh on embedded defaults (Ctrl-C stops it)
+run: setup
+	$(VENV)/bin/tiermesh up
+
+## proto: generate Python code (and TypeScript when the web app's tools are installed)
+proto: setup
+	rm -rf gen/python/tiermesh
+	mkdir -p gen/python
+	$(PY) -m grpc_tools.protoc -I proto \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --python_out=gen/python --mypy_out=quiet:gen/python --grpc_python_out=gen/python --mypy_grpc_out=quiet:gen/python \
+	  $(PROTOS)
+	if [ -x web/node_modules/.bin/protoc-gen-es ]; then $(VENV)/bin/buf generate; fi
+
+## proto-check: fail when the committed generated code differs from what the protos give
+proto-check: setup
+	$(PY) -m tests.tools.proto_drift
+
+## lint: buf lint + format check, ruff, mypy
+lint: setup
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format --diff --exit-code
+	$(VENV)/bin/ruff check services gateway tests bench
+	$(VENV)/bin/ruff format --check services gateway tests bench
+	$(VENV)/bin/mypy
+
+fmt: setup
+	$(VENV)/bin/buf format -w
+	$(VENV)/bin/ruff format services gateway tests bench
+	$(VENV)/bin/ruff check --fix services gateway tests bench
+
+## test: set up, then lint, check generated code, and run every test
+test: setup lint proto-check
+	$(PY) -m pytest
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/integration
+
+## bench: benchmarks that print figures
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""tiermesh services: Router, Inference, Knowledge, Analytics, the provider simulator and the CLI."""

@@ -1,0 +1,1 @@
+"""The runtime every tiermesh service shares: config, logging, errors, validation, server lifecycle."""
