@@ -1,0 +1,1 @@
+"""Inference: calls a tier's models and streams their answers."""

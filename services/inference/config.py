@@ -1,0 +1,138 @@
+"""Inference settings: the model catalog per tier, validated at start (bad catalog -> clear error)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from services.runtime import config
+from services.runtime.config import ConfigError
+
+PROVIDERS = ("simulator", "openai", "anthropic", "gemini", "openai_compatible")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One model a tier can call. Prices are integer micro-dollars per million tokens."""
+
+    name: str
+    tier: int
+    provider: str
+    model: str
+    input_micro_usd_per_mtok: int
+    output_micro_usd_per_mtok: int
+    context_window: int
+    api_base: str | None = None
+    api_key_env: str | None = None
+
+    def cost_micro_usd(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """Exact cost, rounded half up to a whole micro-dollar."""
+        total = prompt_tokens * self.input_micro_usd_per_mtok + completion_tokens * self.output_micro_usd_per_mtok
+        return (total + 500_000) // 1_000_000
+
+    @property
+    def litellm_model(self) -> str:
+        if self.provider in ("simulator", "openai_compatible"):
+            return "openai/" + self.model
+        return self.model
+
+    @property
+    def api_key(self) -> str | None:
+        if self.provider == "simulator":
+            return "simulator"
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    tiers: Mapping[int, tuple[Deployment, ...]]
+    max_connections: int
+    request_timeout_s: float
+
+
+def _micro(price: Any, where: str) -> int:
+    if isinstance(price, bool) or not isinstance(price, (int, float, str)):
+        raise ConfigError(f"{where}: must be a price in USD per million tokens, got {price!r}")
+    try:
+        value = Decimal(str(price))
+    except ArithmeticError:
+        raise ConfigError(f"{where}: must be a number, got {price!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ConfigError(f"{where}: must be a non-negative number, got {price!r}")
+    return int((value * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _deployment(raw: Any, tier: int, i: int, sim_base: str) -> Deployment:
+    where = f"inference.tiers.{tier}[{i}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping")
+    for key in ("name", "provider", "model"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{where}.{key}: is required (a non-empty string)")
+    provider = raw["provider"]
+    if provider not in PROVIDERS:
+        raise ConfigError(f"{where}.provider: must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+    window = raw.get("context_window")
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise ConfigError(f"{where}.context_window: must be a positive integer (tokens), got {window!r}")
+    api_base = raw.get("api_base") or (sim_base if provider == "simulator" else None)
+    if provider == "openai_compatible" and not api_base:
+        raise ConfigError(f"{where}.api_base: is required for provider openai_compatible")
+    return Deployment(
+        name=raw["name"],
+        tier=tier,
+        provider=provider,
+        model=raw["model"],
+        input_micro_usd_per_mtok=_micro(raw.get("input_usd_per_mtok"), f"{where}.input_usd_per_mtok"),
+        output_micro_usd_per_mtok=_micro(raw.get("output_usd_per_mtok"), f"{where}.output_usd_per_mtok"),
+        context_window=window,
+        api_base=api_base,
+        api_key_env=raw.get("api_key_env"),
+    )
+
+
+def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> InferenceConfig:
+    env = os.environ if environ is None else environ
+    node = config.section(tree, "inference")
+    sim_base = config.get_str(node, "simulator_base_url", "", where="inference")
+    if not sim_base:
+        host, port = config.endpoint(tree, "simulator")
+        sim_base = f"http://{host}:{port}/v1"
+    raw_tiers = node.get("tiers")
+    if not isinstance(raw_tiers, Mapping):
+        raise ConfigError("inference.tiers: must map each tier (1-4) to a list of deployments")
+    tiers: dict[int, tuple[Deployment, ...]] = {}
+    names: set[str] = set()
+    for key, items in raw_tiers.items():
+        tier = int(key) if str(key).isdigit() else -1
+        if tier not in (1, 2, 3, 4):
+            raise ConfigError(f"inference.tiers: unknown tier {key!r}; tiers are 1, 2, 3 and 4")
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"inference.tiers.{tier}: must be a non-empty list of deployments")
+        deps = [_deployment(raw, tier, i, sim_base) for i, raw in enumerate(items)]
+        for d in deps:
+            if d.name in names:
+                raise ConfigError(f"inference.tiers.{tier}: deployment name {d.name!r} is used twice")
+            names.add(d.name)
+        keyed = [d for d in deps if d.api_key_env and env.get(d.api_key_env)]
+        chosen = keyed or [
+            d for d in deps if d.provider == "simulator" or (not d.api_key_env and d.provider != "simulator")
+        ]
+        if not chosen:
+            raise ConfigError(
+                f"inference.tiers.{tier}: no deployment is usable: set one of "
+                + ", ".join(sorted({d.api_key_env for d in deps if d.api_key_env}))
+                + " or add a simulator deployment"
+            )
+        tiers[tier] = tuple(chosen)
+    missing = [t for t in (1, 2, 3, 4) if t not in tiers]
+    if missing:
+        raise ConfigError(f"inference.tiers: tiers {missing} have no deployments")
+    return InferenceConfig(
+        tiers=tiers,
+        max_connections=config.get_int(node, "max_connections", 200, where="inference", lo=1, hi=100_000),
+        request_timeout_s=config.get_float(node, "request_timeout_s", 120.0, where="inference", lo=1, hi=3600),
+    )

@@ -1,0 +1,32 @@
+"""Inference wiring: config, the shared provider pool, the gRPC server and its lifecycle."""
+
+from __future__ import annotations
+
+from tiermesh.inference.v1 import inference_service_pb2 as pb
+from tiermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+from services.inference import config as inference_config
+from services.inference.provider import Provider
+from services.inference.servicer import InferenceServicer
+from services.runtime import config, logs
+from services.runtime.server import Service
+
+
+async def main() -> None:
+    tree = config.load()
+    log = logs.setup("inference", config.get_str(tree, "log_level", "info", where=""))
+    cfg = inference_config.load(tree)
+    provider = Provider(cfg.max_connections)
+    servicer = InferenceServicer(cfg, provider)
+    host, port = config.endpoint(tree, "inference")
+    service = Service(
+        "inference",
+        service_names=[pb.DESCRIPTOR.services_by_name["InferenceService"].full_name],
+        register=lambda server: pb_grpc.add_InferenceServiceServicer_to_server(servicer, server),
+        host=host,
+        port=port,
+        grace_s=config.get_float(tree, "shutdown_grace_s", 20.0, where="", hi=3600),
+        logger=log,
+        on_stop=provider.aclose,
+    )
+    await service.run_until_signal()

@@ -1,0 +1,1 @@
+"""Router: decides which tier answers a chat, says why, and streams the answer."""

@@ -1,0 +1,35 @@
+"""Router wiring: config, the channel to Inference, the gRPC server and its lifecycle."""
+
+from __future__ import annotations
+
+import grpc
+from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
+from tiermesh.router.v1 import router_service_pb2 as pb
+from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
+
+from services.router.servicer import RouterServicer
+from services.runtime import config, logs
+from services.runtime.server import Service
+
+
+async def main() -> None:
+    tree = config.load()
+    log = logs.setup("router", config.get_str(tree, "log_level", "info", where=""))
+    router_cfg = config.section(tree, "router")
+    channel = grpc.aio.insecure_channel(config.target(tree, "inference"))
+    servicer = RouterServicer(
+        ipb_grpc.InferenceServiceAsyncStub(channel),
+        default_deadline_s=config.get_float(router_cfg, "deadline_s", 120.0, where="router", lo=1, hi=3600),
+    )
+    host, port = config.endpoint(tree, "router")
+    service = Service(
+        "router",
+        service_names=[pb.DESCRIPTOR.services_by_name["RouterService"].full_name],
+        register=lambda server: pb_grpc.add_RouterServiceServicer_to_server(servicer, server),
+        host=host,
+        port=port,
+        grace_s=config.get_float(tree, "shutdown_grace_s", 20.0, where="", hi=3600),
+        logger=log,
+        on_stop=lambda: channel.close(None),
+    )
+    await service.run_until_signal()
