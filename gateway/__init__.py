@@ -1,0 +1,1 @@
+"""The edge: Envoy configuration and the tools around it."""

@@ -1,0 +1,1 @@
+"""The `tiermesh` command line."""

@@ -1,0 +1,75 @@
+"""`tiermesh`: run the mesh (`up`), talk to it (`chat`), and check it (`health`).
+
+Commands import only what they need, so `tiermesh chat` and `tiermesh health` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from services.runtime import config
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from services.cli.up import up
+
+    return asyncio.run(up(args.timeout))
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from services.cli.chat import chat
+
+    message = " ".join(args.message)
+    if message == "-":
+        message = sys.stdin.read()
+    return asyncio.run(chat(args, message))
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from services.cli.health import health
+
+    return asyncio.run(health(args.json))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiermesh", description="tiermesh: an LLM gateway as a gRPC service mesh.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run simulator, services and Envoy until Ctrl-C")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every part to be healthy")
+    up.set_defaults(func=_cmd_up)
+
+    chat = sub.add_parser("chat", help="stream an answer through the edge")
+    chat.add_argument("message", nargs="+", help="the message ('-' reads it from stdin)")
+    chat.add_argument("--target", help="edge address host:port (default: services.envoy from config)")
+    chat.add_argument("--tier", type=int, default=0, help="pin a tier (1-4); default lets the router decide")
+    chat.add_argument("--max-tokens", type=int, default=0, help="cap the answer length in tokens")
+    chat.add_argument("--no-cache", action="store_true", help="ask for a fresh answer")
+    chat.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    chat.add_argument("--json", action="store_true", help="print every event as one JSON line")
+    chat.set_defaults(func=_cmd_chat)
+
+    health = sub.add_parser("health", help="report each part's health")
+    health.add_argument("--json", action="store_true", help="print one JSON object")
+    health.set_defaults(func=_cmd_health)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except config.ConfigError as exc:
+        print(f"tiermesh: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Starts the parts of the mesh as child processes, waits until each is healthy, and stops them.
+
+Used by `tiermesh up` and by the integration tests, so both run the mesh the same way. Children
+get SIGTERM if the supervisor dies, their stdout is kept (last lines per part) and optionally
+echoed with a readable prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.cli import probes
+from services.runtime import config
+
+Probe = Callable[[], Awaitable[str]]
+Echo = Callable[[str, str], None]
+
+
+class StartError(RuntimeError):
+    """A part exited or did not become healthy in time; the message carries its last log lines."""
+
+
+@dataclass
+class Part:
+    name: str
+    argv: list[str]
+    probe: Probe
+    where: str = ""
+    proc: asyncio.subprocess.Process | None = None
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
+    pump: asyncio.Task[None] | None = None
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the child when the supervisor dies, so nothing is left running."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def format_line(raw: str) -> str:
+    """A JSON log line as `HH:MM:SS level message key=value ...`; anything else unchanged."""
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(rec, dict):
+        return raw
+    ts = str(rec.pop("ts", ""))[11:19]
+    level = str(rec.pop("level", "")).upper()
+    msg = str(rec.pop("msg", ""))
+    rec.pop("service", None)
+    extras = " ".join(f"{k}={v}" for k, v in rec.items() if v not in ("", None))
+    return " ".join(p for p in (ts, f"{level:<5}" if level else "", msg, extras) if p)
+
+
+PART_NAMES = ("simulator", "inference", "router", "envoy")
+
+
+def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
+    """Each part's health probe and the address it serves, by part name."""
+    sim_host, sim_port = config.endpoint(tree, "simulator")
+    admin_host, admin_port = config.endpoint(tree, "envoy_admin")
+    out: dict[str, tuple[Probe, str]] = {
+        "simulator": (
+            lambda: probes.http_ok(f"http://{sim_host}:{sim_port}/health"),
+            f"http://{sim_host}:{sim_port}/v1",
+        ),
+    }
+    for name in ("inference", "router"):
+        target = config.target(tree, name)
+        out[name] = (functools.partial(probes.grpc_health, target), f"grpc://{target}")
+    out["envoy"] = (
+        lambda: probes.http_ok(f"http://{admin_host}:{admin_port}/ready", expect="LIVE"),
+        f"grpc+grpc-web://{config.target(tree, 'envoy')} (admin http://{admin_host}:{admin_port})",
+    )
+    return out
+
+
+def parts_for(tree: Mapping[str, Any], names: Sequence[str] | None = None) -> list[Part]:
+    """The parts `tiermesh up` runs, in start order; writes and validates Envoy's config."""
+    chosen = list(names or PART_NAMES)
+    unknown = [n for n in chosen if n not in PART_NAMES]
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; parts are {', '.join(PART_NAMES)}")
+    checks = probes_for(tree)
+    parts = []
+    for name in chosen:
+        if name == "envoy":
+            from gateway import envoy  # only `up` and tests build the Envoy config
+
+            path = envoy.write(tree)
+            envoy.validate(path)
+            argv = envoy.command(path)
+        else:
+            argv = [sys.executable, "-m", f"services.{name}"]
+        probe, where = checks[name]
+        parts.append(Part(name, argv, probe, where))
+    return parts
+
+
+class Supervisor:
+    def __init__(self, parts: list[Part], *, env: Mapping[str, str] | None = None, echo: Echo | None = None) -> None:
+        self.parts = {p.name: p for p in parts}
+        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        self.echo = echo
+
+    def __getitem__(self, name: str) -> Part:
+        return self.parts[name]
+
+    async def _pump(self, part: Part) -> None:
+        assert part.proc is not None and part.proc.stdout is not None
+        async for raw in part.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            part.lines.append(line)
+            if self.echo is not None:
+                self.echo(part.name, line)
+
+    async def spawn(self, part: Part) -> None:
+        part.proc = await asyncio.create_subprocess_exec(
+            *part.argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=self.env,
+            preexec_fn=_die_with_parent,
+            limit=1 << 20,
+        )
+        part.pump = asyncio.create_task(self._pump(part))
+
+    def _tail(self, part: Part, n: int = 25) -> str:
+        return "\n".join(list(part.lines)[-n:])
+
+    async def wait_healthy(self, part: Part, timeout_s: float) -> float:
+        started = time.monotonic()
+        status = "not checked"
+        while time.monotonic() - started < timeout_s:
+            if part.proc is not None and part.proc.returncode is not None:
+                raise StartError(f"{part.name} exited with code {part.proc.returncode}:\n{self._tail(part)}")
+            status = await part.probe()
+            if status == probes.SERVING:
+                return time.monotonic() - started
+            await asyncio.sleep(0.05)
+        raise StartError(f"{part.name} not healthy after {timeout_s:.0f} s (last status {status}):\n{self._tail(part)}")
+
+    async def start(self, timeout_s: float = 60.0) -> dict[str, float]:
+        """Start every part at once, then wait for all; returns seconds until each was healthy."""
+        t0 = time.monotonic()
+        for part in self.parts.values():
+            await self.spawn(part)
+        try:
+            await asyncio.gather(*(self.wait_healthy(p, timeout_s) for p in self.parts.values()))
+        except BaseException:
+            await self.stop()
+            raise
+        return {"all": time.monotonic() - t0}
+
+    async def wait_any_exit(self) -> Part:
+        """Return the first part whose process exits."""
+        waits = {asyncio.ensure_future(p.proc.wait()): p for p in self.parts.values() if p.proc is not None}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for fut in pending:
+            fut.cancel()
+        return waits[next(iter(done))]
+
+    async def stop_part(self, part: Part, grace_s: float = 10.0) -> int | None:
+        proc = part.proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if part.pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(part.pump, 2)
+        return proc.returncode
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every part, edge first, so no new work arrives while the rest drain."""
+        for part in reversed(list(self.parts.values())):
+            await self.stop_part(part, grace_s)

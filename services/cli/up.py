@@ -1,0 +1,54 @@
+"""`tiermesh up`: the whole mesh on this machine, with prefixed logs, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+
+from services.cli.supervisor import StartError, Supervisor, format_line, parts_for
+from services.runtime import config
+
+_WIDTH = 10
+
+
+def _echo(name: str, line: str) -> None:
+    sys.stdout.write(f"{name:<{_WIDTH}}| {format_line(line)}\n")
+    sys.stdout.flush()
+
+
+async def up(timeout_s: float) -> int:
+    tree = config.load()
+    sup = Supervisor(parts_for(tree), echo=_echo)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        await sup.start(timeout_s)
+    except StartError as exc:
+        print(f"tiermesh up: {exc}", file=sys.stderr)
+        return 1
+    took = time.monotonic() - started
+    print(f"\ntiermesh is up (healthy in {took:.1f} s):")
+    for part in sup.parts.values():
+        print(f"  {part.name:<{_WIDTH}} {part.where}")
+    print('Try: .venv/bin/tiermesh chat "hello"   ·   Ctrl-C stops everything\n', flush=True)
+    waiter = asyncio.ensure_future(sup.wait_any_exit())
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if waiter in done:
+        part = waiter.result()
+        print(
+            f"tiermesh up: {part.name} exited with code {part.proc.returncode if part.proc else '?'}; stopping",
+            file=sys.stderr,
+        )
+        code = 1
+    else:
+        waiter.cancel()
+    print("stopping ...", flush=True)
+    await sup.stop()
+    return code
