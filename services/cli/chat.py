@@ -65,7 +65,7 @@ async def chat(args: argparse.Namespace, message: str) -> int:
     started = time.monotonic()
     first_token: float | None = None
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RouterServiceAsyncStub(channel)
+        stub = pb_grpc.RouterServiceStub(channel)
         try:
             async for event in stub.Chat(request, timeout=args.timeout):
                 kind = event.WhichOneof("event")

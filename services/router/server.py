@@ -18,7 +18,7 @@ async def main() -> None:
     router_cfg = config.section(tree, "router")
     channel = grpc.aio.insecure_channel(config.target(tree, "inference"))
     servicer = RouterServicer(
-        ipb_grpc.InferenceServiceAsyncStub(channel),
+        ipb_grpc.InferenceServiceStub(channel),
         default_deadline_s=config.get_float(router_cfg, "deadline_s", 120.0, where="router", lo=1, hi=3600),
     )
     host, port = config.endpoint(tree, "router")

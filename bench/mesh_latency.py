@@ -1,0 +1,115 @@
+"""Latency of one chat at each hop (simulator direct, Inference, Router, Envoy) and start-up time.
+
+Prints p50/p99 of time to first token and of the whole stream, concurrency 1, simulator with no
+token delay so the figures are the mesh's own cost.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import httpx
+from tiermesh.common.v1 import common_pb2 as c
+from tiermesh.inference.v1 import inference_service_pb2 as ipb
+from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
+from tiermesh.router.v1 import router_service_pb2 as pb
+from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
+
+from tests.integration.mesh import start_mesh
+
+N = 200
+MESSAGES = [c.ChatMessage(role=c.CHAT_ROLE_USER, content="hello there")]
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def measure(name: str, once: Callable[[], Awaitable[tuple[float, float]]]) -> None:
+    for _ in range(20):
+        await once()
+    firsts, totals = [], []
+    for _ in range(N):
+        first, total = await once()
+        firsts.append(first)
+        totals.append(total)
+    print(
+        f"  {name:<28} first token p50 {pct(firsts, 50) * 1000:7.2f} ms  p99 {pct(firsts, 99) * 1000:7.2f} ms"
+        f"   whole stream p50 {pct(totals, 50) * 1000:7.2f} ms  p99 {pct(totals, 99) * 1000:7.2f} ms"
+    )
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.monotonic()
+        mesh = await start_mesh(Path(tmp), TIERMESH_SIMULATOR__TOKEN_DELAY_MS="0", TIERMESH_LOG_LEVEL="warning")
+        print(f"mesh start-up (simulator, Inference, Router, Envoy) healthy in {time.monotonic() - t0:.2f} s")
+        print(f"chat latency, {N} sequential chats of 48 tokens, concurrency 1:")
+        try:
+            async with httpx.AsyncClient() as http:
+
+                async def direct() -> tuple[float, float]:
+                    body = {
+                        "model": "sim-fast",
+                        "stream": True,
+                        "messages": [{"role": "user", "content": "hello there"}],
+                    }
+                    start = time.perf_counter()
+                    first = 0.0
+                    async with http.stream("POST", mesh.sim_url + "/v1/chat/completions", json=body) as resp:
+                        async for line in resp.aiter_lines():
+                            if not first and '"content": "' in line and '"content": ""' not in line:
+                                first = time.perf_counter() - start
+                    return first, time.perf_counter() - start
+
+                await measure("simulator over raw HTTP", direct)
+
+            async def over_grpc(
+                target: str, make_call: Callable[[grpc.aio.Channel], object]
+            ) -> Callable[[], Awaitable[tuple[float, float]]]:
+                channel = grpc.aio.insecure_channel(target)
+
+                async def once() -> tuple[float, float]:
+                    start = time.perf_counter()
+                    first = 0.0
+                    async for event in make_call(channel):  # type: ignore[attr-defined]
+                        if not first and event.HasField("delta"):
+                            first = time.perf_counter() - start
+                    return first, time.perf_counter() - start
+
+                return once
+
+            await measure(
+                "Inference (LiteLLM)",
+                await over_grpc(
+                    mesh.target("inference"),
+                    lambda ch: ipb_grpc.InferenceServiceStub(ch).Generate(
+                        ipb.GenerateRequest(messages=MESSAGES, tier=1)
+                    ),
+                ),
+            )
+            for name, target in (("Router -> Inference", "router"), ("Envoy -> Router -> Inference", "envoy")):
+                await measure(
+                    name,
+                    await over_grpc(
+                        mesh.target(target),
+                        lambda ch: pb_grpc.RouterServiceStub(ch).Chat(pb.ChatRequest(messages=MESSAGES)),
+                    ),
+                )
+        finally:
+            await mesh.sup.stop()
+    for cmd in (["health", "--help"], ["chat", "--help"]):
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            subprocess.run([str(Path(sys.executable).parent / "tiermesh"), *cmd], capture_output=True, check=True)
+            runs.append(time.perf_counter() - start)
+        print(f"`tiermesh {' '.join(cmd)}` start: median {statistics.median(runs) * 1000:.0f} ms")

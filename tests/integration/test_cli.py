@@ -1,0 +1,122 @@
+"""`tiermesh up`, `chat` and `health` as a user runs them, with no network but loopback."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.mesh import mesh_env
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+TIERMESH = str(BIN / "tiermesh")
+
+
+def _isolation_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+ISOLATED = _isolation_works()
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, timeout_s: float) -> tuple[re.Match[str], list[str]]:
+    """Read the process's output lines (in a thread: readline may block) until one matches."""
+    assert proc.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = proc.stdout
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+            if re.search(pattern, line):
+                return  # leave the rest for communicate()
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line.rstrip("\n"))
+        match = re.search(pattern, line)
+        if match:
+            return match, seen
+    raise AssertionError(f"no line matching {pattern!r} within {timeout_s} s; output:\n" + "\n".join(seen[-40:]))
+
+
+def test_up_then_chat_and_health_from_another_shell(tmp_path: Path) -> None:
+    env = {**os.environ, **mesh_env(tmp_path, TIERMESH_SIMULATOR__TOKEN_DELAY_MS="5")}
+    # In a network namespace with only loopback (when the machine allows it): a start-up that
+    # reached out to the internet (LiteLLM's cost map, a model hub ...) would fail or stall here.
+    up_cmd = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {TIERMESH} up"] if ISOLATED else [TIERMESH, "up"]
+    proc = subprocess.Popen(up_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        match, _ = _read_until(proc, r"tiermesh is up \(healthy in ([0-9.]+) s\)", 60)
+        print(f"tiermesh up healthy in {match.group(1)} s (isolated network: {ISOLATED})")
+        enter = ["nsenter", f"--net=/proc/{proc.pid}/ns/net"] if ISOLATED else []
+
+        chat = subprocess.run([*enter, TIERMESH, "chat", "hello"], env=env, capture_output=True, text=True, timeout=60)
+        assert chat.returncode == 0, chat.stderr
+        lines = chat.stdout.splitlines()
+        assert lines[0].startswith("→ tier 1 · fast"), chat.stdout
+        assert any(line.startswith("  why: ") for line in lines)
+        assert "[simulated answer from sim-fast]" in chat.stdout
+        assert re.search(r"— sim-fast \(sim-fast\) · \d+ in / \d+ out tokens · \$0\.\d{6}", chat.stdout), chat.stdout
+
+        health = subprocess.run([*enter, TIERMESH, "health"], env=env, capture_output=True, text=True, timeout=30)
+        assert health.returncode == 0, health.stdout + health.stderr
+        statuses = dict(line.split()[:2] for line in health.stdout.splitlines() if line.strip())
+        assert statuses == {"simulator": "SERVING", "inference": "SERVING", "router": "SERVING", "envoy": "SERVING"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, rest
+    assert "stopping" in rest
+    for name in ("simulator", "inference", "router"):
+        assert re.search(rf"^{name}\s*\| .*stopped", rest, re.M), f"{name} did not stop cleanly:\n{rest}"
+
+
+def test_health_says_what_to_start_when_nothing_runs(tmp_path: Path) -> None:
+    env = {**os.environ, **mesh_env(tmp_path)}
+    health = subprocess.run([TIERMESH, "health"], env=env, capture_output=True, text=True, timeout=30)
+    assert health.returncode == 1
+    assert "router     UNREACHABLE" in health.stdout
+    assert "make run" in health.stdout
+
+
+def test_chat_without_a_mesh_fails_with_a_hint(tmp_path: Path) -> None:
+    env = {**os.environ, **mesh_env(tmp_path)}
+    chat = subprocess.run([TIERMESH, "chat", "hi"], env=env, capture_output=True, text=True, timeout=30)
+    assert chat.returncode == 1
+    assert "UNAVAILABLE" in chat.stderr and "make run" in chat.stderr
+
+
+def test_cli_commands_do_not_import_heavy_libraries() -> None:
+    code = (
+        "import sys; from services.cli import main, chat, health, probes; "
+        "heavy = [m for m in ('litellm', 'torch', 'openai', 'aiohttp') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

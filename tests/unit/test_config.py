@@ -1,0 +1,73 @@
+"""Configuration: file defaults, TIERMESH_* overrides, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.inference import config as inference_config
+from services.runtime import config
+from services.runtime.config import ConfigError
+
+
+def test_defaults_come_from_the_repo_file() -> None:
+    tree = config.load(environ={})
+    assert config.endpoint(tree, "router") == ("127.0.0.1", 50051)
+    assert config.endpoint(tree, "envoy") == ("127.0.0.1", 8080)
+
+
+def test_environment_overrides_nest_and_parse_scalars() -> None:
+    tree = config.load(environ={"TIERMESH_SERVICES__ROUTER__PORT": "6001", "TIERMESH_SIMULATOR__TOKEN_DELAY_MS": "2.5"})
+    assert config.endpoint(tree, "router") == ("127.0.0.1", 6001)
+    assert tree["simulator"]["token_delay_ms"] == 2.5
+    assert config.endpoint(tree, "inference") == ("127.0.0.1", 50052)  # siblings survive
+
+
+def test_bad_port_is_a_clear_error() -> None:
+    tree = config.load(environ={"TIERMESH_SERVICES__ROUTER__PORT": "http"})
+    with pytest.raises(ConfigError, match=r"services.router.port: must be an integer from 1 to 65535, got 'http'"):
+        config.endpoint(tree, "router")
+
+
+def test_missing_or_broken_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.yaml", environ={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(bad, environ={})
+
+
+def test_tiers_use_the_simulator_without_keys_and_real_models_with_them() -> None:
+    tree = config.load(environ={})
+    offline = inference_config.load(tree, environ={})
+    assert {t: [d.provider for d in deps] for t, deps in offline.tiers.items()} == {
+        1: ["simulator"],
+        2: ["simulator"],
+        3: ["simulator"],
+        4: ["simulator"],
+    }
+    keyed = inference_config.load(tree, environ={"ANTHROPIC_API_KEY": "k"})
+    assert [d.name for d in keyed.tiers[3]] == ["claude-sonnet"]
+    assert [d.name for d in keyed.tiers[1]] == ["sim-fast"]  # no Anthropic model in tier 1 by default
+
+
+def test_cost_is_exact_integer_micro_dollars() -> None:
+    tree = config.load(environ={})
+    sim = inference_config.load(tree, environ={}).tiers[4][0]  # $15 in / $75 out per million tokens
+    assert sim.input_micro_usd_per_mtok == 15_000_000
+    assert sim.cost_micro_usd(1_000_000, 0) == 15_000_000
+    assert sim.cost_micro_usd(10, 48) == 150 + 3600
+    assert sim.cost_micro_usd(1, 0) == 15
+
+
+def test_invalid_catalog_fails_fast() -> None:
+    tree = config.load(
+        environ={"TIERMESH_INFERENCE__TIERS__2": "[{name: x, provider: nope, model: m, context_window: 1}]"}
+    )
+    with pytest.raises(ConfigError, match=r"inference.tiers.2\[0\].provider: must be one of"):
+        inference_config.load(tree, environ={})
+    tree = config.load(environ={"TIERMESH_INFERENCE__TIERS__5": "[]"})
+    with pytest.raises(ConfigError, match="unknown tier"):
+        inference_config.load(tree, environ={})

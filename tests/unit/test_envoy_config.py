@@ -1,0 +1,44 @@
+"""The generated Envoy bootstrap is accepted by the real Envoy binary and is streaming-safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import envoy
+from services.runtime import config
+from services.runtime.config import ConfigError
+
+
+def test_generated_config_passes_envoy_validate(tmp_path: Path) -> None:
+    tree = config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path)})
+    path = envoy.write(tree)
+    assert path.parent == tmp_path
+    envoy.validate(path)  # raises with Envoy's own message when refused
+
+
+def test_routes_never_use_the_default_15s_timeout_and_strip_identity_headers() -> None:
+    boot = envoy.render(config.load(environ={}))
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes and all(r["route"]["timeout"] == "0s" for r in routes)
+    assert all(r["route"]["max_stream_duration"]["max_stream_duration"] == "600s" for r in routes)
+    assert set(hcm["route_config"]["request_headers_to_remove"]) == {"x-tiermesh-user", "x-tiermesh-segment"}
+    assert [f["name"] for f in hcm["http_filters"]][-1] == "envoy.filters.http.router"
+    cluster = boot["static_resources"]["clusters"][0]
+    opts = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in opts["explicit_http_config"]
+
+
+def test_admin_must_stay_on_loopback() -> None:
+    tree = config.load(environ={"TIERMESH_SERVICES__ENVOY_ADMIN__HOST": "0.0.0.0"})
+    with pytest.raises(ConfigError, match="loopback"):
+        envoy.render(tree)
+
+
+def test_envoy_refusal_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"static_resources": {"clusters": [{"name": "x", "type": "NOPE"}]}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="Envoy refused"):
+        envoy.validate(bad)
