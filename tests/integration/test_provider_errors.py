@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-
-from tests.integration.mesh import Mesh, start_mesh
 from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
+
+from tests.integration.mesh import Mesh, start_mesh
 
 pytestmark = pytest.mark.integration
 
