@@ -27,6 +27,7 @@ async def main() -> None:
         port=port,
         grace_s=config.get_float(tree, "shutdown_grace_s", 20.0, where="", hi=3600),
         logger=log,
+        ready=provider.warm_up,
         on_stop=provider.aclose,
     )
     await service.run_until_signal()

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.integration
 
 
 def tier(name: str, model: str) -> str:
-    return f"[{{name: {name}, provider: simulator, model: '{model}', input_usd_per_mtok: 1, output_usd_per_mtok: 2, context_window: 1000}}]"
+    return (
+        f"[{{name: {name}, provider: simulator, model: '{model}',"
+        " input_usd_per_mtok: 1, output_usd_per_mtok: 2, context_window: 1000}]"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -59,9 +59,11 @@ async def test_streaming_matches_openai_chunks_with_usage_last(sim: Mesh) -> Non
 
 
 async def test_no_usage_chunk_unless_asked(sim: Mesh) -> None:
-    async with httpx.AsyncClient(base_url=sim.sim_url) as client:
-        async with client.stream("POST", "/v1/chat/completions", json=body(stream=True)) as resp:
-            events = await sse_events(resp)
+    async with (
+        httpx.AsyncClient(base_url=sim.sim_url) as client,
+        client.stream("POST", "/v1/chat/completions", json=body(stream=True)) as resp,
+    ):
+        events = await sse_events(resp)
     assert all("usage" not in e for e in events[:-1])
 
 
