@@ -9,7 +9,7 @@ from services.inference import config as inference_config
 from services.inference.provider import Provider
 from services.inference.servicer import InferenceServicer
 from services.runtime import config, logs
-from services.runtime.server import Service
+from services.runtime.server import serve
 
 
 async def main() -> None:
@@ -18,16 +18,12 @@ async def main() -> None:
     cfg = inference_config.load(tree)
     provider = Provider(cfg.max_connections)
     servicer = InferenceServicer(cfg, provider)
-    host, port = config.endpoint(tree, "inference")
-    service = Service(
+    await serve(
         "inference",
+        tree,
+        log,
         service_names=[pb.DESCRIPTOR.services_by_name["InferenceService"].full_name],
         register=lambda server: pb_grpc.add_InferenceServiceServicer_to_server(servicer, server),
-        host=host,
-        port=port,
-        grace_s=config.get_float(tree, "shutdown_grace_s", 20.0, where="", hi=3600),
-        logger=log,
         ready=provider.warm_up,
         on_stop=provider.aclose,
     )
-    await service.run_until_signal()

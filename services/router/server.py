@@ -9,7 +9,7 @@ from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.router.servicer import RouterServicer
 from services.runtime import config, logs
-from services.runtime.server import Service
+from services.runtime.server import serve
 
 
 async def main() -> None:
@@ -21,15 +21,11 @@ async def main() -> None:
         ipb_grpc.InferenceServiceStub(channel),
         default_deadline_s=config.get_float(router_cfg, "deadline_s", 120.0, where="router", lo=1, hi=3600),
     )
-    host, port = config.endpoint(tree, "router")
-    service = Service(
+    await serve(
         "router",
+        tree,
+        log,
         service_names=[pb.DESCRIPTOR.services_by_name["RouterService"].full_name],
         register=lambda server: pb_grpc.add_RouterServiceServicer_to_server(servicer, server),
-        host=host,
-        port=port,
-        grace_s=config.get_float(tree, "shutdown_grace_s", 20.0, where="", hi=3600),
-        logger=log,
         on_stop=lambda: channel.close(None),
     )
-    await service.run_until_signal()

@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,9 +110,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             self.drain.enter()
             try:
                 return await behavior(request, context)
-            except (TiermeshError, Exception) as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
                 await self._fail(context, exc, method)
             finally:
                 self.drain.leave()
@@ -128,9 +128,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 async for item in behavior(request, context):
                     yield item
-            except (TiermeshError, Exception) as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
                 await self._fail(context, exc, method)
             finally:
                 self.drain.leave()
@@ -226,6 +226,34 @@ class Service:
         await self.start()
         await self.stopped.wait()
         self.log.info("stopped")
+
+
+async def serve(
+    name: str,
+    tree: Mapping[str, Any],
+    logger: logging.Logger,
+    *,
+    service_names: Iterable[str],
+    register: Registrar,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run service `name` where the config says it listens, until SIGTERM/SIGINT and its drain."""
+    from services.runtime import config
+
+    host, port = config.endpoint(tree, name)
+    service = Service(
+        name,
+        service_names=service_names,
+        register=register,
+        host=host,
+        port=port,
+        grace_s=config.get_float(tree, "shutdown_grace_s", 20.0, where="", hi=3600),
+        logger=logger,
+        ready=ready,
+        on_stop=on_stop,
+    )
+    await service.run_until_signal()
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
