@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: run test setup proto lint fmt unit integration bench clean
+.PHONY: run test setup proto lint fmt unit integration bench bench-router train-router clean
 
 ## setup: create .venv and install tiermesh with its dev tools (re-runs when pyproject.toml changes)
 setup: $(VENV)/.installed
@@ -63,6 +63,14 @@ integration: setup
 ## bench: benchmarks that print figures
 bench: setup
 	$(PY) -m bench
+
+## bench-router: routing accuracy on the held-out split, confusion matrices, decision latency
+bench-router: setup
+	$(PY) -m bench.router_eval
+
+## train-router: retrain the intent and complexity models from data/routing (weights are committed)
+train-router: setup
+	$(PY) -m services.router.train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -29,6 +29,15 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return asyncio.run(chat(args, message))
 
 
+def _cmd_route(args: argparse.Namespace) -> int:
+    from services.cli.route import route
+
+    message = " ".join(args.message)
+    if message == "-":
+        message = sys.stdin.read()
+    return route(message, args.segment, args.json, args.tier)
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
     from services.cli.health import health
 
@@ -52,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     chat.add_argument("--json", action="store_true", help="print every event as one JSON line")
     chat.set_defaults(func=_cmd_chat)
+
+    route = sub.add_parser("route", help="show the route decision for a message (no model is called)")
+    route.add_argument("message", nargs="+", help="the message ('-' reads it from stdin)")
+    route.add_argument("--segment", choices=["standard", "vip", "enterprise"], default="standard")
+    route.add_argument("--tier", type=int, default=0, choices=[0, 1, 2, 3, 4], help="pin a tier, as a client could")
+    route.add_argument("--json", action="store_true", help="print one JSON object")
+    route.set_defaults(func=_cmd_route)
 
     health = sub.add_parser("health", help="report each part's health")
     health.add_argument("--json", action="store_true", help="print one JSON object")

@@ -1,59 +1,242 @@
-"""The bootstrap routing rule: a placeholder policy until the learned router lands.
+"""Tier selection: the routing policy is data (config/routing.yaml), validated when loaded.
 
-It looks at the last user message only: greetings and short questions go to the fast tier,
-code goes to the advanced tier, long messages to the balanced tier, and vip/enterprise users
-move one tier up. Every decision says it came from this rule.
+`Router` puts the pieces together: message analysis, complexity, intent, the caller's segment
+and the policy's rules, and returns a `Decision` that says in plain words why.
 """
 
 from __future__ import annotations
 
-import re
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from tiermesh.common.v1 import common_pb2 as c
+import yaml
 
-POLICY_VERSION = "bootstrap-1"
-_CODE = re.compile(r"```|Traceback \(most recent call last\)|\bSELECT\b.+\bFROM\b|^\s*(def|class|import) ", re.M | re.I)
+from services.router.complexity import LEVELS, ComplexityAnalyzer
+from services.router.features import analyse
+from services.router.intent import INTENTS, IntentClassifier
+from services.runtime.config import REPO_ROOT, ConfigError
+from services.runtime.errors import PermissionDenied
+
+POLICY_PATH = REPO_ROOT / "config" / "routing.yaml"
+SEGMENTS = ("standard", "vip", "enterprise")
+TIER_NAMES = {1: "fast", 2: "balanced", 3: "advanced", 4: "premium"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    complexity: frozenset[str]
+    intent: frozenset[str]
+    segment: frozenset[str]
+    tier: int
+    reason: str
+
+    def matches(self, complexity: str, intent: str, segment: str) -> bool:
+        return complexity in self.complexity and intent in self.intent and segment in self.segment
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: str
+    rules: tuple[Rule, ...]
+    min_intent_confidence: float
+    enterprise_as: str
+    max_pinned_tier: Mapping[str, int]
+
+    def rule_segment(self, segment: str) -> str:
+        return self.enterprise_as if segment == "enterprise" else segment
+
+    def select(self, complexity: str, intent: str, segment: str) -> Rule:
+        effective = self.rule_segment(segment)
+        for rule in self.rules:
+            if rule.matches(complexity, intent, effective):
+                return rule
+        raise AssertionError(f"policy {self.version} covers every case; validated at load")
+
+
+def _names(raw: Any, allowed: Sequence[str], where: str) -> frozenset[str]:
+    if raw is None:
+        return frozenset(allowed)
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: must be a non-empty list of {', '.join(allowed)}")
+    unknown = [v for v in raw if v not in allowed]
+    if unknown:
+        raise ConfigError(f"{where}: unknown value(s) {unknown}; use {', '.join(allowed)}")
+    return frozenset(raw)
+
+
+def parse_policy(data: Any, source: str = "policy") -> Policy:
+    """Validate a policy mapping; ConfigError names the key and what is expected."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: must be a mapping with version and rules")
+    known = {"version", "min_intent_confidence", "enterprise_as", "max_pinned_tier", "rules"}
+    extra = set(data) - known
+    if extra:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(extra)}; known keys are {sorted(known)}")
+    version = data.get("version")
+    if not isinstance(version, str) or not version.strip():
+        raise ConfigError(f"{source}.version: is required (a non-empty string)")
+    conf = data.get("min_intent_confidence", 0.4)
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0 <= conf <= 1:
+        raise ConfigError(f"{source}.min_intent_confidence: must be a number from 0 to 1, got {conf!r}")
+    enterprise_as = data.get("enterprise_as", "vip")
+    if enterprise_as not in SEGMENTS:
+        raise ConfigError(f"{source}.enterprise_as: must be one of {', '.join(SEGMENTS)}, got {enterprise_as!r}")
+    pinned_raw = data.get("max_pinned_tier", {s: 4 for s in SEGMENTS})
+    if not isinstance(pinned_raw, Mapping) or set(pinned_raw) - set(SEGMENTS):
+        raise ConfigError(f"{source}.max_pinned_tier: must map {', '.join(SEGMENTS)} to a tier 1-4")
+    pinned: dict[str, int] = {}
+    for seg in SEGMENTS:
+        value = pinned_raw.get(seg, 4)
+        if isinstance(value, bool) or value not in (1, 2, 3, 4):
+            raise ConfigError(f"{source}.max_pinned_tier.{seg}: must be a tier 1-4, got {value!r}")
+        pinned[seg] = value
+    raw_rules = data.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        raise ConfigError(f"{source}.rules: must be a non-empty list")
+    rules = []
+    names: set[str] = set()
+    for i, raw in enumerate(raw_rules):
+        where = f"{source}.rules[{i}]"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: must be a mapping with name, when, tier and reason")
+        extra = set(raw) - {"name", "when", "tier", "reason"}
+        if extra:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name or name in names:
+            raise ConfigError(f"{where}.name: must be a unique non-empty string, got {name!r}")
+        names.add(name)
+        when = raw.get("when", {})
+        if not isinstance(when, Mapping) or set(when) - {"complexity", "intent", "segment"}:
+            raise ConfigError(f"{where}.when: may only hold complexity, intent and segment")
+        tier = raw.get("tier")
+        if isinstance(tier, bool) or tier not in (1, 2, 3, 4):
+            raise ConfigError(f"{where}.tier: must be 1, 2, 3 or 4, got {tier!r}")
+        reason = raw.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError(f"{where}.reason: is required: say in plain words why this tier")
+        rules.append(
+            Rule(
+                name=name,
+                complexity=_names(when.get("complexity"), LEVELS, f"{where}.when.complexity"),
+                intent=_names(when.get("intent"), INTENTS, f"{where}.when.intent"),
+                segment=_names(when.get("segment"), SEGMENTS, f"{where}.when.segment"),
+                tier=tier,
+                reason=reason.strip(),
+            )
+        )
+    policy = Policy(version.strip(), tuple(rules), float(conf), enterprise_as, pinned)
+    segments = sorted({policy.rule_segment(s) for s in SEGMENTS})
+    for cx, it, seg in itertools.product(LEVELS, INTENTS, segments):
+        if not any(r.matches(cx, it, seg) for r in policy.rules):
+            raise ConfigError(
+                f"{source}.rules: no rule covers complexity {cx}, intent {it}, segment {seg}; add one or a catch-all"
+            )
+    return policy
+
+
+def load_policy(path: Path = POLICY_PATH) -> Policy:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"routing policy {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"routing policy {path} is not valid YAML: {exc}") from None
+    return parse_policy(data, str(path.name))
 
 
 @dataclass(frozen=True)
 class Decision:
     tier: int
-    intent: int
+    intent: str
     intent_confidence: float
-    complexity: int
+    complexity: str
     complexity_score: float
-    segment: int
+    segment: str
     reasons: list[str] = field(default_factory=list)
-    policy_version: str = POLICY_VERSION
+    policy_version: str = ""
+    rule: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "tier_name": TIER_NAMES[self.tier],
+            "intent": self.intent,
+            "intent_confidence": round(self.intent_confidence, 4),
+            "complexity": self.complexity,
+            "complexity_score": round(self.complexity_score, 4),
+            "segment": self.segment,
+            "reasons": self.reasons,
+            "policy_version": self.policy_version,
+            "rule": self.rule,
+        }
 
 
-def decide(text: str, segment: int, pinned_tier: int = 0) -> Decision:
-    words = len(text.split())
-    has_code = bool(_CODE.search(text))
-    complexity: int
-    tier: int
-    if has_code:
-        complexity, score, tier, why = c.COMPLEXITY_HIGH, 0.9, c.TIER_ADVANCED, "the message contains code"
-    elif words > 60:
-        complexity, score, tier, why = c.COMPLEXITY_MEDIUM, 0.5, c.TIER_BALANCED, f"the message is long ({words} words)"
-    else:
-        complexity, score, tier, why = c.COMPLEXITY_LOW, 0.1, c.TIER_FAST, f"the message is short ({words} words)"
-    reasons = [f"bootstrap rule: {why}"]
-    if segment in (c.SEGMENT_VIP, c.SEGMENT_ENTERPRISE) and tier < c.TIER_PREMIUM:
-        tier += 1
-        reasons.append(
-            f"{c.Segment.Name(c.Segment.ValueType(segment)).removeprefix('SEGMENT_').lower()} users get one tier up"
+class Router:
+    """Decides a tier for a message; pure, in-process, microseconds per call."""
+
+    def __init__(self, policy: Policy, intents: IntentClassifier, complexity: ComplexityAnalyzer) -> None:
+        self.policy = policy
+        self.intents = intents
+        self.complexity = complexity
+
+    @classmethod
+    def load(cls, policy_path: Path = POLICY_PATH) -> Router:
+        policy = load_policy(policy_path)
+        try:
+            intents = IntentClassifier.load(policy.min_intent_confidence)
+            complexity = ComplexityAnalyzer.load()
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"routing models cannot be loaded ({exc}); run `make train-router`") from None
+        return cls(policy, intents, complexity)
+
+    def decide(self, text: str, segment: str = "standard", pinned_tier: int = 0) -> Decision:
+        if segment not in SEGMENTS:
+            segment = "standard"
+        a = analyse(text)
+        cx = self.complexity.analyse(a)
+        it = self.intents.classify(a)
+        rule = self.policy.select(cx.level, it.label, segment)
+        tier = rule.tier
+        reasons = [f"tier {tier} ({TIER_NAMES[tier]}): {rule.reason} [rule {rule.name}]"]
+        reasons.append(f"complexity {cx.level} (score {cx.score:.2f}): " + ", ".join(cx.reasons))
+        if it.label == it.predicted:
+            evidence = f" from {', '.join(it.evidence)}" if it.evidence else ""
+            reasons.append(f"intent {it.label} (confidence {it.confidence:.2f}){evidence}")
+        else:
+            reasons.append(
+                f"intent unclear (best guess {it.predicted} at {it.confidence:.2f}, below "
+                f"{self.policy.min_intent_confidence:.2f}): treated as other"
+            )
+        seg_reason = f"segment {segment} from the authenticated identity"
+        if segment == "enterprise" and self.policy.enterprise_as != "enterprise":
+            seg_reason += f" (follows the {self.policy.enterprise_as} rules)"
+        reasons.append(seg_reason)
+        if pinned_tier:
+            limit = self.policy.max_pinned_tier[segment]
+            if pinned_tier > limit:
+                raise PermissionDenied(
+                    f"tier: {segment} users may pin tiers 1 to {limit}, not {pinned_tier}; "
+                    "leave tier unset to let the router decide"
+                )
+            reasons.insert(
+                0, f"tier {pinned_tier} ({TIER_NAMES[pinned_tier]}) pinned by the client (policy would choose {tier})"
+            )
+            tier = pinned_tier
+        return Decision(
+            tier=tier,
+            intent=it.label,
+            intent_confidence=it.confidence,
+            complexity=cx.level,
+            complexity_score=cx.score,
+            segment=segment,
+            reasons=reasons,
+            policy_version=self.policy.version,
+            rule=rule.name,
         )
-    if pinned_tier:
-        tier = pinned_tier
-        reasons.insert(0, f"tier {pinned_tier} was requested by the client")
-    return Decision(
-        tier=tier,
-        intent=c.INTENT_UNSPECIFIED,
-        intent_confidence=0.0,
-        complexity=complexity,
-        complexity_score=score,
-        segment=segment,
-        reasons=reasons,
-    )

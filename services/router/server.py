@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
+from services.router.policy import Router
 from services.router.servicer import RouterServicer
 from services.runtime import config, logs
 from services.runtime.server import serve
@@ -16,8 +19,12 @@ async def main() -> None:
     tree = config.load()
     log = logs.setup("router", config.get_str(tree, "log_level", "info", where=""))
     router_cfg = config.section(tree, "router")
+    policy_path = Path(config.get_str(router_cfg, "policy_path", "config/routing.yaml", where="router"))
+    router = Router.load(policy_path if policy_path.is_absolute() else config.REPO_ROOT / policy_path)
+    log.info("routing policy loaded", extra={"policy": router.policy.version, "rules": len(router.policy.rules)})
     channel = grpc.aio.insecure_channel(config.target(tree, "inference"))
     servicer = RouterServicer(
+        router,
         ipb_grpc.InferenceServiceStub(channel),
         default_deadline_s=config.get_float(router_cfg, "deadline_s", 120.0, where="router", lo=1, hi=3600),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 
@@ -12,7 +13,11 @@ from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from services.router import policy
+from services.router import budget
+from services.router.budget import BudgetCheck, NoBudgets
+from services.router.complexity import LEVELS
+from services.router.intent import INTENTS
+from services.router.policy import SEGMENTS, Decision, Router
 from services.runtime import logs
 from services.runtime.errors import DeadlineExceeded, TiermeshError
 from services.runtime.server import Context
@@ -20,7 +25,9 @@ from services.runtime.validation import validate
 
 log = logging.getLogger("tiermesh.router")
 
-SEGMENTS = {"standard": c.SEGMENT_STANDARD, "vip": c.SEGMENT_VIP, "enterprise": c.SEGMENT_ENTERPRISE}
+INTENT_ENUM = {name: getattr(c, "INTENT_" + name.upper()) for name in INTENTS}
+COMPLEXITY_ENUM = {name: getattr(c, "COMPLEXITY_" + name.upper()) for name in LEVELS}
+SEGMENT_ENUM = {name: getattr(c, "SEGMENT_" + name.upper()) for name in SEGMENTS}
 
 
 class RelayedError(TiermeshError):
@@ -31,30 +38,36 @@ class RelayedError(TiermeshError):
         self.code = code
 
 
-def segment_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> int:
-    """The caller's segment, from the identity header the gateway sets; standard when absent."""
+def identity_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, str]:
+    """(user, segment) from the identity headers the gateway sets after verifying the caller's
+    token; never from the message or a request field. No header: anonymous and standard."""
+    user, segment = "", "standard"
     for key, value in metadata or ():
-        if key == "x-tiermesh-segment":
-            text = value.decode() if isinstance(value, bytes) else value
-            return SEGMENTS.get(text.strip().lower(), c.SEGMENT_STANDARD)
-    return c.SEGMENT_STANDARD
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == "x-tiermesh-user":
+            user = text.strip()[:256]
+        elif key == "x-tiermesh-segment":
+            candidate = text.strip().lower()
+            segment = candidate if candidate in SEGMENTS else "standard"
+    return user, segment
 
 
-def _last_user_text(messages: Sequence[c.ChatMessage]) -> str:
+def last_user_text(messages: Sequence[c.ChatMessage]) -> str:
+    """The message being answered: the last one the user wrote."""
     for m in reversed(messages):
         if m.role == c.CHAT_ROLE_USER:
             return m.content
     return messages[-1].content if messages else ""
 
 
-def _decision_pb(d: policy.Decision, request_id: str) -> pb.RouteDecision:
+def decision_pb(d: Decision, request_id: str) -> pb.RouteDecision:
     return pb.RouteDecision(
         tier=c.Tier.ValueType(d.tier),
-        intent=c.Intent.ValueType(d.intent),
+        intent=INTENT_ENUM[d.intent],
         intent_confidence=d.intent_confidence,
-        complexity=c.Complexity.ValueType(d.complexity),
+        complexity=COMPLEXITY_ENUM[d.complexity],
         complexity_score=d.complexity_score,
-        segment=c.Segment.ValueType(d.segment),
+        segment=SEGMENT_ENUM[d.segment],
         reasons=d.reasons,
         policy_version=d.policy_version,
         request_id=request_id,
@@ -62,27 +75,49 @@ def _decision_pb(d: policy.Decision, request_id: str) -> pb.RouteDecision:
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, inference: ipb_grpc.InferenceServiceAsyncStub, default_deadline_s: float) -> None:
+    def __init__(
+        self,
+        router: Router,
+        inference: ipb_grpc.InferenceServiceAsyncStub,
+        default_deadline_s: float,
+        budget: BudgetCheck | None = None,
+    ) -> None:
+        self.router = router
         self.inference = inference
         self.default_deadline_s = default_deadline_s
+        self.budget = budget or NoBudgets()
 
-    def _decide(self, messages: Sequence[c.ChatMessage], tier: int, context: Context) -> policy.Decision:
-        segment = segment_from(context.invocation_metadata())
-        return policy.decide(_last_user_text(messages), segment, tier)
+    async def _decide(self, messages: Sequence[c.ChatMessage], tier: int, context: Context) -> Decision:
+        user, segment = identity_from(context.invocation_metadata())
+        decision = self.router.decide(last_user_text(messages), segment, tier)
+        status = await self.budget.status(user, segment)
+        if status.action != "allow":
+            reasons = list(decision.reasons)
+            new_tier = budget.apply(decision.tier, status, reasons)
+            decision = dataclasses.replace(decision, tier=new_tier, reasons=reasons)
+        return decision
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         validate(request)
-        decision = self._decide(request.messages, request.tier, context)
-        return pb.RouteResponse(decision=_decision_pb(decision, logs.request_id_var.get()))
+        decision = await self._decide(request.messages, request.tier, context)
+        return pb.RouteResponse(decision=decision_pb(decision, logs.request_id_var.get()))
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatResponse]:
         validate(request)
         request_id = logs.request_id_var.get()
-        decision = self._decide(request.messages, request.tier, context)
+        decision = await self._decide(request.messages, request.tier, context)
         log.info(
-            "routed", extra={"tier": decision.tier, "segment": decision.segment, "policy": decision.policy_version}
+            "routed",
+            extra={
+                "tier": decision.tier,
+                "intent": decision.intent,
+                "complexity": decision.complexity,
+                "segment": decision.segment,
+                "rule": decision.rule,
+                "policy": decision.policy_version,
+            },
         )
-        yield pb.ChatResponse(decision=_decision_pb(decision, request_id))
+        yield pb.ChatResponse(decision=decision_pb(decision, request_id))
 
         remaining = context.time_remaining()
         timeout = self.default_deadline_s if remaining is None else remaining

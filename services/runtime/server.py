@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -190,7 +191,10 @@ class Service:
                 await result
 
     async def start(self) -> None:
-        bound = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        try:
+            bound = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:  # grpc raises when the address cannot be bound
+            bound = 0
         if bound == 0:
             raise OSError(f"{self.name}: cannot listen on {self.host}:{self.port} (port in use?)")
         self.port = bound
@@ -257,10 +261,19 @@ async def serve(
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a service's async main on uvloop when available."""
-    try:
-        import uvloop
+    """Run a service's async main on uvloop; a configuration error ends it with a clear message
+    and exit code 2 (no traceback: the message says which key is wrong and what to do)."""
+    from services.runtime.config import ConfigError
 
-        uvloop.run(main())
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(main())
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(main())
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            asyncio.run(main())
+    except ConfigError as exc:
+        logging.getLogger("tiermesh").critical("configuration error: %s", exc)
+        if not logging.getLogger().handlers:
+            print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from services.cli.supervisor import Supervisor, parts_for
+from services.cli.supervisor import StartError, Supervisor, parts_for
 from services.runtime import config
 
 
@@ -21,11 +21,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PARTS = ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin")
+
+
 def mesh_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """TIERMESH_* overrides that put every part on its own free port and data dir."""
     env = {"TIERMESH_DATA_DIR": str(data_dir), "TIERMESH_LOG_LEVEL": "info"}
-    for name in ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin"):
-        env[f"TIERMESH_SERVICES__{name.upper()}__PORT"] = str(free_port())
+    held = []
+    try:  # hold every socket until all are chosen, so no two parts get the same port
+        for name in PARTS:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+            env[f"TIERMESH_SERVICES__{name.upper()}__PORT"] = str(s.getsockname()[1])
+    finally:
+        for s in held:
+            s.close()
     env.update(extra)
     return env
 
@@ -61,11 +72,19 @@ class Mesh:
 
 
 async def start_mesh(data_dir: Path, parts: Sequence[str] | None = None, **overrides: str) -> Mesh:
-    env = mesh_env(data_dir, **overrides)
-    tree = config.load(environ=env)
-    sup = Supervisor(parts_for(tree, parts), env=env)
-    await sup.start(timeout_s=60)
-    return Mesh(env, tree, sup)
+    """Start the parts on fresh free ports; once more on new ports if one was taken meanwhile."""
+    for attempt in (1, 2):
+        env = mesh_env(data_dir, **overrides)
+        tree = config.load(environ=env)
+        sup = Supervisor(parts_for(tree, parts), env=env)
+        try:
+            await sup.start(timeout_s=60)
+        except StartError as exc:
+            if attempt == 2 or "in use" not in str(exc).lower():
+                raise
+            continue
+        return Mesh(env, tree, sup)
+    raise AssertionError("unreachable")
 
 
 # gRPC-Web framing: 1 flag byte (0x80 = trailers) + 4-byte big-endian length + payload.
