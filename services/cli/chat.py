@@ -79,6 +79,11 @@ async def chat(args: argparse.Namespace, message: str) -> int:
                     if first_token is None:
                         first_token = time.monotonic() - started
                     out.write(event.delta.text)
+                elif kind == "restart":
+                    r = event.restart
+                    out.write(
+                        f"\n\n[{r.failed_deployment} failed mid-answer ({r.reason}); the answer starts again]\n\n"
+                    )
                 elif kind == "done":
                     out.write("\n\n" + describe_done(event.done, first_token, time.monotonic() - started) + "\n")
                 out.flush()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from services.inference.breaker import BreakerSettings
+from services.inference.retry import RetrySettings
 from services.runtime import config
 from services.runtime.config import ConfigError
 
@@ -51,6 +53,14 @@ class InferenceConfig:
     tiers: Mapping[int, tuple[Deployment, ...]]
     max_connections: int
     request_timeout_s: float
+    first_token_timeout_s: float = 20.0
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    cache_url: str = ""
+    cache_ttl_s: int = 3600
+    cache_namespace: str = ""
+    default_response: str | None = None
+    health_interval_s: float = 15.0
 
 
 def _micro(price: Any, where: str) -> int:
@@ -131,8 +141,42 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> I
     missing = [t for t in (1, 2, 3, 4) if t not in tiers]
     if missing:
         raise ConfigError(f"inference.tiers: tiers {missing} have no deployments")
+    retry = config.section(node, "retry")
+    brk = config.section(node, "breaker")
+    cache = config.section(node, "cache")
+    default = config.section(node, "default_response")
+    w = "inference.retry"
+    wb = "inference.breaker"
     return InferenceConfig(
         tiers=tiers,
         max_connections=config.get_int(node, "max_connections", 200, where="inference", lo=1, hi=100_000),
-        request_timeout_s=config.get_float(node, "request_timeout_s", 120.0, where="inference", lo=1, hi=3600),
+        request_timeout_s=config.get_float(node, "request_timeout_s", 120.0, where="inference", lo=0.1, hi=3600),
+        first_token_timeout_s=config.get_float(
+            node, "first_token_timeout_s", 20.0, where="inference", lo=0.05, hi=3600
+        ),
+        retry=RetrySettings(
+            max_attempts=config.get_int(retry, "max_attempts", 2, where=w, lo=1, hi=10),
+            base_delay_s=config.get_float(retry, "base_delay_s", 0.1, where=w, hi=60),
+            max_delay_s=config.get_float(retry, "max_delay_s", 2.0, where=w, hi=600),
+            budget_ratio=config.get_float(retry, "budget_ratio", 0.2, where=w, hi=1),
+            budget_max_tokens=config.get_float(retry, "budget_max_tokens", 10.0, where=w, hi=1e6),
+        ),
+        breaker=BreakerSettings(
+            window_s=config.get_float(brk, "window_s", 30.0, where=wb, lo=0.1, hi=3600),
+            min_calls=config.get_int(brk, "min_calls", 10, where=wb, lo=1, hi=10_000),
+            failure_rate=config.get_float(brk, "failure_rate", 0.5, where=wb, lo=0.01, hi=1),
+            consecutive_failures=config.get_int(brk, "consecutive_failures", 5, where=wb, lo=1, hi=10_000),
+            open_s=config.get_float(brk, "open_s", 5.0, where=wb, lo=0.01, hi=3600),
+            max_open_s=config.get_float(brk, "max_open_s", 300.0, where=wb, lo=0.01, hi=86_400),
+            half_open_trials=config.get_int(brk, "half_open_trials", 1, where=wb, lo=1, hi=1000),
+        ),
+        cache_url=config.get_str(cache, "url", "", where="inference.cache") if cache.get("enabled", True) else "",
+        cache_ttl_s=config.get_int(cache, "ttl_s", 3600, where="inference.cache", lo=1, hi=30 * 86_400),
+        cache_namespace=config.get_str(cache, "namespace", "", where="inference.cache"),
+        default_response=(
+            config.get_str(default, "text", "", where="inference.default_response") or None
+            if default.get("enabled", True)
+            else None
+        ),
+        health_interval_s=config.get_float(node, "health_interval_s", 15.0, where="inference", lo=0.1, hi=3600),
     )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tiermesh.inference.v1 import inference_service_pb2 as pb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from services.inference import config as inference_config
+from services.inference.cache import AnswerCache
+from services.inference.engine import Engine
 from services.inference.provider import Provider
 from services.inference.servicer import InferenceServicer
 from services.runtime import config, logs
@@ -17,7 +21,17 @@ async def main() -> None:
     log = logs.setup("inference", config.get_str(tree, "log_level", "info", where=""))
     cfg = inference_config.load(tree)
     provider = Provider(cfg.max_connections)
-    servicer = InferenceServicer(cfg, provider)
+    cache = AnswerCache(cfg.cache_url, cfg.cache_ttl_s, cfg.cache_namespace) if cfg.cache_url else None
+    engine = Engine(cfg, provider, cache)
+    servicer = InferenceServicer(cfg, engine)
+    health_task = asyncio.create_task(engine.health_loop())
+
+    async def stop() -> None:
+        health_task.cancel()
+        await provider.aclose()
+        if cache is not None:
+            await cache.aclose()
+
     await serve(
         "inference",
         tree,
@@ -25,5 +39,5 @@ async def main() -> None:
         service_names=[pb.DESCRIPTOR.services_by_name["InferenceService"].full_name],
         register=lambda server: pb_grpc.add_InferenceServiceServicer_to_server(servicer, server),
         ready=provider.warm_up,
-        on_stop=provider.aclose,
+        on_stop=stop,
     )

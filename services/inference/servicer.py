@@ -1,7 +1,9 @@
-"""InferenceService RPCs: thin; the work is in the provider layer."""
+"""InferenceService RPCs: validate, run the engine, coalesce deltas, map events to the contract."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,9 +13,8 @@ from tiermesh.inference.v1 import inference_service_pb2 as pb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from services.inference.config import Deployment, InferenceConfig
-from services.inference.provider import Provider
+from services.inference.engine import Delta, Done, Engine, Event, GenerateInput, Restart, Selected
 from services.runtime import logs
-from services.runtime.errors import DeadlineExceeded
 from services.runtime.server import Context
 from services.runtime.validation import validate
 
@@ -31,88 +32,146 @@ FINISH = {
 }
 
 
+def to_pb(event: Event) -> pb.GenerateResponse:
+    if isinstance(event, Delta):
+        return pb.GenerateResponse(delta=common_pb2.TextDelta(text=event.text))
+    if isinstance(event, Selected):
+        d = event.deployment
+        return pb.GenerateResponse(
+            model_selected=pb.ModelSelected(deployment=d.name, model=d.model, tier=common_pb2.Tier.ValueType(d.tier))
+        )
+    if isinstance(event, Restart):
+        return pb.GenerateResponse(
+            restart=common_pb2.StreamRestart(
+                failed_deployment=event.failed_deployment, reason=event.reason, discarded_chars=event.discarded_chars
+            )
+        )
+    return pb.GenerateResponse(
+        done=pb.GenerateDone(
+            usage=common_pb2.Usage(
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                cost_micro_usd=event.cost_micro_usd,
+            ),
+            model=event.model,
+            deployment=event.deployment,
+            cached=event.cached,
+            finish_reason=FINISH.get(event.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED),
+            degraded=event.degraded,
+            fallback_path=event.fallback_path,
+            attempts=[
+                common_pb2.Attempt(
+                    deployment=a.deployment, outcome=a.outcome, delay_ms=a.delay_ms, duration_ms=a.duration_ms
+                )
+                for a in event.attempts
+            ],
+        )
+    )
+
+
+async def coalesce(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """Deltas that arrive while the previous message is being written go out as one message.
+
+    The first delta leaves at once; after that, whatever text piled up while the consumer was
+    busy (sending the last message) is merged. No timer: slow token arrival still yields one
+    message per token, bursts (cache replays, fast models) collapse into a few messages.
+    """
+    pending: list[Event] = []
+    wake = asyncio.Event()
+    finished = False
+    failure: BaseException | None = None
+
+    async def pump() -> None:
+        nonlocal finished, failure
+        try:
+            async for event in events:
+                if isinstance(event, Delta) and pending and isinstance(pending[-1], Delta):
+                    pending[-1] = Delta(pending[-1].text + event.text)
+                else:
+                    pending.append(event)
+                wake.set()
+        except BaseException as exc:  # handed to the consumer, raised there
+            failure = exc
+        finally:
+            finished = True
+            wake.set()
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            await wake.wait()
+            wake.clear()
+            batch, pending[:] = list(pending), []
+            for event in batch:
+                yield event
+            if finished and not pending:
+                if failure is not None and not isinstance(failure, asyncio.CancelledError):
+                    raise failure
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, cfg: InferenceConfig, provider: Provider) -> None:
+    def __init__(self, cfg: InferenceConfig, engine: Engine) -> None:
         self.cfg = cfg
-        self.provider = provider
+        self.engine = engine
 
     async def Generate(self, request: pb.GenerateRequest, context: Context) -> AsyncIterator[pb.GenerateResponse]:
         validate(request)
-        deployment = self.cfg.tiers[request.tier][0]
-        messages = [{"role": ROLE_NAMES[m.role], "content": m.content} for m in request.messages]
         remaining = context.time_remaining()
-        timeout_s = self.cfg.request_timeout_s if remaining is None else min(remaining, self.cfg.request_timeout_s)
-        if timeout_s <= 0:
-            raise DeadlineExceeded("the deadline passed before the model was called")
-        yield pb.GenerateResponse(
-            model_selected=pb.ModelSelected(deployment=deployment.name, model=deployment.model, tier=request.tier)
-        )
-        started = time.monotonic()
-        text_parts: list[str] = []
-        finish = ""
-        prompt_tokens = completion_tokens = None
-        async for piece in self.provider.stream(
-            deployment,
-            messages,
+        req = GenerateInput(
+            messages=[(ROLE_NAMES[m.role], m.content) for m in request.messages],
+            tier=request.tier,
             max_tokens=request.max_tokens,
             temperature=request.temperature if request.HasField("temperature") else None,
-            timeout_s=timeout_s,
+            bypass_cache=request.bypass_cache,
+            context_id=request.context_id,
             request_id=logs.request_id_var.get(),
-        ):
-            if piece.text:
-                text_parts.append(piece.text)
-                yield pb.GenerateResponse(delta=common_pb2.TextDelta(text=piece.text))
-            if piece.finish_reason:
-                finish = piece.finish_reason
-            if piece.completion_tokens is not None:
-                prompt_tokens, completion_tokens = piece.prompt_tokens, piece.completion_tokens
-        if completion_tokens is None:
-            # The provider sent no usage: count with the model's tokenizer.
-            prompt_tokens = self.provider.count_tokens(deployment, messages, None)
-            completion_tokens = self.provider.count_tokens(deployment, None, "".join(text_parts))
-        usage = common_pb2.Usage(
-            prompt_tokens=prompt_tokens or 0,
-            completion_tokens=completion_tokens,
-            cost_micro_usd=deployment.cost_micro_usd(prompt_tokens or 0, completion_tokens),
+            deadline=None if remaining is None else time.monotonic() + remaining,
         )
-        log.info(
-            "generated",
-            extra={
-                "deployment": deployment.name,
-                "tier": request.tier,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "seconds": round(time.monotonic() - started, 4),
-            },
-        )
-        yield pb.GenerateResponse(
-            done=pb.GenerateDone(
-                usage=usage,
-                model=deployment.model,
-                deployment=deployment.name,
-                finish_reason=FINISH.get(finish, common_pb2.FINISH_REASON_UNSPECIFIED),
-                fallback_path=[deployment.name],
-            )
-        )
+        started = time.monotonic()
+        async for event in coalesce(self.engine.generate(req)):
+            if isinstance(event, Done):
+                log.info(
+                    "generated",
+                    extra={
+                        "deployment": event.deployment,
+                        "tier": request.tier,
+                        "prompt_tokens": event.prompt_tokens,
+                        "completion_tokens": event.completion_tokens,
+                        "cost_micro_usd": event.cost_micro_usd,
+                        "cached": event.cached,
+                        "degraded": event.degraded,
+                        "attempts": len(event.attempts),
+                        "seconds": round(time.monotonic() - started, 4),
+                    },
+                )
+            yield to_pb(event)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
         validate(request)
         return pb.ListModelsResponse(
             models=[
-                _info(d) for tier, deps in sorted(self.cfg.tiers.items()) if request.tier in (0, tier) for d in deps
+                self._info(d)
+                for tier, deps in sorted(self.cfg.tiers.items())
+                if request.tier in (0, tier)
+                for d in self.engine.candidates(tier)
             ]
         )
 
-
-def _info(d: Deployment) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        deployment=d.name,
-        model=d.model,
-        tier=common_pb2.Tier.ValueType(d.tier),
-        provider=d.provider,
-        input_micro_usd_per_mtok=d.input_micro_usd_per_mtok,
-        output_micro_usd_per_mtok=d.output_micro_usd_per_mtok,
-        context_window=d.context_window,
-        healthy=True,
-        breaker_state="closed",
-    )
+    def _info(self, d: Deployment) -> pb.ModelInfo:
+        state = self.engine.breakers[d.name].current_state()
+        return pb.ModelInfo(
+            deployment=d.name,
+            model=d.model,
+            tier=common_pb2.Tier.ValueType(d.tier),
+            provider=d.provider,
+            input_micro_usd_per_mtok=d.input_micro_usd_per_mtok,
+            output_micro_usd_per_mtok=d.output_micro_usd_per_mtok,
+            context_window=d.context_window,
+            healthy=self.engine.healthy[d.name] and state != "open",
+            breaker_state=state,
+        )

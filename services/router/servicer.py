@@ -137,6 +137,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                 kind = event.WhichOneof("event")
                 if kind == "delta":
                     yield pb.ChatResponse(delta=event.delta)
+                elif kind == "restart":
+                    yield pb.ChatResponse(restart=event.restart)
                 elif kind == "done":
                     d = event.done
                     yield pb.ChatResponse(
@@ -148,6 +150,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                             finish_reason=d.finish_reason,
                             degraded=d.degraded,
                             fallback_path=d.fallback_path,
+                            attempts=d.attempts,
                         )
                     )
         except grpc.aio.AioRpcError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,12 @@ PARTS = ("router", "inference", "knowledge", "analytics", "ratelimit", "simulato
 
 def mesh_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """TIERMESH_* overrides that put every part on its own free port and data dir."""
-    env = {"TIERMESH_DATA_DIR": str(data_dir), "TIERMESH_LOG_LEVEL": "info"}
+    env = {
+        "TIERMESH_DATA_DIR": str(data_dir),
+        "TIERMESH_LOG_LEVEL": "info",
+        # Each test mesh caches in its own namespace: no answer from an earlier run can leak in.
+        "TIERMESH_INFERENCE__CACHE__NAMESPACE": f"test-{uuid.uuid4().hex}",
+    }
     held = []
     try:  # hold every socket until all are chosen, so no two parts get the same port
         for name in PARTS:

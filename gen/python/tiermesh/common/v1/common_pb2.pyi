@@ -281,3 +281,70 @@ class TextDelta(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TextDelta: _TypeAlias = TextDelta  # noqa: Y015
+
+@_typing.final
+class StreamRestart(_message.Message):
+    """StreamRestart says the answer so far is void: the model that was answering failed after
+    sending text, and another model starts the answer again. Clients discard the text received
+    since the stream began (or since the previous restart); later deltas are the new answer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILED_DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DISCARDED_CHARS_FIELD_NUMBER: _builtins.int
+    failed_deployment: _builtins.str
+    """failed_deployment is the deployment that failed mid-answer."""
+    reason: _builtins.str
+    """reason says what failed, in plain words."""
+    discarded_chars: _builtins.int
+    """discarded_chars is how many characters of text the client should discard."""
+    def __init__(
+        self,
+        *,
+        failed_deployment: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        discarded_chars: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discarded_chars", b"discarded_chars", "failed_deployment", b"failed_deployment", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRestart: _TypeAlias = StreamRestart  # noqa: Y015
+
+@_typing.final
+class Attempt(_message.Message):
+    """Attempt is one call to a deployment while answering a request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DELAY_MS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    """deployment is the deployment called."""
+    outcome: _builtins.str
+    """outcome is `ok`, or what went wrong (e.g. `HTTP 429`, `timeout`, `stream cut after 3 tokens`)."""
+    delay_ms: _builtins.int
+    """delay_ms is how long the call waited before it started (backoff, Retry-After), in milliseconds."""
+    duration_ms: _builtins.int
+    """duration_ms is how long the call took, in milliseconds."""
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        delay_ms: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_ms", b"delay_ms", "deployment", b"deployment", "duration_ms", b"duration_ms", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attempt: _TypeAlias = Attempt  # noqa: Y015

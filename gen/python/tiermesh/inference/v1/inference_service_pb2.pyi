@@ -76,6 +76,7 @@ class GenerateResponse(_message.Message):
     MODEL_SELECTED_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    RESTART_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def model_selected(self) -> Global___ModelSelected:
         """model_selected names the deployment about to answer; sent first."""
@@ -88,18 +89,23 @@ class GenerateResponse(_message.Message):
     def done(self) -> Global___GenerateDone:
         """done closes the stream with what the request consumed."""
 
+    @_builtins.property
+    def restart(self) -> _common_pb2.StreamRestart:
+        """restart voids the text sent so far: another model answers from the start."""
+
     def __init__(
         self,
         *,
         model_selected: Global___ModelSelected | None = ...,
         delta: _common_pb2.TextDelta | None = ...,
         done: Global___GenerateDone | None = ...,
+        restart: _common_pb2.StreamRestart | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event", "model_selected", b"model_selected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event", "model_selected", b"model_selected", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event", "model_selected", b"model_selected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event", "model_selected", b"model_selected", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["model_selected", "delta", "done"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["model_selected", "delta", "done", "restart"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -148,6 +154,7 @@ class GenerateDone(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
     FALLBACK_PATH_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is the model that answered, as the provider names it."""
     deployment: _builtins.str
@@ -166,6 +173,10 @@ class GenerateDone(_message.Message):
     def fallback_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """fallback_path lists the deployments tried, in order, ending with the one that answered."""
 
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Attempt]:
+        """attempts lists every call made to answer, retries included, in order."""
+
     def __init__(
         self,
         *,
@@ -176,10 +187,11 @@ class GenerateDone(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         degraded: _builtins.bool = ...,
         fallback_path: _abc.Iterable[_builtins.str] | None = ...,
+        attempts: _abc.Iterable[_common_pb2.Attempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "finish_reason", b"finish_reason", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cached", b"cached", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "finish_reason", b"finish_reason", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,6 +74,7 @@ class ChatResponse(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    RESTART_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def decision(self) -> Global___RouteDecision:
         """decision is the route decision, sent first."""
@@ -86,18 +87,23 @@ class ChatResponse(_message.Message):
     def done(self) -> Global___ChatDone:
         """done closes the stream with what the request consumed."""
 
+    @_builtins.property
+    def restart(self) -> _common_pb2.StreamRestart:
+        """restart voids the text sent so far: another model answers from the start."""
+
     def __init__(
         self,
         *,
         decision: Global___RouteDecision | None = ...,
         delta: _common_pb2.TextDelta | None = ...,
         done: Global___ChatDone | None = ...,
+        restart: _common_pb2.StreamRestart | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["decision", "delta", "done"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["decision", "delta", "done", "restart"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -172,6 +178,7 @@ class ChatDone(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
     FALLBACK_PATH_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is the model that answered, as the provider names it."""
     deployment: _builtins.str
@@ -190,6 +197,10 @@ class ChatDone(_message.Message):
     def fallback_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """fallback_path lists the deployments tried, in order, ending with the one that answered."""
 
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Attempt]:
+        """attempts lists every call made to answer, retries included, in order."""
+
     def __init__(
         self,
         *,
@@ -200,10 +211,11 @@ class ChatDone(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         degraded: _builtins.bool = ...,
         fallback_path: _abc.Iterable[_builtins.str] | None = ...,
+        attempts: _abc.Iterable[_common_pb2.Attempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "finish_reason", b"finish_reason", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cached", b"cached", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "finish_reason", b"finish_reason", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

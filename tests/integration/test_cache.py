@@ -1,0 +1,143 @@
+"""The answer cache in real Redis: identical requests replay identically, bypass works, and a Redis
+that dies mid-test never fails a request."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from tiermesh.common.v1 import common_pb2 as c
+from tiermesh.inference.v1 import inference_service_pb2 as ipb
+from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
+
+from services.inference.cache import cache_key
+from tests.integration.mesh import Mesh, free_port, start_mesh
+
+pytestmark = pytest.mark.integration
+
+
+def test_key_is_canonical() -> None:
+    msgs = [("user", "Olá, café?")]
+    a = cache_key(1, msgs, {"max_tokens": 100, "temperature": 0.5})
+    b = cache_key(1, msgs, {"temperature": 0.5, "max_tokens": 100})  # other order, same request
+    assert a == b
+    assert (
+        cache_key(1, [("user", "Ola\u0301, cafe\u0301?")], {"max_tokens": 100, "temperature": 0.5}) == a
+    )  # NFD == NFC
+    assert cache_key(2, msgs, {"max_tokens": 100, "temperature": 0.5}) != a
+    assert cache_key(1, msgs, {"max_tokens": 100, "temperature": 0.5}, context_id="kb:42") != a
+    assert cache_key(1, msgs, {"max_tokens": 101, "temperature": 0.5}) != a
+
+
+async def generate(
+    target: str, text: str, bypass: bool = False, temperature: float | None = None
+) -> list[ipb.GenerateResponse]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        request = ipb.GenerateRequest(
+            messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)], tier=c.TIER_FAST, bypass_cache=bypass
+        )
+        if temperature is not None:
+            request.temperature = temperature
+        return [e async for e in ipb_grpc.InferenceServiceStub(channel).Generate(request, timeout=20)]
+
+
+def text_of(events: list[ipb.GenerateResponse]) -> str:
+    return "".join(e.delta.text for e in events if e.HasField("delta"))
+
+
+async def test_identical_request_is_replayed_identically(mesh: Mesh) -> None:
+    text = f"cache me {uuid.uuid4()}"
+    target = mesh.target("inference")
+    first = await generate(target, text, temperature=0.2)
+    second = await generate(target, text, temperature=0.2)
+    assert not first[-1].done.cached and second[-1].done.cached
+    assert text_of(second) == text_of(first)
+    assert second[0].model_selected == first[0].model_selected
+    one, two = first[-1].done, second[-1].done
+    assert (two.usage.prompt_tokens, two.usage.completion_tokens) == (
+        one.usage.prompt_tokens,
+        one.usage.completion_tokens,
+    )
+    assert one.usage.cost_micro_usd > 0 and two.usage.cost_micro_usd == 0  # a hit costs nothing
+    assert (two.model, two.deployment, two.finish_reason) == (one.model, one.deployment, one.finish_reason)
+    seen = [r for r in await mesh.sim_records() if r["messages"][-1]["content"] == text]
+    assert len(seen) == 1  # the provider answered once
+
+    other_params = await generate(target, text, temperature=0.3)
+    assert not other_params[-1].done.cached
+
+
+async def test_bypass_asks_the_provider_again(mesh: Mesh) -> None:
+    text = f"fresh please {uuid.uuid4()}"
+    target = mesh.target("inference")
+    await generate(target, text)
+    fresh = await generate(target, text, bypass=True)
+    assert not fresh[-1].done.cached
+    assert len([r for r in await mesh.sim_records() if r["messages"][-1]["content"] == text]) == 2
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    server = shutil.which("redis-server")
+    assert server, "redis-server is needed (apt-get install redis-server)"
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield port, proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+async def mesh_on_private_redis(
+    tmp_path: Path, private_redis: tuple[int, subprocess.Popen[bytes]]
+) -> AsyncIterator[tuple[Mesh, subprocess.Popen[bytes]]]:
+    port, proc = private_redis
+    m = await start_mesh(
+        tmp_path / "mesh",
+        ["simulator", "inference"],
+        TIERMESH_SIMULATOR__TOKEN_DELAY_MS="0",
+        TIERMESH_INFERENCE__CACHE__URL=f"redis://127.0.0.1:{port}/0",
+    )
+    yield m, proc
+    await m.sup.stop()
+
+
+async def test_redis_stopped_mid_test_never_fails_a_request(
+    mesh_on_private_redis: tuple[Mesh, subprocess.Popen[bytes]],
+) -> None:
+    mesh, redis_proc = mesh_on_private_redis
+    target = mesh.target("inference")
+    before = await generate(target, "before the outage")
+    assert (await generate(target, "before the outage"))[-1].done.cached
+    redis_proc.terminate()
+    redis_proc.wait(timeout=10)
+    for i in range(6):
+        events = await generate(target, "during the outage" if i % 2 else "before the outage")
+        assert events[-1].HasField("done") and not events[-1].done.cached
+        assert text_of(events)
+    assert text_of(await generate(target, "before the outage")) == text_of(before)
+    await asyncio.sleep(0.2)
+    warnings = [line for line in mesh.logs("inference") if "answer cache unavailable" in line]
+    assert len(warnings) == 1, warnings  # warned once, not per request

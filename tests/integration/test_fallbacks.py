@@ -1,0 +1,241 @@
+"""Inference under injected provider faults (the simulator over real HTTP): the exact path, the
+attempts and their delays, the events the client saw, and the usage and cost reported."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from tiermesh.common.v1 import common_pb2 as c
+from tiermesh.inference.v1 import inference_service_pb2 as ipb
+from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
+
+from tests.integration.mesh import Mesh, start_mesh
+
+pytestmark = pytest.mark.integration
+
+ANSWER_TOKENS = 12
+
+
+def dep(name: str, model: str, price: float, window: int = 100_000) -> str:
+    return (
+        f"{{name: {name}, provider: simulator, model: '{model}', input_usd_per_mtok: {price},"
+        f" output_usd_per_mtok: {price * 2}, context_window: {window}}}"
+    )
+
+
+FAULT_MESH = {
+    "TIERMESH_SIMULATOR__TOKEN_DELAY_MS": "5",
+    "TIERMESH_SIMULATOR__ANSWER_TOKENS": str(ANSWER_TOKENS),
+    "TIERMESH_INFERENCE__FIRST_TOKEN_TIMEOUT_S": "0.5",
+    "TIERMESH_INFERENCE__RETRY": (
+        "{max_attempts: 2, base_delay_s: 0.05, max_delay_s: 0.2, budget_ratio: 1, budget_max_tokens: 1000}"
+    ),
+    "TIERMESH_INFERENCE__BREAKER": "{consecutive_failures: 1000, min_calls: 1000}",
+    "TIERMESH_INFERENCE__CACHE__ENABLED": "false",
+    "TIERMESH_INFERENCE__DEFAULT_RESPONSE__ENABLED": "false",
+    # Cheapest first: each tier's faulty deployment is tried before the one that works.
+    "TIERMESH_INFERENCE__TIERS__1": f"[{dep('ok1', 'sim-ok', 2)}, {dep('err500', 'sim:fault=500', 1)}]",
+    "TIERMESH_INFERENCE__TIERS__2": f"[{dep('limited', 'sim:fault=429:retry_after=1', 1)}, {dep('ok2', 'sim-ok', 2)}]",
+    "TIERMESH_INFERENCE__TIERS__3": (
+        f"[{dep('hangs', 'sim:fault=hang', 1)}, {dep('cut0', 'sim:fault=cut:0', 2)}, {dep('ok3', 'sim-ok', 3)}]"
+    ),
+    "TIERMESH_INFERENCE__TIERS__4": (
+        f"[{dep('cut3', 'sim:fault=cut:3', 1)}, {dep('small', 'sim:ctx=5', 2, window=1000)},"
+        f" {dep('ok4', 'sim-ok', 3, window=200_000)}]"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+async def faults(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    m = await start_mesh(tmp_path_factory.mktemp("faults"), ["simulator", "inference"], **FAULT_MESH)
+    yield m
+    await m.sup.stop()
+
+
+async def generate(mesh: Mesh, tier: int, text: str = "hi", timeout: float = 20) -> list[ipb.GenerateResponse]:
+    async with grpc.aio.insecure_channel(mesh.target("inference")) as channel:
+        stub = ipb_grpc.InferenceServiceStub(channel)
+        request = ipb.GenerateRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)], tier=tier)  # type: ignore[arg-type]
+        return [e async for e in stub.Generate(request, timeout=timeout)]
+
+
+def kinds(events: list[ipb.GenerateResponse]) -> list[str]:
+    out: list[str] = []
+    for e in events:
+        kind = e.WhichOneof("event") or ""
+        if kind == "model_selected":
+            kind += ":" + e.model_selected.deployment
+        if not (out and out[-1] == kind == "delta"):
+            out.append(kind)
+    return out
+
+
+def attempts(done: ipb.GenerateDone) -> list[tuple[str, str]]:
+    return [(a.deployment, a.outcome) for a in done.attempts]
+
+
+def price(p_tokens: int, c_tokens: int, usd_in: float) -> int:
+    return round(p_tokens * usd_in + c_tokens * usd_in * 2)
+
+
+async def test_http_500_retried_with_backoff_then_fallback(faults: Mesh) -> None:
+    events = await generate(faults, 1)
+    assert kinds(events) == ["model_selected:err500", "model_selected:ok1", "delta", "done"]
+    done = events[-1].done
+    assert list(done.fallback_path) == ["err500", "ok1"]
+    assert attempts(done) == [("err500", "HTTP 500"), ("err500", "HTTP 500"), ("ok1", "ok")]
+    assert done.attempts[0].delay_ms == 0
+    assert 0 <= done.attempts[1].delay_ms <= 50  # full jitter within the first backoff step
+    assert done.usage.completion_tokens == ANSWER_TOKENS
+    assert done.usage.cost_micro_usd == price(done.usage.prompt_tokens, ANSWER_TOKENS, 2)
+    assert not done.degraded and not done.cached
+
+
+async def test_429_waits_for_retry_after_then_falls_back(faults: Mesh) -> None:
+    events = await generate(faults, 2)
+    done = events[-1].done
+    assert attempts(done) == [("limited", "HTTP 429"), ("limited", "HTTP 429"), ("ok2", "ok")]
+    assert done.attempts[1].delay_ms >= 1000  # Retry-After: 1
+    assert list(done.fallback_path) == ["limited", "ok2"]
+    assert done.usage.cost_micro_usd == price(done.usage.prompt_tokens, ANSWER_TOKENS, 2)
+
+
+async def test_hang_and_cut_before_first_token_fall_back(faults: Mesh) -> None:
+    events = await generate(faults, 3)
+    assert kinds(events) == ["model_selected:hangs", "model_selected:cut0", "model_selected:ok3", "delta", "done"]
+    done = events[-1].done
+    assert attempts(done) == [
+        ("hangs", "timeout"),
+        ("hangs", "timeout"),
+        ("cut0", "stream cut after 0 tokens"),
+        ("cut0", "stream cut after 0 tokens"),
+        ("ok3", "ok"),
+    ]
+    assert all(450 <= a.duration_ms < 2000 for a in done.attempts[:2])  # the first-token timeout, 0.5 s
+    assert done.usage.completion_tokens == ANSWER_TOKENS  # nothing was billed for the failed calls
+
+
+async def test_cut_after_tokens_restarts_on_a_larger_window_fallback(faults: Mesh) -> None:
+    events = await generate(faults, 4)
+    assert kinds(events) == [
+        "model_selected:cut3",
+        "delta",
+        "model_selected:small",
+        "model_selected:ok4",
+        "restart",
+        "delta",
+        "done",
+    ]
+    partial = "".join(
+        e.delta.text for e in events[: [k.WhichOneof("event") for k in events].index("restart")] if e.HasField("delta")
+    )
+    restart = next(e.restart for e in events if e.HasField("restart"))
+    assert restart.failed_deployment == "cut3"
+    assert restart.discarded_chars == len(partial) > 0
+    assert "cut after 3 tokens" in restart.reason
+    after = "".join(
+        e.delta.text for e in events[[k.WhichOneof("event") for k in events].index("restart") :] if e.HasField("delta")
+    )
+    assert after.startswith("[simulated answer from sim-ok]")
+    done = events[-1].done
+    assert attempts(done) == [("cut3", "stream cut after 3 tokens"), ("small", "context too long"), ("ok4", "ok")]
+    assert list(done.fallback_path) == ["cut3", "small", "ok4"]
+    # The 3 tokens cut3 generated are billed too (counted with the tokenizer).
+    assert done.usage.completion_tokens > ANSWER_TOKENS
+    assert done.usage.cost_micro_usd > price(done.usage.prompt_tokens // 2, ANSWER_TOKENS, 3)
+
+
+async def test_every_deployment_failing_without_default_is_unavailable(
+    faults: Mesh, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    env = {
+        **FAULT_MESH,
+        "TIERMESH_INFERENCE__TIERS__1": f"[{dep('a', 'sim:fault=500', 1)}, {dep('b', 'sim:fault=cut:0', 2)}]",
+    }
+    mesh = await start_mesh(tmp_path_factory.mktemp("nodefault"), ["simulator", "inference"], **env)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await generate(mesh, 1)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        details = info.value.details() or ""
+        assert details.startswith("no model of tier 1 could answer: a failed: HTTP 500")
+        assert "b failed: the stream was cut after 0 tokens" in details
+    finally:
+        await mesh.sup.stop()
+
+
+async def test_every_deployment_failing_sends_the_default_response_degraded(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    env = {
+        **FAULT_MESH,
+        "TIERMESH_INFERENCE__DEFAULT_RESPONSE__ENABLED": "true",
+        "TIERMESH_INFERENCE__DEFAULT_RESPONSE__TEXT": "Sorry, try again soon.",
+        "TIERMESH_INFERENCE__CACHE__ENABLED": "true",
+        "TIERMESH_INFERENCE__TIERS__1": (
+            f"[{dep('a', 'sim:fault=500', 1)}, {dep('b', 'sim:fault=429:retry_after=0', 2)}]"
+        ),
+    }
+    mesh = await start_mesh(tmp_path_factory.mktemp("default"), ["simulator", "inference"], **env)
+    try:
+        text = f"degraded {uuid.uuid4()}"
+        for _ in range(2):  # the second is not a cache hit: degraded answers are never cached
+            events = await generate(mesh, 1, text)
+            done = events[-1].done
+            assert "".join(e.delta.text for e in events if e.HasField("delta")) == "Sorry, try again soon."
+            assert done.degraded and not done.cached
+            assert list(done.fallback_path) == ["a", "b", "default-response"]
+            assert [a.outcome for a in done.attempts] == ["HTTP 500", "HTTP 500", "HTTP 429", "HTTP 429"]
+    finally:
+        await mesh.sup.stop()
+
+
+async def test_slow_tokens_are_one_message_each_and_a_burst_is_coalesced(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from services.simulator.server import answer_tokens
+
+    mesh = await start_mesh(
+        tmp_path_factory.mktemp("coalesce"),
+        ["simulator", "inference"],
+        TIERMESH_SIMULATOR__TOKEN_DELAY_MS="40",
+        TIERMESH_SIMULATOR__ANSWER_TOKENS="10",
+        TIERMESH_INFERENCE__CACHE__ENABLED="false",
+    )
+    try:
+        slow = await generate(mesh, 1)
+        slow_deltas = [e.delta.text for e in slow if e.HasField("delta")]
+        expected = answer_tokens("sim-fast", [{"role": "user", "content": "hi"}], 10)
+        assert slow_deltas == expected  # one message per token
+    finally:
+        await mesh.sup.stop()
+    mesh = await start_mesh(
+        tmp_path_factory.mktemp("burst"),
+        ["simulator", "inference"],
+        TIERMESH_SIMULATOR__TOKEN_DELAY_MS="0",
+        TIERMESH_SIMULATOR__ANSWER_TOKENS="2000",
+        TIERMESH_INFERENCE__CACHE__ENABLED="false",
+    )
+    try:
+        burst = await generate(mesh, 1)
+        deltas = [e.delta.text for e in burst if e.HasField("delta")]
+        expected = answer_tokens("sim-fast", [{"role": "user", "content": "hi"}], 2000)
+        assert "".join(deltas) == "".join(expected)
+        assert len(deltas) < len(expected) / 4, f"{len(deltas)} messages for {len(expected)} tokens"
+    finally:
+        await mesh.sup.stop()
+
+
+async def test_client_deadline_bounds_the_whole_chain(faults: Mesh) -> None:
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await generate(faults, 3, timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 5
+    await asyncio.sleep(0)
