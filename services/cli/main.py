@@ -38,6 +38,12 @@ def _cmd_route(args: argparse.Namespace) -> int:
     return route(message, args.segment, args.json, args.tier)
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from services.cli.models import models
+
+    return asyncio.run(models(args.json))
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
     from services.cli.health import health
 
@@ -68,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--tier", type=int, default=0, choices=[0, 1, 2, 3, 4], help="pin a tier, as a client could")
     route.add_argument("--json", action="store_true", help="print one JSON object")
     route.set_defaults(func=_cmd_route)
+
+    models = sub.add_parser("models", help="list each tier's deployments with price, health and breaker state")
+    models.add_argument("--json", action="store_true", help="print one JSON array")
+    models.set_defaults(func=_cmd_models)
 
     health = sub.add_parser("health", help="report each part's health")
     health.add_argument("--json", action="store_true", help="print one JSON object")

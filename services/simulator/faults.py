@@ -10,6 +10,7 @@ Chosen per request, by the model name or by headers (headers win):
     delay_ms=20                           x-sim-token-delay-ms: 20  delay before each token
     tokens=40                             x-sim-tokens: 40          answer length in tokens
     ctx=4096                              x-sim-context-window: N   prompts longer than N tokens get HTTP 400
+    usage=off                             x-sim-usage: off          never report usage (like some providers)
 
 For example `sim-fast:fault=cut:cut_after=5` or `sim-premium:delay_ms=50`.
 """
@@ -34,6 +35,7 @@ class Behaviour:
     token_delay_ms: float = 0.0
     tokens: int = 48
     context_window: int = 128_000
+    usage: bool = True
 
 
 def _int(name: str, raw: str, lo: int = 0, hi: int = 1_000_000) -> int:
@@ -63,6 +65,10 @@ def _apply(b: Behaviour, key: str, value: str) -> Behaviour:
         return replace(b, tokens=_int(key, value, 1, 100_000))
     if key == "ctx":
         return replace(b, context_window=_int(key, value, 1, 10_000_000))
+    if key == "usage":
+        if value not in ("on", "off"):
+            raise BadBehaviour(f"usage must be on or off, got {value!r}")
+        return replace(b, usage=value == "on")
     raise BadBehaviour(f"unknown simulator setting {key!r}")
 
 
@@ -72,6 +78,7 @@ HEADERS = {
     "x-sim-token-delay-ms": "delay_ms",
     "x-sim-tokens": "tokens",
     "x-sim-context-window": "ctx",
+    "x-sim-usage": "usage",
 }
 
 

@@ -193,7 +193,7 @@ class Simulator:
                     "usage": usage,
                 }
             )
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = b.usage and bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         rec.state = "streaming"

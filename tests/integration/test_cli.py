@@ -80,6 +80,18 @@ def test_up_then_chat_and_health_from_another_shell(tmp_path: Path) -> None:
         assert "[simulated answer from sim-fast]" in chat.stdout
         assert re.search(r"— sim-fast \(sim-fast\) · \d+ in / \d+ out tokens · \$0\.\d{6}", chat.stdout), chat.stdout
 
+        listing = subprocess.run([*enter, TIERMESH, "models"], env=env, capture_output=True, text=True, timeout=30)
+        assert listing.returncode == 0, listing.stdout
+        lines = listing.stdout.splitlines()
+        assert lines[0].split()[:3] == ["tier", "deployment", "model"]
+        assert [line.split()[:2] for line in lines[1:]] == [
+            ["1", "sim-fast"],
+            ["2", "sim-balanced"],
+            ["3", "sim-advanced"],
+            ["4", "sim-premium"],
+        ]
+        assert all(line.split()[-2:] == ["ok", "closed"] for line in lines[1:])
+
         health = subprocess.run([*enter, TIERMESH, "health"], env=env, capture_output=True, text=True, timeout=30)
         assert health.returncode == 0, health.stdout + health.stderr
         statuses = dict(line.split()[:2] for line in health.stdout.splitlines() if line.strip())

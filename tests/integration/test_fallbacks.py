@@ -239,3 +239,52 @@ async def test_client_deadline_bounds_the_whole_chain(faults: Mesh) -> None:
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 5
     await asyncio.sleep(0)
+
+
+async def test_usage_is_counted_with_the_tokenizer_when_the_provider_sends_none(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import litellm
+
+    env = {**FAULT_MESH, "TIERMESH_INFERENCE__TIERS__1": f"[{dep('quiet', 'sim:usage=off', 2)}]"}
+    mesh = await start_mesh(tmp_path_factory.mktemp("nousage"), ["simulator", "inference"], **env)
+    try:
+        events = await generate(mesh, 1, "quantos tokens tem esta pergunta?")
+    finally:
+        await mesh.sup.stop()
+    done = events[-1].done
+    answer = "".join(e.delta.text for e in events if e.HasField("delta"))
+    expected_prompt = litellm.token_counter(
+        model="gpt-4o", messages=[{"role": "user", "content": "quantos tokens tem esta pergunta?"}]
+    )
+    expected_completion = litellm.token_counter(model="gpt-4o", text=answer)
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (expected_prompt, expected_completion)
+    assert done.usage.cost_micro_usd == price(expected_prompt, expected_completion, 2)
+
+
+async def test_breaker_opens_and_then_rejects_without_calling(tmp_path_factory: pytest.TempPathFactory) -> None:
+    env = {
+        **FAULT_MESH,
+        "TIERMESH_INFERENCE__RETRY": "{max_attempts: 1}",
+        "TIERMESH_INFERENCE__BREAKER": "{consecutive_failures: 2, min_calls: 1000, open_s: 30}",
+        "TIERMESH_INFERENCE__TIERS__1": f"[{dep('flaky', 'sim:fault=500', 1)}, {dep('steady', 'sim-ok', 2)}]",
+    }
+    mesh = await start_mesh(tmp_path_factory.mktemp("breaker"), ["simulator", "inference"], **env)
+    try:
+        for _ in range(2):
+            assert attempts((await generate(mesh, 1))[-1].done) == [("flaky", "HTTP 500"), ("steady", "ok")]
+        calls_before = len([r for r in await mesh.sim_records() if r["model"] == "sim:fault=500"])
+        for _ in range(3):
+            events = await generate(mesh, 1)
+            # While open, the flaky deployment is no longer the cheapest *usable* one: steady goes first.
+            assert attempts(events[-1].done) == [("steady", "ok")]
+            assert kinds(events)[0] == "model_selected:steady"
+        calls_after = len([r for r in await mesh.sim_records() if r["model"] == "sim:fault=500"])
+        assert calls_after == calls_before == 2  # not called while open
+        async with grpc.aio.insecure_channel(mesh.target("inference")) as channel:
+            listing = await ipb_grpc.InferenceServiceStub(channel).ListModels(ipb.ListModelsRequest(tier=c.TIER_FAST))
+        states = {m.deployment: (m.breaker_state, m.healthy) for m in listing.models}
+        assert states == {"flaky": ("open", False), "steady": ("closed", True)}
+        assert [m.deployment for m in listing.models] == ["steady", "flaky"]  # usable ones first
+    finally:
+        await mesh.sup.stop()
