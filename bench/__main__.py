@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import mesh_latency
+from bench import inference_latency, mesh_latency, router_eval
 
 
 def main() -> None:
     asyncio.run(mesh_latency.main())
+    print()
+    asyncio.run(inference_latency.main())
+    print()
+    router_eval.main()
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ class Engine:
         self.budget = RetryBudget(cfg.retry.budget_ratio, cfg.retry.budget_max_tokens)
         self.breakers = {d.name: CircuitBreaker(cfg.breaker, clock) for deps in cfg.tiers.values() for d in deps}
         self.healthy = {name: True for name in self.breakers}
+        self._background: set[asyncio.Task[None]] = set()
 
     def candidates(self, tier: int) -> list[Deployment]:
         """The tier's deployments in the order to try: usable ones (healthy, breaker not open)

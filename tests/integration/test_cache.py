@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
@@ -47,6 +48,25 @@ async def generate(
         return [e async for e in ipb_grpc.InferenceServiceStub(channel).Generate(request, timeout=20)]
 
 
+async def stored_count(mesh: Mesh, redis_url: str = "redis://127.0.0.1:6379/0") -> int:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        pattern = mesh.env["TIERMESH_INFERENCE__CACHE__NAMESPACE"] + ":*"
+        return len(await client.keys(pattern))
+    finally:
+        await client.aclose(close_connection_pool=True)
+
+
+async def stored(mesh: Mesh, count: int, redis_url: str = "redis://127.0.0.1:6379/0") -> None:
+    """Wait until the mesh's cache namespace holds `count` answers (they are written just after
+    the client got its answer)."""
+    for _ in range(100):
+        if await stored_count(mesh, redis_url) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the cache never held {count} answers")
+
+
 def text_of(events: list[ipb.GenerateResponse]) -> str:
     return "".join(e.delta.text for e in events if e.HasField("delta"))
 
@@ -54,7 +74,9 @@ def text_of(events: list[ipb.GenerateResponse]) -> str:
 async def test_identical_request_is_replayed_identically(mesh: Mesh) -> None:
     text = f"cache me {uuid.uuid4()}"
     target = mesh.target("inference")
+    keys = await stored_count(mesh)
     first = await generate(target, text, temperature=0.2)
+    await stored(mesh, keys + 1)
     second = await generate(target, text, temperature=0.2)
     assert not first[-1].done.cached and second[-1].done.cached
     assert text_of(second) == text_of(first)
@@ -130,6 +152,7 @@ async def test_redis_stopped_mid_test_never_fails_a_request(
     mesh, redis_proc = mesh_on_private_redis
     target = mesh.target("inference")
     before = await generate(target, "before the outage")
+    await stored(mesh, 1, mesh.env["TIERMESH_INFERENCE__CACHE__URL"])
     assert (await generate(target, "before the outage"))[-1].done.cached
     redis_proc.terminate()
     redis_proc.wait(timeout=10)
