@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -43,10 +43,16 @@ class Part:
     pump: asyncio.Task[None] | None = None
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the child when the supervisor dies, so nothing is left running."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+_SETPRIV = shutil.which("setpriv")
+
+
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """Have Linux SIGTERM the child when the supervisor dies, so nothing is left running.
+
+    Done by `setpriv --pdeathsig` rather than a preexec_fn: running Python between fork and exec
+    forces a plain fork(), whose gRPC fork handlers can abort the child when the parent has gRPC
+    threads (the tests do); without a preexec_fn the child is started by vfork + exec."""
+    return [_SETPRIV, "--pdeathsig", "TERM", "--", *argv] if _SETPRIV else argv
 
 
 def format_line(raw: str) -> str:
@@ -129,12 +135,11 @@ class Supervisor:
 
     async def spawn(self, part: Part) -> None:
         part.proc = await asyncio.create_subprocess_exec(
-            *part.argv,
+            *_die_with_parent(part.argv),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
             env=self.env,
-            preexec_fn=_die_with_parent,
             limit=1 << 20,
         )
         part.pump = asyncio.create_task(self._pump(part))
