@@ -288,3 +288,31 @@ async def test_breaker_opens_and_then_rejects_without_calling(tmp_path_factory: 
         assert [m.deployment for m in listing.models] == ["steady", "flaky"]  # usable ones first
     finally:
         await mesh.sup.stop()
+
+
+async def test_health_checks_put_a_dead_deployment_last(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.integration.mesh import free_port
+
+    dead = (
+        f"{{name: dead, provider: openai_compatible, model: m, api_base: 'http://127.0.0.1:{free_port()}/v1',"
+        " input_usd_per_mtok: 0.5, output_usd_per_mtok: 1, context_window: 100000}"
+    )
+    env = {
+        **FAULT_MESH,
+        "TIERMESH_INFERENCE__HEALTH_INTERVAL_S": "0.2",
+        "TIERMESH_INFERENCE__TIERS__1": f"[{dead}, {dep('alive', 'sim-ok', 2)}]",
+    }
+    mesh = await start_mesh(tmp_path_factory.mktemp("health"), ["simulator", "inference"], **env)
+    try:
+        async with grpc.aio.insecure_channel(mesh.target("inference")) as channel:
+            stub = ipb_grpc.InferenceServiceStub(channel)
+            for _ in range(50):
+                listing = await stub.ListModels(ipb.ListModelsRequest(tier=c.TIER_FAST))
+                if not {m.deployment: m.healthy for m in listing.models}["dead"]:
+                    break
+                await asyncio.sleep(0.1)
+        assert [(m.deployment, m.healthy) for m in listing.models] == [("alive", True), ("dead", False)]
+        events = await generate(mesh, 1)
+        assert attempts(events[-1].done) == [("alive", "ok")]  # the cheaper but dead one is not tried first
+    finally:
+        await mesh.sup.stop()
