@@ -6,6 +6,8 @@ token delay so the figures are the mesh's own cost.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from tests.integration.mesh import start_mesh
+from tests.integration.mesh import Mesh, start_mesh
 
 N = 200
 MESSAGES = [c.ChatMessage(role=c.CHAT_ROLE_USER, content="hello there")]
@@ -44,6 +46,35 @@ async def measure(name: str, once: Callable[[], Awaitable[tuple[float, float]]])
     print(
         f"  {name:<28} first token p50 {pct(firsts, 50) * 1000:7.2f} ms  p99 {pct(firsts, 99) * 1000:7.2f} ms"
         f"   whole stream p50 {pct(totals, 50) * 1000:7.2f} ms  p99 {pct(totals, 99) * 1000:7.2f} ms"
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_chat(mesh: Mesh, chats: int = 300) -> None:
+    pids = {name: part.proc.pid for name, part in mesh.sup.parts.items() if part.proc is not None}
+    channel = grpc.aio.insecure_channel(mesh.target("envoy"))
+    stub = pb_grpc.RouterServiceStub(channel)
+    request = pb.ChatRequest(messages=MESSAGES, bypass_cache=True)
+    for _ in range(20):
+        async for _ in stub.Chat(request):
+            pass
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    for _ in range(chats):
+        async for _ in stub.Chat(request):
+            pass
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    await channel.close()
+    per = {name: (after[name] - before[name]) / chats * 1000 for name in pids}
+    mesh_cpu = sum(v for k, v in per.items() if k != "simulator")
+    print(
+        f"CPU per streamed chat (48 tokens, through Envoy, {chats} chats): mesh {mesh_cpu:.2f} ms = "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in per.items() if k != "simulator")
+        + f" (simulator {per.get('simulator', 0):.2f} ms, not counted)"
     )
 
 
@@ -88,11 +119,11 @@ async def main() -> None:
                 return once
 
             await measure(
-                "Inference (LiteLLM)",
+                "Inference",
                 await over_grpc(
                     mesh.target("inference"),
                     lambda ch: ipb_grpc.InferenceServiceStub(ch).Generate(
-                        ipb.GenerateRequest(messages=MESSAGES, tier=1)
+                        ipb.GenerateRequest(messages=MESSAGES, tier=1, bypass_cache=True)
                     ),
                 ),
             )
@@ -101,9 +132,12 @@ async def main() -> None:
                     name,
                     await over_grpc(
                         mesh.target(target),
-                        lambda ch: pb_grpc.RouterServiceStub(ch).Chat(pb.ChatRequest(messages=MESSAGES)),
+                        lambda ch: pb_grpc.RouterServiceStub(ch).Chat(
+                            pb.ChatRequest(messages=MESSAGES, bypass_cache=True)
+                        ),
                     ),
                 )
+            await cpu_per_chat(mesh)
         finally:
             await mesh.sup.stop()
     for cmd in (["health", "--help"], ["chat", "--help"]):
@@ -113,3 +147,7 @@ async def main() -> None:
             subprocess.run([str(Path(sys.executable).parent / "tiermesh"), *cmd], capture_output=True, check=True)
             runs.append(time.perf_counter() - start)
         print(f"`tiermesh {' '.join(cmd)}` start: median {statistics.median(runs) * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
