@@ -228,27 +228,47 @@ class Provider:
                     text = await resp.text(errors="replace")
                     raise _status_error(d.name, resp.status, text, _retry_after(resp.headers), 0)
                 done = False
-                async for line in resp.content:
-                    if not line.startswith(b"data:"):
+                buffer = b""
+                # Whatever arrived in one read is parsed together and its text leaves as one
+                # piece: a slow provider still gives a piece per token, a burst costs one
+                # trip through the layers above instead of one per token.
+                async for data_in in resp.content.iter_any():
+                    buffer += data_in
+                    if b"\n" not in data_in:
                         continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
+                    lines = buffer.split(b"\n")
+                    buffer = lines.pop()
+                    text_parts: list[str] = []
+                    finish = usage_piece = None
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        chunk = json.loads(data)
+                        for choice in chunk.get("choices") or ():
+                            content = (choice.get("delta") or {}).get("content")
+                            if content:
+                                sent += 1
+                                text_parts.append(str(content))
+                            if choice.get("finish_reason"):
+                                finish = str(choice["finish_reason"])
+                        usage = chunk.get("usage")
+                        if usage and usage.get("completion_tokens") is not None:
+                            usage_piece = Piece(
+                                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                completion_tokens=int(usage["completion_tokens"]),
+                            )
+                    if text_parts:
+                        yield Piece(text="".join(text_parts))
+                    if finish:
+                        yield Piece(finish_reason=finish)
+                    if usage_piece is not None:
+                        yield usage_piece
+                    if done:
                         break
-                    chunk = json.loads(data)
-                    for choice in chunk.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            sent += 1
-                            yield Piece(text=str(content))
-                        if choice.get("finish_reason"):
-                            yield Piece(finish_reason=str(choice["finish_reason"]))
-                    usage = chunk.get("usage")
-                    if usage and usage.get("completion_tokens") is not None:
-                        yield Piece(
-                            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                            completion_tokens=int(usage["completion_tokens"]),
-                        )
                 if not done:
                     raise ProviderError(
                         f"{d.name} failed: the stream ended without [DONE] after {sent} tokens",

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
+from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.router.v1 import router_service_pb2 as pb
-from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.router.policy import Router
-from services.router.servicer import RouterServicer
+from services.router.servicer import RouterServicer, register
 from services.runtime import config, logs
 from services.runtime.server import serve
 
@@ -23,9 +22,14 @@ async def main() -> None:
     router = Router.load(policy_path if policy_path.is_absolute() else config.REPO_ROOT / policy_path)
     log.info("routing policy loaded", extra={"policy": router.policy.version, "rules": len(router.policy.rules)})
     channel = grpc.aio.insecure_channel(config.target(tree, "inference"))
+    generate_raw = channel.unary_stream(
+        "/tiermesh.inference.v1.InferenceService/Generate",
+        request_serializer=ipb.GenerateRequest.SerializeToString,
+        response_deserializer=None,  # raw bytes: relayed without decoding
+    )
     servicer = RouterServicer(
         router,
-        ipb_grpc.InferenceServiceStub(channel),
+        generate_raw,
         default_deadline_s=config.get_float(router_cfg, "deadline_s", 120.0, where="router", lo=1, hi=3600),
     )
     await serve(
@@ -33,6 +37,6 @@ async def main() -> None:
         tree,
         log,
         service_names=[pb.DESCRIPTOR.services_by_name["RouterService"].full_name],
-        register=lambda server: pb_grpc.add_RouterServiceServicer_to_server(servicer, server),
+        register=lambda server: register(servicer, server),
         on_stop=lambda: channel.close(None),
     )

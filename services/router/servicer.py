@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
 
 import grpc
 from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
-from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
-from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.router import budget
 from services.router.budget import BudgetCheck, NoBudgets
@@ -74,16 +73,47 @@ def decision_pb(d: Decision, request_id: str) -> pb.RouteDecision:
     )
 
 
-class RouterServicer(pb_grpc.RouterServiceServicer):
+# The first byte of an encoded GenerateResponse names its event (field number << 3 | wire type 2).
+_DELTA_TAG, _DONE_TAG, _RESTART_TAG = 0x12, 0x1A, 0x22
+
+RawGenerate = Callable[..., Any]
+
+
+def serialize_chat(message: pb.ChatResponse | bytes) -> bytes:
+    """ChatResponse encoder that lets pre-encoded events through unchanged."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def register(servicer: RouterServicer, server: grpc.aio.Server) -> None:
+    """Register RouterService with the Chat encoder that accepts relayed, pre-encoded events."""
+    handlers = {
+        "Chat": grpc.unary_stream_rpc_method_handler(
+            servicer.Chat, request_deserializer=pb.ChatRequest.FromString, response_serializer=serialize_chat
+        ),
+        "Route": grpc.unary_unary_rpc_method_handler(
+            servicer.Route,
+            request_deserializer=pb.RouteRequest.FromString,
+            response_serializer=pb.RouteResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+
+
+class RouterServicer:
+    """Chat relays Inference's delta and restart events as the bytes Inference encoded: both
+    streams give them the same field numbers and types, so decoding and re-encoding each one
+    would only burn CPU. Only the done event is translated."""
+
     def __init__(
         self,
         router: Router,
-        inference: ipb_grpc.InferenceServiceAsyncStub,
+        generate_raw: RawGenerate,
         default_deadline_s: float,
         budget: BudgetCheck | None = None,
     ) -> None:
         self.router = router
-        self.inference = inference
+        self.generate_raw = generate_raw
         self.default_deadline_s = default_deadline_s
         self.budget = budget or NoBudgets()
 
@@ -102,7 +132,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         decision = await self._decide(request.messages, request.tier, context)
         return pb.RouteResponse(decision=decision_pb(decision, logs.request_id_var.get()))
 
-    async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatResponse]:
+    async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatResponse | bytes]:
         validate(request)
         request_id = logs.request_id_var.get()
         decision = await self._decide(request.messages, request.tier, context)
@@ -131,16 +161,14 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         )
         if request.HasField("temperature"):
             generate.temperature = request.temperature
-        call = self.inference.Generate(generate, timeout=timeout, metadata=(("x-request-id", request_id),))
+        call = self.generate_raw(generate, timeout=timeout, metadata=(("x-request-id", request_id),))
         try:
-            async for event in call:
-                kind = event.WhichOneof("event")
-                if kind == "delta":
-                    yield pb.ChatResponse(delta=event.delta)
-                elif kind == "restart":
-                    yield pb.ChatResponse(restart=event.restart)
-                elif kind == "done":
-                    d = event.done
+            async for raw in call:
+                tag = raw[0] if raw else 0
+                if tag in (_DELTA_TAG, _RESTART_TAG):
+                    yield raw
+                elif tag == _DONE_TAG:
+                    d = ipb.GenerateResponse.FromString(raw).done
                     yield pb.ChatResponse(
                         done=pb.ChatDone(
                             usage=d.usage,
