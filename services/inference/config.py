@@ -29,6 +29,8 @@ class Deployment:
     context_window: int
     api_base: str | None = None
     api_key_env: str | None = None
+    rpm: int | None = None  # requests per minute this deployment accepts (provider quota)
+    tpm: int | None = None  # tokens (in + out) per minute
 
     def cost_micro_usd(self, prompt_tokens: int, completion_tokens: int) -> int:
         """Exact cost, rounded half up to a whole micro-dollar."""
@@ -75,6 +77,14 @@ def _micro(price: Any, where: str) -> int:
     return int((value * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def _quota(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}: must be a positive integer (per minute), got {value!r}")
+    return value
+
+
 def _deployment(raw: Any, tier: int, i: int, sim_base: str) -> Deployment:
     where = f"inference.tiers.{tier}[{i}]"
     if not isinstance(raw, Mapping):
@@ -101,6 +111,8 @@ def _deployment(raw: Any, tier: int, i: int, sim_base: str) -> Deployment:
         context_window=window,
         api_base=api_base,
         api_key_env=raw.get("api_key_env"),
+        rpm=_quota(raw.get("rpm"), f"{where}.rpm"),
+        tpm=_quota(raw.get("tpm"), f"{where}.tpm"),
     )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -94,6 +95,39 @@ class Done:
 Event = Selected | Delta | Restart | Done
 
 
+class Quota:
+    """A deployment's requests and tokens over the last minute, against its rpm/tpm quota, so a
+    busy deployment is passed over before the provider answers 429."""
+
+    def __init__(self, rpm: int | None, tpm: int | None, clock: Callable[[], float]) -> None:
+        self.rpm, self.tpm, self.clock = rpm, tpm, clock
+        self.requests: deque[float] = deque()
+        self.tokens: deque[tuple[float, int]] = deque()
+        self.token_total = 0
+
+    def _prune(self) -> None:
+        horizon = self.clock() - 60.0
+        while self.requests and self.requests[0] < horizon:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] < horizon:
+            self.token_total -= self.tokens.popleft()[1]
+
+    def room(self) -> bool:
+        if self.rpm is None and self.tpm is None:
+            return True
+        self._prune()
+        return (self.rpm is None or len(self.requests) < self.rpm) and (self.tpm is None or self.token_total < self.tpm)
+
+    def add_request(self) -> None:
+        if self.rpm is not None:
+            self.requests.append(self.clock())
+
+    def add_tokens(self, n: int) -> None:
+        if self.tpm is not None:
+            self.tokens.append((self.clock(), n))
+            self.token_total += n
+
+
 class Engine:
     def __init__(
         self,
@@ -114,6 +148,7 @@ class Engine:
         self.budget = RetryBudget(cfg.retry.budget_ratio, cfg.retry.budget_max_tokens)
         self.breakers = {d.name: CircuitBreaker(cfg.breaker, clock) for deps in cfg.tiers.values() for d in deps}
         self.healthy = {name: True for name in self.breakers}
+        self.quotas = {d.name: Quota(d.rpm, d.tpm, clock) for deps in cfg.tiers.values() for d in deps}
         self._background: set[asyncio.Task[None]] = set()
 
     def candidates(self, tier: int) -> list[Deployment]:
@@ -122,7 +157,9 @@ class Engine:
         deps = list(self.cfg.tiers[tier])
 
         def key(d: Deployment) -> tuple[bool, int]:
-            usable = self.healthy[d.name] and self.breakers[d.name].current_state() != OPEN
+            usable = (
+                self.healthy[d.name] and self.breakers[d.name].current_state() != OPEN and self.quotas[d.name].room()
+            )
             return (not usable, d.input_micro_usd_per_mtok + d.output_micro_usd_per_mtok)
 
         return sorted(deps, key=key)
@@ -155,6 +192,11 @@ class Engine:
             if d.context_window <= min_window:
                 failures.append(f"{d.name}: context window too small")
                 continue
+            quota = self.quotas[d.name]
+            if not quota.room():
+                attempts.append(AttemptRecord(d.name, "quota full", 0, 0))
+                failures.append(f"{d.name}: its requests or tokens per minute are used up")
+                continue
             breaker = self.breakers[d.name]
             if not breaker.allow():
                 attempts.append(AttemptRecord(d.name, "breaker open", 0, 0))
@@ -170,6 +212,7 @@ class Engine:
                     breaker.release()
                     raise DeadlineExceeded(f"the deadline passed while calling tier {req.tier} ({'; '.join(failures)})")
                 started = self.clock()
+                quota.add_request()
                 text_parts: list[str] = []
                 finish = ""
                 usage: tuple[int, int] | None = None
@@ -227,6 +270,7 @@ class Engine:
                 breaker.record(True)
                 attempts.append(self._attempt(d, "ok", delay, started))
                 p, c = self._count(d, messages, text_parts, usage)
+                quota.add_tokens(p + c)
                 prompt_total, completion_total = prompt_total + p, completion_total + c
                 cost_total += d.cost_micro_usd(p, c)
                 done = Done(

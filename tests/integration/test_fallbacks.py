@@ -316,3 +316,19 @@ async def test_health_checks_put_a_dead_deployment_last(tmp_path_factory: pytest
         assert attempts(events[-1].done) == [("alive", "ok")]  # the cheaper but dead one is not tried first
     finally:
         await mesh.sup.stop()
+
+
+async def test_a_deployment_at_its_rpm_quota_is_passed_over(tmp_path_factory: pytest.TempPathFactory) -> None:
+    capped = (
+        "{name: capped, provider: simulator, model: sim-capped, input_usd_per_mtok: 1, output_usd_per_mtok: 2,"
+        " context_window: 100000, rpm: 2}"
+    )
+    env = {**FAULT_MESH, "TIERMESH_INFERENCE__TIERS__1": f"[{capped}, {dep('spare', 'sim-ok', 2)}]"}
+    mesh = await start_mesh(tmp_path_factory.mktemp("quota"), ["simulator", "inference"], **env)
+    try:
+        answered = [(await generate(mesh, 1))[-1].done.deployment for _ in range(4)]
+        capped_calls = len([r for r in await mesh.sim_records() if r["model"] == "sim-capped"])
+    finally:
+        await mesh.sup.stop()
+    assert answered == ["capped", "capped", "spare", "spare"]
+    assert capped_calls == 2
