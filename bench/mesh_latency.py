@@ -61,11 +61,12 @@ async def cpu_per_chat(mesh: Mesh, chats: int = 300) -> None:
     stub = pb_grpc.RouterServiceStub(channel)
     request = pb.ChatRequest(messages=MESSAGES, bypass_cache=True)
     for _ in range(20):
-        async for _ in stub.Chat(request):
+        async for _ in stub.Chat(request, metadata=mesh.auth("bench")):
             pass
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    auth = mesh.auth("bench")
     for _ in range(chats):
-        async for _ in stub.Chat(request):
+        async for _ in stub.Chat(request, metadata=auth):
             pass
     after = {name: cpu_seconds(pid) for name, pid in pids.items()}
     await channel.close()
@@ -127,13 +128,14 @@ async def main() -> None:
                     ),
                 ),
             )
-            for name, target in (("Router -> Inference", "router"), ("Envoy -> Router -> Inference", "envoy")):
+            auth = mesh.auth("bench")
+            for name, target in (("Router -> Inference", "router"), ("Envoy (JWT) -> Router -> Inference", "envoy")):
                 await measure(
                     name,
                     await over_grpc(
                         mesh.target(target),
                         lambda ch: pb_grpc.RouterServiceStub(ch).Chat(
-                            pb.ChatRequest(messages=MESSAGES, bypass_cache=True)
+                            pb.ChatRequest(messages=MESSAGES, bypass_cache=True), metadata=auth
                         ),
                     ),
                 )

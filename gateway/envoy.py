@@ -3,7 +3,8 @@
 The edge serves gRPC (HTTP/2) and gRPC-Web (HTTP/1.1 or HTTP/2) on one port and routes the
 public RouterService to the Router over HTTP/2. Streams are never cut by a route timeout (Envoy's
 default of 15 s would end long answers); `envoy.max_stream_duration_s` bounds them instead, and
-a client's `grpc-timeout` is honoured up to that bound. Client-sent identity headers are removed.
+a client's `grpc-timeout` is honoured up to that bound. Every route needs a verified JWT; the
+identity headers services trust are written from its claims after client-sent copies are removed.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway import keys
 from services.runtime import config
 
 PUBLIC_PREFIXES = ("/tiermesh.router.v1.RouterService/",)
@@ -72,8 +75,68 @@ def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
     }
 
 
-def render(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """The Envoy bootstrap as a JSON-ready mapping."""
+def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> dict[str, Any]:
+    """jwt_authn: every route requires a valid token (RS256/ES256 against the JWKS), read from the
+    Authorization header only (never the query string); `sub` and `segment` become identity headers."""
+    auth = keys.settings(tree)
+    provider: dict[str, Any] = {
+        "issuer": auth.issuer,
+        "audiences": [auth.audience],
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "forward": False,
+        "claim_to_headers": [
+            {"header_name": "x-tiermesh-user", "claim_name": "sub"},
+            {"header_name": "x-tiermesh-segment", "claim_name": "segment"},
+        ],
+        "clock_skew_seconds": 30,
+    }
+    if auth.jwks_uri:
+        provider["remote_jwks"] = {
+            "http_uri": {"uri": auth.jwks_uri, "cluster": "jwks", "timeout": "5s"},
+            "cache_duration": f"{auth.jwks_cache_s}s",
+            "async_fetch": {"fast_listener": False},
+            "retry_policy": {"num_retries": 3},
+        }
+    else:
+        provider["local_jwks"] = {"filename": str(jwks_path or keys.dev_keys(tree).jwks_path)}
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": _TYPE + "filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"tiermesh": provider},
+            # The catch-all: no path reaches a service without a verified token.
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "tiermesh"}}],
+        },
+    }
+
+
+def _jwks_cluster(uri: str) -> dict[str, Any]:
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise config.ConfigError(f"auth.jwks_uri: must be an http(s) URL, got {uri!r}")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    cluster: dict[str, Any] = {
+        "name": "jwks",
+        "type": "STRICT_DNS",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": "jwks",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(parsed.hostname, port)}}]}],
+        },
+    }
+    if parsed.scheme == "https":
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TYPE + "transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": parsed.hostname,
+            },
+        }
+    return cluster
+
+
+def render(tree: Mapping[str, Any], jwks_path: Path | None = None) -> dict[str, Any]:
+    """The Envoy bootstrap as a JSON-ready mapping (`jwks_path`: the dev JWKS when no jwks_uri)."""
     edge = config.section(tree, "envoy")
     max_stream_s = config.get_int(edge, "max_stream_duration_s", 600, where="envoy", lo=1, hi=86_400)
     origins = edge.get("cors_origins", [])
@@ -102,6 +165,21 @@ def render(tree: Mapping[str, Any]) -> dict[str, Any]:
         "codec_type": "AUTO",
         "generate_request_id": True,
         "stream_idle_timeout": duration,
+        # jwt_authn answers a token for another audience with 403; a token that is not for us is
+        # no identity at all, so the edge answers every such local 403 as 401 (UNAUTHENTICATED).
+        # (No other filter here makes local 403s.)
+        "local_reply_config": {
+            "mappers": [
+                {
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {"op": "EQ", "value": {"default_value": 403, "runtime_key": "edge.jwt_403"}}
+                        }
+                    },
+                    "status_code": 401,
+                }
+            ]
+        },
         "access_log": [
             {
                 "name": "envoy.access_loggers.stdout",
@@ -113,7 +191,6 @@ def render(tree: Mapping[str, Any]) -> dict[str, Any]:
         ],
         "route_config": {
             "name": "edge",
-            "request_headers_to_remove": list(IDENTITY_HEADERS),
             "virtual_hosts": [
                 {
                     "name": "tiermesh",
@@ -141,6 +218,16 @@ def render(tree: Mapping[str, Any]) -> dict[str, Any]:
                 "name": "envoy.filters.http.cors",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
             },
+            # Client-sent identity headers go before the token is checked, so the only copies that
+            # reach a service are the ones jwt_authn writes from the verified claims.
+            {
+                "name": "envoy.filters.http.header_mutation",
+                "typed_config": {
+                    "@type": _TYPE + "filters.http.header_mutation.v3.HeaderMutation",
+                    "mutations": {"request_mutations": [{"remove": h} for h in IDENTITY_HEADERS]},
+                },
+            },
+            _jwt_filter(tree, jwks_path),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -171,15 +258,18 @@ def render(tree: Mapping[str, Any]) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [_cluster("router", router_host, router_port)],
+            "clusters": [_cluster("router", router_host, router_port)]
+            + ([_jwks_cluster(keys.settings(tree).jwks_uri)] if keys.settings(tree).jwks_uri else []),
         },
     }
 
 
 def write(tree: Mapping[str, Any], path: Path | None = None) -> Path:
-    """Write the bootstrap (JSON, which Envoy reads as YAML) under the data dir; return its path."""
+    """Write the bootstrap (JSON, which Envoy reads as YAML) under the data dir; return its path.
+    Without a remote JWKS, the development key pair is created (once) and its JWKS used."""
+    jwks = None if keys.settings(tree).jwks_uri else keys.dev_keys(tree).jwks_path
     out = path or config.data_dir(tree) / "envoy.json"
-    out.write_text(json.dumps(render(tree), indent=2) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(render(tree, jwks), indent=2) + "\n", encoding="utf-8")
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -61,13 +62,22 @@ async def chat(args: argparse.Namespace, message: str) -> int:
         max_tokens=args.max_tokens,
         bypass_cache=args.no_cache,
     )
+    token = args.token or os.environ.get("TIERMESH_TOKEN")
+    if not token:
+        from gateway import keys
+
+        if keys.settings(tree).jwks_uri:
+            print("tiermesh chat: this mesh verifies tokens from an identity provider: pass --token", file=sys.stderr)
+            return 2
+        token = keys.mint(tree, args.user, args.segment, 3600)
+    metadata = (("authorization", f"Bearer {token}"),)
     out = sys.stdout
     started = time.monotonic()
     first_token: float | None = None
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         try:
-            async for event in stub.Chat(request, timeout=args.timeout):
+            async for event in stub.Chat(request, timeout=args.timeout, metadata=metadata):
                 kind = event.WhichOneof("event")
                 if args.json:
                     out.write(json.dumps(MessageToDict(event), ensure_ascii=False) + "\n")

@@ -44,6 +44,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return asyncio.run(models(args.json))
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    from gateway import keys
+
+    try:
+        ttl = keys.parse_ttl(args.ttl)
+        print(keys.mint(config.load(), args.user, args.segment, ttl))
+    except ValueError as exc:
+        print(f"tiermesh token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
     from services.cli.health import health
 
@@ -66,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--no-cache", action="store_true", help="ask for a fresh answer")
     chat.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     chat.add_argument("--json", action="store_true", help="print every event as one JSON line")
+    chat.add_argument("--token", help="bearer token (default: $TIERMESH_TOKEN, else a dev token)")
+    chat.add_argument("--user", default="dev", help="user of the dev token (default: dev)")
+    chat.add_argument(
+        "--segment",
+        choices=["standard", "vip", "enterprise"],
+        default="standard",
+        help="segment of the dev token (default: standard)",
+    )
     chat.set_defaults(func=_cmd_chat)
 
     route = sub.add_parser("route", help="show the route decision for a message (no model is called)")
@@ -78,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list each tier's deployments with price, health and breaker state")
     models.add_argument("--json", action="store_true", help="print one JSON array")
     models.set_defaults(func=_cmd_models)
+
+    token = sub.add_parser("token", help="mint a development token (signed with the dev key)")
+    token.add_argument("--user", required=True, help="the token's subject")
+    token.add_argument("--segment", choices=["standard", "vip", "enterprise"], default="standard")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    token.set_defaults(func=_cmd_token)
 
     health = sub.add_parser("health", help="report each part's health")
     health.add_argument("--json", action="store_true", help="print one JSON object")

@@ -76,6 +76,15 @@ class Mesh:
     def logs(self, name: str) -> list[str]:
         return list(self.sup[name].lines)
 
+    def token(self, user: str = "tester", segment: str = "standard", ttl_s: int = 600) -> str:
+        from gateway import keys
+
+        return keys.mint(self.tree, user, segment, ttl_s)
+
+    def auth(self, user: str = "tester", segment: str = "standard") -> tuple[tuple[str, str], ...]:
+        """gRPC metadata with a valid development token."""
+        return (("authorization", f"Bearer {self.token(user, segment)}"),)
+
 
 async def start_mesh(data_dir: Path, parts: Sequence[str] | None = None, **overrides: str) -> Mesh:
     """Start the parts on fresh free ports; once more on new ports if one was taken meanwhile."""

@@ -43,7 +43,7 @@ async def test_chat_streams_over_grpc_through_envoy(mesh: Mesh) -> None:
     first_delta_state = None
     async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
-        async for event in stub.Chat(chat_request(), timeout=30):
+        async for event in stub.Chat(chat_request(), timeout=30, metadata=mesh.auth()):
             events.append(event)
             if event.HasField("delta") and first_delta_state is None:
                 # What the provider is doing at the moment the client holds its first token.
@@ -62,7 +62,12 @@ async def test_chat_streams_over_grpc_web_through_envoy(mesh: Mesh) -> None:
     trailers: dict[str, str] = {}
     first_delta_state = None
     url = f"http://{mesh.target('envoy')}/tiermesh.router.v1.RouterService/Chat"
-    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "accept": "application/grpc-web+proto"}
+    headers = {
+        "content-type": "application/grpc-web+proto",
+        "x-grpc-web": "1",
+        "accept": "application/grpc-web+proto",
+        "authorization": f"Bearer {mesh.token()}",
+    }
     async with httpx.AsyncClient(http1=True, http2=False, timeout=30) as client:
         body = grpc_web_frame(chat_request("oi, tudo bem? 😀").SerializeToString())
         async with client.stream("POST", url, content=body, headers=headers) as resp:
@@ -102,7 +107,7 @@ async def test_bad_input_is_invalid_argument_naming_field_and_limit(
     async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in stub.Chat(request_, timeout=10):
+            async for _ in stub.Chat(request_, timeout=10, metadata=mesh.auth()):
                 pass
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (info.value.details() or "").startswith(message)
@@ -112,16 +117,20 @@ async def test_route_rejects_bad_input_too(mesh: Mesh) -> None:
     async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Route(pb.RouteRequest(), timeout=10)
+            await stub.Route(pb.RouteRequest(), timeout=10, metadata=mesh.auth())
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert info.value.details() == "messages: at least one item is required"
-        ok = await stub.Route(pb.RouteRequest(messages=chat_request().messages), timeout=10)
+        ok = await stub.Route(pb.RouteRequest(messages=chat_request().messages), timeout=10, metadata=mesh.auth())
         assert ok.decision.tier and ok.decision.reasons
 
 
 async def test_bad_input_over_grpc_web_reports_status_and_message(mesh: Mesh) -> None:
     url = f"http://{mesh.target('envoy')}/tiermesh.router.v1.RouterService/Chat"
-    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    headers = {
+        "content-type": "application/grpc-web+proto",
+        "x-grpc-web": "1",
+        "authorization": f"Bearer {mesh.token()}",
+    }
     async with httpx.AsyncClient(timeout=10) as client:
         resp = await client.post(url, content=grpc_web_frame(pb.ChatRequest().SerializeToString()), headers=headers)
     status = resp.headers.get("grpc-status")
@@ -137,7 +146,7 @@ async def test_bad_input_over_grpc_web_reports_status_and_message(mesh: Mesh) ->
 async def test_client_cancel_cancels_the_provider_request(mesh: Mesh) -> None:
     async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
-        call = stub.Chat(chat_request("tell me a long story"), timeout=30)
+        call = stub.Chat(chat_request("tell me a long story"), timeout=30, metadata=mesh.auth())
         request_id = ""
         deltas = 0
         async for event in call:

@@ -50,9 +50,15 @@ async def test_segment_comes_from_the_identity_header(mesh: Mesh) -> None:
 
 
 async def test_client_sent_identity_headers_are_stripped_at_the_edge(mesh: Mesh) -> None:
-    claimed = await route(mesh.target("envoy"), HARD, (("x-tiermesh-segment", "vip"), ("x-tiermesh-user", "mallory")))
+    claimed = await route(
+        mesh.target("envoy"),
+        HARD,
+        (*mesh.auth("bob", "standard"), ("x-tiermesh-segment", "vip"), ("x-tiermesh-user", "mallory")),
+    )
     assert claimed.segment == c.SEGMENT_STANDARD
     assert claimed.tier == 3
+    vip = await route(mesh.target("envoy"), HARD, mesh.auth("carol", "vip"))
+    assert vip.segment == c.SEGMENT_VIP and vip.tier == 4  # the verified claim is what counts
 
 
 async def test_chat_decision_carries_the_whole_explanation(mesh: Mesh) -> None:
@@ -60,7 +66,7 @@ async def test_chat_decision_carries_the_whole_explanation(mesh: Mesh) -> None:
         stub = pb_grpc.RouterServiceStub(channel)
         request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="Oi! Vocês aceitam Pix?")])
         first = None
-        async for event in stub.Chat(request, timeout=30):
+        async for event in stub.Chat(request, timeout=30, metadata=mesh.auth()):
             first = first or event
     assert first is not None and first.HasField("decision")
     d = first.decision
