@@ -11,6 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTOS := $(shell find proto -name '*.proto' | sort)
+GATEWAY_PROTOS := $(shell find gateway/proto -name '*.proto' | sort)
 
 .PHONY: run test setup proto lint fmt unit integration bench bench-router train-router clean
 
@@ -29,12 +30,16 @@ run: setup
 
 ## proto: generate Python code (and TypeScript when the web app's tools are installed)
 proto: setup
-	rm -rf gen/python/tiermesh
+	rm -rf gen/python/tiermesh gen/python/tiermesh_rls
 	mkdir -p gen/python
 	$(PY) -m grpc_tools.protoc -I proto \
 	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	  --python_out=gen/python --mypy_out=quiet:gen/python --grpc_python_out=gen/python --mypy_grpc_out=quiet:gen/python \
 	  $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I gateway/proto \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --python_out=gen/python --mypy_out=quiet:gen/python --grpc_python_out=gen/python --mypy_grpc_out=quiet:gen/python \
+	  $(GATEWAY_PROTOS)
 	if [ -x web/node_modules/.bin/protoc-gen-es ]; then $(VENV)/bin/buf generate; fi
 
 ## lint: buf lint + format check, ruff, mypy

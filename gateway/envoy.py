@@ -110,6 +110,49 @@ def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> dict[str, An
     }
 
 
+def _ratelimit_filter(tree: Mapping[str, Any], stage: int) -> dict[str, Any]:
+    """Envoy's global rate limit filter calling our RateLimit service; denials are
+    RESOURCE_EXHAUSTED with x-ratelimit-* headers saying when to retry."""
+    node = config.section(tree, "ratelimit")
+    domain = config.section(node, "config").get("domain", "tiermesh")
+    timeout_ms = config.get_int(node, "timeout_ms", 20, where="ratelimit", lo=1, hi=10_000)
+    return {
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": _TYPE + "filters.http.ratelimit.v3.RateLimit",
+            "domain": domain,
+            "stage": stage,
+            "timeout": f"{timeout_ms / 1000:.3f}s",
+            "failure_mode_deny": bool(node.get("failure_mode_deny", False)),
+            "rate_limited_as_resource_exhausted": True,
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "rate_limit_service": {
+                "grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit"}},
+                "transport_api_version": "V3",
+            },
+        },
+    }
+
+
+def _local_backstop(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A per-instance token bucket that caps bursts even when Redis or the RateLimit service is down."""
+    node = config.section(config.section(tree, "ratelimit"), "local_backstop")
+    tokens = config.get_int(node, "max_tokens", 500, where="ratelimit.local_backstop", lo=1, hi=10_000_000)
+    fill = config.get_float(node, "fill_interval_s", 1.0, where="ratelimit.local_backstop", lo=0.05, hi=3600)
+    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "edge.local_rl"}
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": _TYPE + "filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "edge_local_ratelimit",
+            "token_bucket": {"max_tokens": tokens, "tokens_per_fill": tokens, "fill_interval": f"{fill}s"},
+            "filter_enabled": always,
+            "filter_enforced": always,
+            "rate_limited_as_resource_exhausted": True,
+        },
+    }
+
+
 def _jwks_cluster(uri: str) -> dict[str, Any]:
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme not in ("https", "http") or not parsed.hostname:
@@ -155,6 +198,18 @@ def render(tree: Mapping[str, Any], jwks_path: Path | None = None) -> dict[str, 
                 "cluster": "router",
                 "timeout": "0s",
                 "max_stream_duration": {"max_stream_duration": duration, "grpc_timeout_header_max": duration},
+                "rate_limits": [
+                    # stage 0, after jwt_authn: per verified user, limit by segment
+                    {
+                        "stage": 0,
+                        "actions": [
+                            {"request_headers": {"header_name": "x-tiermesh-segment", "descriptor_key": "segment"}},
+                            {"request_headers": {"header_name": "x-tiermesh-user", "descriptor_key": "user"}},
+                        ],
+                    },
+                    # stage 1, before jwt_authn: per client address, tokens or not
+                    {"stage": 1, "actions": [{"remote_address": {}}]},
+                ],
             },
         }
         for prefix in PUBLIC_PREFIXES
@@ -218,6 +273,8 @@ def render(tree: Mapping[str, Any], jwks_path: Path | None = None) -> dict[str, 
                 "name": "envoy.filters.http.cors",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
             },
+            _local_backstop(tree),
+            _ratelimit_filter(tree, stage=1),
             # Client-sent identity headers go before the token is checked, so the only copies that
             # reach a service are the ones jwt_authn writes from the verified claims.
             {
@@ -228,6 +285,7 @@ def render(tree: Mapping[str, Any], jwks_path: Path | None = None) -> dict[str, 
                 },
             },
             _jwt_filter(tree, jwks_path),
+            _ratelimit_filter(tree, stage=0),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -258,7 +316,10 @@ def render(tree: Mapping[str, Any], jwks_path: Path | None = None) -> dict[str, 
                     ],
                 }
             ],
-            "clusters": [_cluster("router", router_host, router_port)]
+            "clusters": [
+                _cluster("router", router_host, router_port),
+                _cluster("ratelimit", *config.endpoint(tree, "ratelimit")),
+            ]
             + ([_jwks_cluster(keys.settings(tree).jwks_uri)] if keys.settings(tree).jwks_uri else []),
         },
     }

@@ -71,7 +71,8 @@ def format_line(raw: str) -> str:
     return " ".join(p for p in (ts, f"{level:<5}" if level else "", msg, extras) if p)
 
 
-PART_NAMES = ("simulator", "inference", "router", "envoy")
+PART_NAMES = ("simulator", "inference", "router", "ratelimit", "envoy")
+_MODULES = {"ratelimit": "gateway.ratelimit"}
 
 
 def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
@@ -84,7 +85,7 @@ def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
             f"http://{sim_host}:{sim_port}/v1",
         ),
     }
-    for name in ("inference", "router"):
+    for name in ("inference", "router", "ratelimit"):
         target = config.target(tree, name)
         out[name] = (functools.partial(probes.grpc_health, target), f"grpc://{target}")
     out["envoy"] = (
@@ -110,7 +111,7 @@ def parts_for(tree: Mapping[str, Any], names: Sequence[str] | None = None) -> li
             envoy.validate(path)
             argv = envoy.command(path)
         else:
-            argv = [sys.executable, "-m", f"services.{name}"]
+            argv = [sys.executable, "-m", _MODULES.get(name, f"services.{name}")]
         probe, where = checks[name]
         parts.append(Part(name, argv, probe, where))
     return parts

@@ -12,14 +12,19 @@ BIN = Path(sys.executable).parent
 
 
 def _generate(out: Path) -> None:
-    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proto").rglob("*.proto"))
+    for root in ("proto", "gateway/proto"):
+        _generate_from(root, out)
+
+
+def _generate_from(root: str, out: Path) -> None:
+    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / root).rglob("*.proto"))
     subprocess.run(
         [
             sys.executable,
             "-m",
             "grpc_tools.protoc",
             "-I",
-            "proto",
+            root,
             f"--plugin=protoc-gen-mypy={BIN / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
             f"--python_out={out}",

@@ -32,6 +32,8 @@ def mesh_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "TIERMESH_LOG_LEVEL": "info",
         # Each test mesh caches in its own namespace: no answer from an earlier run can leak in.
         "TIERMESH_INFERENCE__CACHE__NAMESPACE": f"test-{uuid.uuid4().hex}",
+        # ... and counts rate limits in its own domain.
+        "TIERMESH_RATELIMIT__CONFIG__DOMAIN": f"test-{uuid.uuid4().hex}",
     }
     held = []
     try:  # hold every socket until all are chosen, so no two parts get the same port
@@ -76,12 +78,14 @@ class Mesh:
     def logs(self, name: str) -> list[str]:
         return list(self.sup[name].lines)
 
-    def token(self, user: str = "tester", segment: str = "standard", ttl_s: int = 600) -> str:
+    def token(self, user: str = "", segment: str = "standard", ttl_s: int = 600) -> str:
+        """A valid development token; by default for a fresh user, so tests never share a
+        rate-limit bucket unless they mean to."""
         from gateway import keys
 
-        return keys.mint(self.tree, user, segment, ttl_s)
+        return keys.mint(self.tree, user or f"tester-{uuid.uuid4().hex[:12]}", segment, ttl_s)
 
-    def auth(self, user: str = "tester", segment: str = "standard") -> tuple[tuple[str, str], ...]:
+    def auth(self, user: str = "", segment: str = "standard") -> tuple[tuple[str, str], ...]:
         """gRPC metadata with a valid development token."""
         return (("authorization", f"Bearer {self.token(user, segment)}"),)
 

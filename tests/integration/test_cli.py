@@ -95,7 +95,13 @@ def test_up_then_chat_and_health_from_another_shell(tmp_path: Path) -> None:
         health = subprocess.run([*enter, TIERMESH, "health"], env=env, capture_output=True, text=True, timeout=30)
         assert health.returncode == 0, health.stdout + health.stderr
         statuses = dict(line.split()[:2] for line in health.stdout.splitlines() if line.strip())
-        assert statuses == {"simulator": "SERVING", "inference": "SERVING", "router": "SERVING", "envoy": "SERVING"}
+        assert statuses == {
+            "simulator": "SERVING",
+            "inference": "SERVING",
+            "router": "SERVING",
+            "ratelimit": "SERVING",
+            "envoy": "SERVING",
+        }
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -105,7 +111,7 @@ def test_up_then_chat_and_health_from_another_shell(tmp_path: Path) -> None:
             raise
     assert proc.returncode == 0, rest
     assert "stopping" in rest
-    for name in ("simulator", "inference", "router"):
+    for name in ("simulator", "inference", "router", "ratelimit"):
         assert re.search(rf"^{name}\s*\| .*stopped", rest, re.M), f"{name} did not stop cleanly:\n{rest}"
 
 
