@@ -1,51 +1,73 @@
-"""The generated Envoy bootstrap is accepted by the real Envoy binary and is streaming-safe."""
+"""The Envoy bootstrap, built from typed Envoy API classes, is accepted by the real Envoy binary
+and is streaming-safe, authenticated and rate-limited as designed."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from envoy_data_plane.envoy.extensions.filters.http.header_mutation import v3 as header_mutation
+from envoy_data_plane.envoy.extensions.filters.http.jwt_authn import v3 as jwt_authn
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import v3 as hcm_v3
 
 from gateway import envoy
 from services.runtime import config
 from services.runtime.config import ConfigError
 
 
+def hcm_of(tmp_path: Path, **env: str) -> hcm_v3.HttpConnectionManager:
+    boot = envoy.build(config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path), **env}))
+    any_hcm = boot.static_resources.listeners[0].filter_chains[0].filters[0].typed_config
+    unpacked = any_hcm.unpack()
+    assert isinstance(unpacked, hcm_v3.HttpConnectionManager)
+    return unpacked
+
+
 def test_generated_config_passes_envoy_validate(tmp_path: Path) -> None:
     tree = config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path)})
     path = envoy.write(tree)
-    assert path.parent == tmp_path
+    assert path.parent == tmp_path and path.suffix == ".pb"
     envoy.validate(path)  # raises with Envoy's own message when refused
 
 
-def test_routes_never_use_the_default_15s_timeout_and_strip_identity_headers(tmp_path: Path) -> None:
-    boot = envoy.render(config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path)}))
-    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    streaming = [r for r in routes if "prefix" in r["match"]]
-    assert streaming and all(r["route"]["timeout"] == "0s" for r in streaming)
-    assert all(r["route"]["max_stream_duration"]["max_stream_duration"] == "600s" for r in streaming)
-    assert all("retry_policy" not in r["route"] for r in streaming)  # streams are never retried by Envoy
-    unary = next(r for r in routes if r["match"].get("path") == "/tiermesh.router.v1.RouterService/Route")
-    assert unary["route"]["retry_policy"]["num_retries"] == 2
+def test_streams_are_never_cut_or_retried_and_unary_route_may_retry(tmp_path: Path) -> None:
+    routes = hcm_of(tmp_path).route_config.virtual_hosts[0].routes
+    streaming = [r for r in routes if r.match.prefix]
+    assert streaming and all(r.route.timeout == timedelta(0) for r in streaming)
+    assert all(r.route.max_stream_duration.max_stream_duration == timedelta(seconds=600) for r in streaming)
+    assert all(r.route.retry_policy is None for r in streaming)
+    unary = next(r for r in routes if r.match.path == "/tiermesh.router.v1.RouterService/Route")
+    assert unary.route.retry_policy is not None and unary.route.retry_policy.num_retries == 2
     assert routes.index(unary) < routes.index(streaming[0])  # the exact path wins over the prefix
-    names = [f["name"] for f in hcm["http_filters"]]
+
+
+def test_identity_headers_are_stripped_before_the_token_is_checked(tmp_path: Path) -> None:
+    filters = hcm_of(tmp_path).http_filters
+    names = [f.name for f in filters]
     assert names[-1] == "envoy.filters.http.router"
-    # Client copies of the identity headers are removed before jwt_authn writes the verified ones.
-    strip = hcm["http_filters"][names.index("envoy.filters.http.header_mutation")]["typed_config"]
-    assert {m["remove"] for m in strip["mutations"]["request_mutations"]} == {"x-tiermesh-user", "x-tiermesh-segment"}
+    strip = filters[names.index("envoy.filters.http.header_mutation")].typed_config.unpack()
+    assert isinstance(strip, header_mutation.HeaderMutation)
+    assert {m.remove for m in strip.mutations.request_mutations} == {"x-tiermesh-user", "x-tiermesh-segment"}
     assert names.index("envoy.filters.http.header_mutation") < names.index("envoy.filters.http.jwt_authn")
-    jwt_cfg = hcm["http_filters"][names.index("envoy.filters.http.jwt_authn")]["typed_config"]
-    assert jwt_cfg["rules"] == [{"match": {"prefix": "/"}, "requires": {"provider_name": "tiermesh"}}]
-    provider = jwt_cfg["providers"]["tiermesh"]
-    assert provider["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
-    assert "from_params" not in provider and provider["forward"] is False
-    cluster = boot["static_resources"]["clusters"][0]
-    assert cluster["health_checks"][0]["grpc_health_check"]["service_name"] == "tiermesh.router.v1.RouterService"
-    assert cluster["outlier_detection"]["consecutive_5xx"] == 5
-    assert cluster["circuit_breakers"]["thresholds"][0]["retry_budget"]["budget_percent"]["value"] == 20.0
-    opts = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-    assert "http2_protocol_options" in opts["explicit_http_config"]
+    jwt_cfg = filters[names.index("envoy.filters.http.jwt_authn")].typed_config.unpack()
+    assert isinstance(jwt_cfg, jwt_authn.JwtAuthentication)
+    assert [(r.match.prefix, r.requires.provider_name) for r in jwt_cfg.rules] == [("/", "tiermesh")]
+    provider = jwt_cfg.providers["tiermesh"]
+    assert [(h.name, h.value_prefix) for h in provider.from_headers] == [("authorization", "Bearer ")]
+    assert not provider.from_params and provider.forward is False
+    # Both rate-limit stages are there: per address before the token check, per user after it.
+    stages = [f.typed_config.unpack().stage for f in filters if f.name == "envoy.filters.http.ratelimit"]
+    assert stages == [1, 0]
+
+
+def test_router_cluster_is_health_checked_and_protected(tmp_path: Path) -> None:
+    boot = envoy.build(config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path)}))
+    router = next(c for c in boot.static_resources.clusters if c.name == "router")
+    assert router.health_checks[0].grpc_health_check.service_name == "tiermesh.router.v1.RouterService"
+    assert router.outlier_detection.consecutive_5xx == 5
+    assert router.circuit_breakers.thresholds[0].retry_budget.budget_percent.value == 20.0
+    assert "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" in router.typed_extension_protocol_options
 
 
 def test_remote_jwks_config_passes_envoy_validate(tmp_path: Path) -> None:
@@ -54,13 +76,13 @@ def test_remote_jwks_config_passes_envoy_validate(tmp_path: Path) -> None:
     )
     envoy.validate(envoy.write(tree))
     with pytest.raises(ConfigError, match=r"auth\.jwks_uri: must be an http"):
-        envoy.render(config.load(environ={"TIERMESH_AUTH__JWKS_URI": "ftp://x"}))
+        envoy.build(config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path), "TIERMESH_AUTH__JWKS_URI": "ftp://x"}))
 
 
-def test_admin_must_stay_on_loopback() -> None:
-    tree = config.load(environ={"TIERMESH_SERVICES__ENVOY_ADMIN__HOST": "0.0.0.0"})
+def test_admin_must_stay_on_loopback(tmp_path: Path) -> None:
+    tree = config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path), "TIERMESH_SERVICES__ENVOY_ADMIN__HOST": "0.0.0.0"})
     with pytest.raises(ConfigError, match="loopback"):
-        envoy.render(tree)
+        envoy.build(tree)
 
 
 def test_envoy_refusal_is_reported(tmp_path: Path) -> None:
