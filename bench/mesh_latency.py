@@ -35,7 +35,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def measure(name: str, once: Callable[[], Awaitable[tuple[float, float]]]) -> None:
+async def measure(name: str, once: Callable[[], Awaitable[tuple[float, float]]]) -> list[float]:
     for _ in range(20):
         await once()
     firsts, totals = [], []
@@ -47,6 +47,7 @@ async def measure(name: str, once: Callable[[], Awaitable[tuple[float, float]]])
         f"  {name:<28} first token p50 {pct(firsts, 50) * 1000:7.2f} ms  p99 {pct(firsts, 99) * 1000:7.2f} ms"
         f"   whole stream p50 {pct(totals, 50) * 1000:7.2f} ms  p99 {pct(totals, 99) * 1000:7.2f} ms"
     )
+    return totals
 
 
 def cpu_seconds(pid: int) -> float:
@@ -129,8 +130,9 @@ async def main() -> None:
                 ),
             )
             auth = mesh.auth("bench")
+            chains = {}
             for name, target in (("Router -> Inference", "router"), ("Envoy (JWT) -> Router -> Inference", "envoy")):
-                await measure(
+                chains[target] = await measure(
                     name,
                     await over_grpc(
                         mesh.target(target),
@@ -139,6 +141,9 @@ async def main() -> None:
                         ),
                     ),
                 )
+            added50 = (pct(chains["envoy"], 50) - pct(chains["router"], 50)) * 1000
+            added99 = (pct(chains["envoy"], 99) - pct(chains["router"], 99)) * 1000
+            print(f"Envoy + JWT + rate limits over Router directly: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms")
             await cpu_per_chat(mesh)
         finally:
             await mesh.sup.stop()

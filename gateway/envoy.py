@@ -368,7 +368,27 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.B
         # identity at all, so the edge answers such a local 403 as 401 (UNAUTHENTICATED).
         # (No other filter here makes local 403s.)
         local_reply_config=hcm_v3.LocalReplyConfig(
-            mappers=[hcm_v3.ResponseMapper(filter=_status_is(403, "edge.jwt_403"), status_code=401)]
+            mappers=[
+                hcm_v3.ResponseMapper(filter=_status_is(403, "edge.jwt_403"), status_code=401),
+                # Envoy decides whether a local reply is gRPC from the request as it arrived, so a
+                # gRPC-Web caller's denial would be a bare HTTP 429, which gRPC-Web clients read as
+                # UNAVAILABLE. Every 429 the edge makes is a rate-limit denial: answer it as a
+                # trailers-only RESOURCE_EXHAUSTED (what gRPC callers get anyway).
+                hcm_v3.ResponseMapper(
+                    filter=_status_is(429, "edge.rl_429"),
+                    status_code=200,
+                    headers_to_add=[
+                        core.HeaderValueOption(
+                            header=core.HeaderValue(key="grpc-status", value="8"),
+                            append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+                        ),
+                        core.HeaderValueOption(
+                            header=core.HeaderValue(key="grpc-message", value="rate limit exceeded"),
+                            append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+                        ),
+                    ],
+                ),
+            ]
         ),
         route_config=route.RouteConfiguration(
             name="edge",

@@ -3,6 +3,7 @@ the identity services see is the verified one."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -139,3 +140,25 @@ def test_ttl_parsing_and_minting_rules(mesh: Mesh) -> None:
     body = jwt.decode(token, options={"verify_signature": False})
     assert header["alg"] == "ES256" and header["kid"] == keys.dev_keys(mesh.tree).kid
     assert (body["sub"], body["segment"], body["exp"] - body["iat"]) == ("alice", "vip", 60)
+
+
+async def test_access_logs_are_json_and_never_carry_the_token(mesh: Mesh) -> None:
+    token = mesh.token("logged-user")
+    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+        await pb_grpc.RouterServiceStub(channel).Route(
+            pb.RouteRequest(messages=chat_request("log me").messages),
+            timeout=10,
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+    entries: list[dict[str, object]] = []
+    for _ in range(100):  # Envoy flushes access logs on its own schedule
+        entries = [json.loads(line) for line in mesh.logs("envoy") if line.startswith("{")]
+        if any(
+            e["path"] == "/tiermesh.router.v1.RouterService/Route" and str(e["grpc_status"]) == "0" for e in entries
+        ):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"no access log line for the call: {entries[-3:]}")
+    joined = "\n".join(mesh.logs("envoy"))
+    assert token not in joined and token.split(".")[1] not in joined and "Bearer" not in joined
