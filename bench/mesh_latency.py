@@ -27,6 +27,11 @@ from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 from tests.integration.mesh import Mesh, start_mesh
 
 N = 200
+BENCH_LIMITS = (
+    "[{key: segment, value: standard, descriptors: [{key: user,"
+    " rate_limit: {unit: second, requests_per_unit: 1000000}}]},"
+    " {key: remote_address, rate_limit: {unit: second, requests_per_unit: 1000000}}]"
+)
 MESSAGES = [c.ChatMessage(role=c.CHAT_ROLE_USER, content="hello there")]
 
 
@@ -83,8 +88,17 @@ async def cpu_per_chat(mesh: Mesh, chats: int = 300) -> None:
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
-        mesh = await start_mesh(Path(tmp), TIERMESH_SIMULATOR__TOKEN_DELAY_MS="0", TIERMESH_LOG_LEVEL="warning")
-        print(f"mesh start-up (simulator, Inference, Router, Envoy) healthy in {time.monotonic() - t0:.2f} s")
+        mesh = await start_mesh(
+            Path(tmp),
+            TIERMESH_SIMULATOR__TOKEN_DELAY_MS="0",
+            TIERMESH_LOG_LEVEL="warning",
+            # Every chat is still checked against Redis; the limits are just high enough never to deny.
+            TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=BENCH_LIMITS,
+            TIERMESH_RATELIMIT__LOCAL_BACKSTOP="{max_tokens: 1000000, fill_interval_s: 1}",
+        )
+        print(
+            f"mesh start-up (simulator, Inference, Router, RateLimit, Envoy) healthy in {time.monotonic() - t0:.2f} s"
+        )
         print(f"chat latency, {N} sequential chats of 48 tokens, concurrency 1:")
         try:
             async with httpx.AsyncClient() as http:

@@ -4,10 +4,9 @@ that dies mid-test never fails a request."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,7 @@ from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 
 from services.inference.cache import cache_key
-from tests.integration.mesh import Mesh, free_port, start_mesh
+from tests.integration.mesh import Mesh, start_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -102,33 +101,6 @@ async def test_bypass_asks_the_provider_again(mesh: Mesh) -> None:
     fresh = await generate(target, text, bypass=True)
     assert not fresh[-1].done.cached
     assert len([r for r in await mesh.sim_records() if r["messages"][-1]["content"] == text]) == 2
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    server = shutil.which("redis-server")
-    assert server, "redis-server is needed (apt-get install redis-server)"
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield port, proc
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture

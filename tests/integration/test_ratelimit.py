@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,7 +15,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from tests.integration.mesh import Mesh, free_port, grpc_web_frame, start_mesh
+from tests.integration.mesh import Mesh, grpc_web_frame, start_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -28,33 +27,6 @@ LIMITS = (
     " {key: segment, value: vip, descriptors: [{key: user, rate_limit: {unit: second, requests_per_unit: 100}}]},"
     " {key: remote_address, rate_limit: {unit: second, requests_per_unit: 1000}}]"
 )
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    server = shutil.which("redis-server")
-    assert server, "redis-server is needed"
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield port, proc
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture
