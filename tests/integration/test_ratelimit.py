@@ -163,3 +163,11 @@ async def test_rate_limit_service_speaks_envoys_protocol(tmp_path: Path) -> None
             assert (await stub.ShouldRateLimit(request("unknown-plan"))).overall_code == ok  # no rule, no limit
     finally:
         await mesh.sup.stop()
+
+
+async def test_rate_limit_service_down_fails_open(edge: tuple[Mesh, subprocess.Popen[bytes]]) -> None:
+    mesh, _ = edge
+    await mesh.sup.stop_part(mesh.sup["ratelimit"])
+    token = mesh.token("frank")
+    results = [await route(mesh, token) for _ in range(PER_SECOND + 2)]
+    assert results == [grpc.StatusCode.OK] * (PER_SECOND + 2)  # no verdict within the timeout: let it through
