@@ -27,6 +27,7 @@ import aiohttp
 import httpx
 import litellm
 import openai
+from litellm.exceptions import MidStreamFallbackError
 
 from services.inference.config import Deployment
 from services.runtime.errors import Unavailable
@@ -113,6 +114,23 @@ def _status_error(name: str, status: int, body: str, retry_after: float | None, 
     )
 
 
+def _chat_body(
+    model: str, messages: Sequence[dict[str, str]], max_tokens: int, temperature: float | None
+) -> dict[str, Any]:
+    """The OpenAI chat-completions request both paths send (LiteLLM takes the same names)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": list(messages),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+    if temperature is not None:
+        body["temperature"] = temperature
+    return body
+
+
 class Provider:
     """One shared HTTP pool for every deployment; picks the lean or the LiteLLM path."""
 
@@ -161,6 +179,10 @@ class Provider:
     async def aclose(self) -> None:
         await self.session.close()
         await self.http.aclose()
+        # LiteLLM caches SDK clients built around our pool; none may outlive it.
+        litellm.in_memory_llm_clients_cache.flush_cache()  # type: ignore[no-untyped-call]
+        if litellm.aclient_session is self.http:
+            litellm.aclient_session = None
 
     async def check(self, d: Deployment) -> bool:
         """A cheap health probe: GET {api_base}/models answers 200."""
@@ -203,16 +225,7 @@ class Provider:
         timeout_s: float,
         request_id: str,
     ) -> AsyncIterator[Piece]:
-        body: dict[str, Any] = {
-            "model": d.model,
-            "messages": list(messages),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if max_tokens:
-            body["max_tokens"] = max_tokens
-        if temperature is not None:
-            body["temperature"] = temperature
+        body = _chat_body(d.model, messages, max_tokens, temperature)
         headers = {"x-request-id": request_id}
         key = d.api_key
         if key:
@@ -303,22 +316,10 @@ class Provider:
         timeout_s: float,
         request_id: str,
     ) -> AsyncIterator[Piece]:
-        kwargs: dict[str, Any] = {
-            "model": d.litellm_model,
-            "messages": list(messages),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "timeout": timeout_s,
-            "max_retries": 0,
-            "api_key": d.api_key,
-            "extra_headers": {"x-request-id": request_id},
-        }
+        kwargs = _chat_body(d.litellm_model, messages, max_tokens, temperature)
+        kwargs.update(timeout=timeout_s, max_retries=0, api_key=d.api_key, extra_headers={"x-request-id": request_id})
         if d.api_base:
             kwargs["api_base"] = d.api_base
-        if max_tokens:
-            kwargs["max_tokens"] = max_tokens
-        if temperature is not None:
-            kwargs["temperature"] = temperature
         sent = 0
         response: Any = None
         try:
@@ -346,9 +347,21 @@ class Provider:
             raise ProviderError(
                 f"{d.name} did not answer within {timeout_s:.1f} s", outcome="timeout", tokens_sent=sent
             ) from None
+        except MidStreamFallbackError:  # LiteLLM's name for a stream that broke off
+            raise ProviderError(
+                f"{d.name} failed: the stream was cut after {sent} tokens",
+                outcome=f"stream cut after {sent} tokens",
+                tokens_sent=sent,
+            ) from None
         except openai.APIStatusError as exc:
-            headers = getattr(exc.response, "headers", None)
-            raise _status_error(d.name, exc.status_code, exc.message, _retry_after(headers), sent) from None
+            retry_after = None
+            for headers in (
+                getattr(exc, "litellm_response_headers", None),
+                getattr(exc, "headers", None),
+                getattr(exc.response, "headers", None),
+            ):
+                retry_after = retry_after if retry_after is not None else _retry_after(headers)
+            raise _status_error(d.name, exc.status_code, exc.message, retry_after, sent) from None
         except (httpx.HTTPError, openai.APIError) as exc:
             outcome = f"stream cut after {sent} tokens" if sent else "connection error"
             raise ProviderError(
