@@ -40,6 +40,10 @@ async def edge(
         TIERMESH_RATELIMIT__REDIS_URL=f"redis://127.0.0.1:{port}/0",
         TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=LIMITS,
         TIERMESH_RATELIMIT__LOCAL_BACKSTOP="{max_tokens: 20, fill_interval_s: 60}",
+        # A verdict later than the timeout fails open; on a loaded test machine that would let an
+        # over-limit request through, so the tests give the service time to answer.
+        TIERMESH_RATELIMIT__TIMEOUT_MS="2000",
+        TIERMESH_RATELIMIT__REDIS_TIMEOUT_MS="1000",
     )
     yield m, proc
     await m.sup.stop()
