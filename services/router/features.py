@@ -111,6 +111,18 @@ _FOLD = _fold_table()
 _ASCII_FOLD = bytes.maketrans(b"123456789", b"000000000")
 
 
+# Words that carry no meaning alone (articles, prepositions, conjunctions, pronouns): they count
+# in scores but are never shown as the evidence for an intent.
+FUNCTION_WORDS = frozenset(
+    """
+    a o os as um uma uns umas de da do das dos em no na nos nas para pra pro por com sem que e ou mas se
+    eu me meu minha voce vc vcs ele ela nos eles elas isso isto esse essa este esta aqui
+    the a an of to in on at for with without and or but if is are was were be it this that these those
+    i me my we our you your he she they them their there here as by from so
+    """.split()
+)
+
+
 def fold(text: str) -> str:
     """Lower-case, strip accents and zero digits: `Não, PREÇO 129` -> `nao, preco 000`.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from services.router.features import Analysis
+from services.router.features import FUNCTION_WORDS, Analysis
 from services.router.linear import LinearModel, softmax_argmax
 
 MODEL_PATH = Path(__file__).with_name("intent_model.json")
@@ -158,11 +158,12 @@ class IntentClassifier:
         if explain:
             words = a.words[:MAX_WORDS]
             word_ev, pair_ev = self._word_evidence[k], self._pair_evidence[k]
-            scored = [(word_ev[w], "w:" + w) for w in set(words) if w in word_ev]
+            # Function words ("de", "the") count in the score but explain nothing to a reader.
+            scored = [(word_ev[w], "w:" + w) for w in set(words) if w in word_ev and w not in FUNCTION_WORDS]
             scored += [
                 (pair_ev[pair], "b:" + pair[0] + " " + pair[1])
                 for pair in zip(("<s>", *words), words, strict=False)
-                if pair in pair_ev
+                if pair in pair_ev and not {pair[0], pair[1]} <= FUNCTION_WORDS | {"<s>"}
             ]
             readable = (_readable(f) for _, f in heapq.nlargest(5, scored))
             evidence = tuple(dict.fromkeys(readable))[:3]

@@ -180,3 +180,23 @@ def test_committed_models_were_trained_on_the_committed_data() -> None:
     for path in (INTENT_MODEL, CX_MODEL):
         meta = json.loads(path.read_text(encoding="utf-8"))["meta"]
         assert meta["data_sha256"] == fingerprint, f"{path.name} is stale: run `make train-router`"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "oi, tudo bem?",
+        "de a e o um the of and",
+        "Preciso comparar três arquiteturas de filas para o nosso checkout, com prós e contras",
+        "how much is the pro plan for 20 seats?",
+    ],
+)
+def test_evidence_never_cites_a_bare_function_word(router: Router, text: str) -> None:
+    from services.router.features import FUNCTION_WORDS
+
+    result = router.intents.classify(analyse(text))
+    for item in result.evidence:
+        words = item.strip("“”").split()
+        assert words and not set(words) <= FUNCTION_WORDS, (text, result.evidence)
+    if text.startswith("oi"):
+        assert result.evidence  # a greeting is explained by its greeting words
