@@ -174,17 +174,10 @@ _PLACEHOLDERS = {"_code_": "a code block", "_url_": "a link"}
 
 
 def _readable(feature: str) -> str:
+    """A word (`w:`) or word-pair (`b:`) feature as a reader would quote it."""
     kind, _, value = feature.partition(":")
     if value in _PLACEHOLDERS:
         return _PLACEHOLDERS[value]
-    if kind in ("w", "c") and set(value.strip("<>")) <= {"0"}:
+    if kind == "w" and set(value) <= {"0"}:
         return "a number"
-    if kind == "w":
-        return f"“{value}”"
-    if kind == "b":
-        return "“" + value.removeprefix("<s> ") + "”"
-    if kind == "c":
-        return "“…" + value.strip("<>") + "…”"
-    return {"short": "a very short message", "question": "a question", "no_words": "no words"}.get(
-        value, value.removeprefix("code_").replace("_", " ")
-    )
+    return "“" + value.removeprefix("<s> ") + "”"

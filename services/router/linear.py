@@ -35,33 +35,9 @@ class LinearModel:
                     out[k] += w[k] * value
         return out
 
-    def scores_present(self, names: Iterable[str]) -> list[float]:
-        """Scores for binary features (all present ones valued 1): the sums run in C."""
-        known = [w for w in map(self.weights.get, names) if w is not None]
-        if not known:
-            return list(self.bias)
-        return [b + s for b, s in zip(self.bias, map(sum, zip(*known, strict=True)), strict=True)]
-
     def predict(self, features: Features) -> tuple[int, list[float]]:
         """(best class index, probabilities)."""
         return softmax_argmax(self.scores(features))
-
-    def predict_present(self, names: Iterable[str]) -> tuple[int, list[float]]:
-        """(best class index, probabilities) for binary features."""
-        return softmax_argmax(self.scores_present(names))
-
-    def contributions(self, features: Features, k: int, top: int = 3) -> list[tuple[str, float]]:
-        """The features that pushed class `k` up the most relative to the other classes."""
-        n = len(self.classes)
-        out = []
-        for name, value in features.items():
-            w = self.weights.get(name)
-            if w is None:
-                continue
-            others = (sum(w) - w[k]) / (n - 1) if n > 1 else 0.0
-            out.append((name, (w[k] - others) * value))
-        out.sort(key=lambda item: -item[1])
-        return [item for item in out[:top] if item[1] > 0]
 
     def to_json(self) -> dict[str, Any]:
         return {
