@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PROTOS := $(shell find proto -name '*.proto' | sort)
 GATEWAY_PROTOS := $(shell find gateway/proto -name '*.proto' | sort)
 
-.PHONY: run test setup proto lint fmt unit integration bench bench-router train-router clean
+.PHONY: run test setup proto lint fmt unit integration bench bench-knowledge bench-router train-router clean
 
 ## setup: create .venv and install tiermesh with its dev tools (re-runs when pyproject.toml changes)
 setup: $(VENV)/.installed
@@ -21,12 +21,15 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade 'pip>=24'
-	$(PY) -m pip install -q -e '.[dev]'
+	# torch first, pinned: the CPU build (a file on this machine's disk); a resolver left to pick
+	# torch for sentence-transformers could pull a multi-GB CUDA build.
+	$(PY) -m pip install -q 'torch==2.13.0'
+	$(PY) -m pip install -q -e '.[dev,knowledge]'
 	touch $@
 
 ## run: set up, then run the whole mesh on embedded defaults (Ctrl-C stops it)
 run: setup
-	$(VENV)/bin/tiermesh up
+	$(VENV)/bin/tiermesh up --ingest data/knowledge/helpcenter
 
 ## proto: generate Python code (and TypeScript when the web app's tools are installed)
 proto: setup
@@ -68,6 +71,10 @@ integration: setup
 ## bench: benchmarks that print figures
 bench: setup
 	$(PY) -m bench
+
+## bench-knowledge: retrieval quality (recall@1, recall@5, MRR) on the sample help centre's questions
+bench-knowledge: setup
+	$(PY) -m bench.knowledge_eval
 
 ## bench-router: routing accuracy on the held-out split, confusion matrices, decision latency
 bench-router: setup

@@ -45,6 +45,8 @@ def describe_done(d: pb.ChatDone, first_token_s: float | None, total_s: float) -
         parts.append("cached")
     if d.degraded:
         parts.append("DEGRADED (default response)")
+    if d.knowledge_unavailable:
+        parts.append("knowledge base unavailable: answered without it")
     if len(d.fallback_path) > 1:
         parts.append("path " + " \u2192 ".join(d.fallback_path))
     if first_token_s is not None:
@@ -74,6 +76,7 @@ async def chat(args: argparse.Namespace, message: str) -> int:
     out = sys.stdout
     started = time.monotonic()
     first_token: float | None = None
+    cited = False
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         try:
@@ -83,9 +86,15 @@ async def chat(args: argparse.Namespace, message: str) -> int:
                     out.write(json.dumps(MessageToDict(event), ensure_ascii=False) + "\n")
                     out.flush()
                     continue
+                cited = cited or kind == "citation"
                 if kind == "decision":
                     out.write(describe_decision(event.decision) + "\n\n")
+                elif kind == "citation":
+                    ct = event.citation
+                    out.write(f"[{ct.index}] {ct.title} ({ct.document_id}, relevance {ct.score:.2f})\n")
                 elif kind == "delta":
+                    if first_token is None and cited:
+                        out.write("\n")
                     if first_token is None:
                         first_token = time.monotonic() - started
                     out.write(event.delta.text)

@@ -1,4 +1,4 @@
-"""`tiermesh`: run the mesh (`up`), talk to it (`chat`), and check it (`health`).
+"""`tiermesh`: run the mesh (`up`), talk to it (`chat`), fill its knowledge base (`ingest`), check it (`health`).
 
 Commands import only what they need, so `tiermesh chat` and `tiermesh health` start fast.
 """
@@ -17,7 +17,7 @@ from services.runtime import config
 def _cmd_up(args: argparse.Namespace) -> int:
     from services.cli.up import up
 
-    return asyncio.run(up(args.timeout))
+    return asyncio.run(up(args.timeout, args.ingest))
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -44,6 +44,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return asyncio.run(models(args.json))
 
 
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from services.cli.knowledge import ingest
+
+    return asyncio.run(ingest(args.paths, args.collection, args.target, args.timeout))
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from services.cli.knowledge import search
+
+    return asyncio.run(search(" ".join(args.query), args.top_k, args.collection, args.target, args.json))
+
+
+def _top_k(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 50:
+        raise argparse.ArgumentTypeError(f"must be 1 to 50, got {value}")
+    return value
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     from gateway import keys
 
@@ -68,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run simulator, services and Envoy until Ctrl-C")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every part to be healthy")
+    up.add_argument(
+        "--ingest", nargs="*", default=[], metavar="PATH", help="once healthy, ingest these files or folders"
+    )
     up.set_defaults(func=_cmd_up)
 
     chat = sub.add_parser("chat", help="stream an answer through the edge")
@@ -98,6 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list each tier's deployments with price, health and breaker state")
     models.add_argument("--json", action="store_true", help="print one JSON array")
     models.set_defaults(func=_cmd_models)
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="add Markdown, text and HTML files (folders recursively) to the knowledge base",
+        description="Add documents to the knowledge base. A document's id is its path under the folder given, "
+        "without extension; ingesting a file again replaces it (unchanged files are skipped). "
+        "Exit code 3 when some files were skipped.",
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    ingest.add_argument("--collection", help="the tenant's collection (default: knowledge.default_collection)")
+    ingest.add_argument("--target", help="Knowledge address host:port (default: services.knowledge from config)")
+    ingest.add_argument("--timeout", type=float, default=300.0, help="deadline per batch, in seconds")
+    ingest.set_defaults(func=_cmd_ingest)
+
+    search = sub.add_parser("search", help="search the knowledge base")
+    search.add_argument("query", nargs="+", help="what to look for")
+    search.add_argument("--top-k", type=_top_k, default=5, help="passages to show, 1 to 50 (default 5)")
+    search.add_argument("--collection", help="the tenant's collection (default: knowledge.default_collection)")
+    search.add_argument("--target", help="Knowledge address host:port (default: services.knowledge from config)")
+    search.add_argument("--json", action="store_true", help="print one JSON array")
+    search.set_defaults(func=_cmd_search)
 
     token = sub.add_parser("token", help="mint a development token (signed with the dev key)")
     token.add_argument("--user", required=True, help="the token's subject")

@@ -71,7 +71,7 @@ def format_line(raw: str) -> str:
     return " ".join(p for p in (ts, f"{level:<5}" if level else "", msg, extras) if p)
 
 
-PART_NAMES = ("simulator", "inference", "router", "ratelimit", "envoy")
+PART_NAMES = ("simulator", "inference", "knowledge", "router", "ratelimit", "envoy")
 _MODULES = {"ratelimit": "gateway.ratelimit"}
 
 
@@ -85,7 +85,7 @@ def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
             f"http://{sim_host}:{sim_port}/v1",
         ),
     }
-    for name in ("inference", "router", "ratelimit"):
+    for name in ("inference", "knowledge", "router", "ratelimit"):
         target = config.target(tree, name)
         out[name] = (functools.partial(probes.grpc_health, target), f"grpc://{target}")
     out["envoy"] = (

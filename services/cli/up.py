@@ -18,7 +18,24 @@ def _echo(name: str, line: str) -> None:
     sys.stdout.flush()
 
 
-async def up(timeout_s: float) -> int:
+async def _ingest(tree: dict[str, object], paths: list[str]) -> bool:
+    import grpc
+
+    from services.cli.knowledge import collect, ingest_documents
+
+    collection = config.get_str(config.section(tree, "knowledge"), "default_collection", "default", where="knowledge")
+    docs, _ = collect(paths, print)
+    print(f"ingesting {len(docs)} documents into the knowledge base (collection {collection!r})", flush=True)
+    async with grpc.aio.insecure_channel(config.target(tree, "knowledge")) as channel:
+        try:
+            await ingest_documents(channel, collection, docs, lambda line: print(line, flush=True))
+        except grpc.aio.AioRpcError as exc:
+            print(f"tiermesh up: ingest failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return False
+    return True
+
+
+async def up(timeout_s: float, ingest_paths: list[str] | None = None) -> int:
     tree = config.load()
     sup = Supervisor(parts_for(tree), echo=_echo)
     stop = asyncio.Event()
@@ -35,7 +52,10 @@ async def up(timeout_s: float) -> int:
     print(f"\ntiermesh is up (healthy in {took:.1f} s):")
     for part in sup.parts.values():
         print(f"  {part.name:<{_WIDTH}} {part.where}")
-    print('Try: .venv/bin/tiermesh chat "hello"   ·   Ctrl-C stops everything\n', flush=True)
+    if ingest_paths and "knowledge" in sup.parts and not await _ingest(tree, ingest_paths):
+        await sup.stop()
+        return 1
+    print('Try: .venv/bin/tiermesh chat "how do I pay with Pix?"   ·   Ctrl-C stops everything\n', flush=True)
     waiter = asyncio.ensure_future(sup.wait_any_exit())
     stopper = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

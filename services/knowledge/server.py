@@ -1,0 +1,60 @@
+"""Knowledge wiring: config, the embedding model, Qdrant, the gRPC server and its lifecycle.
+
+The server listens at once and reports NOT_SERVING until the embedding model is loaded and the
+Qdrant collection is open; calls before that get UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+from tiermesh.knowledge.v1 import knowledge_service_pb2 as pb
+from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as pb_grpc
+
+from services.knowledge import config as knowledge_config
+from services.knowledge.config import KnowledgeConfig
+from services.knowledge.embedder import Embedder, LiteLLMEmbedder, LocalEmbedder
+from services.knowledge.keywords import Synonyms
+from services.knowledge.servicer import KnowledgeServicer
+from services.knowledge.store import KnowledgeStore
+from services.runtime import config, logs
+from services.runtime.config import ConfigError
+from services.runtime.server import serve
+
+
+def build_store(cfg: KnowledgeConfig) -> KnowledgeStore:
+    embedder: Embedder
+    if cfg.embedding_provider == "litellm":
+        embedder = LiteLLMEmbedder(
+            cfg.embedding_model, cfg.embedding_dimension, cfg.embedding_api_key_env, cfg.embedding_api_base
+        )
+    else:
+        embedder = LocalEmbedder(batch_size=cfg.embedding_batch_size, threads=cfg.embedding_threads)
+    synonyms = Synonyms()
+    if cfg.synonyms_path is not None:
+        try:
+            synonyms = Synonyms.load(cfg.synonyms_path, cfg.synonym_weight)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"knowledge.synonyms_path: {exc}") from None
+    return KnowledgeStore(cfg, embedder, synonyms)
+
+
+async def main() -> None:
+    tree = config.load()
+    log = logs.setup("knowledge", config.get_str(tree, "log_level", "info", where=""))
+    cfg = knowledge_config.load(tree)
+    store = build_store(cfg)
+
+    async def ready() -> bool:
+        await store.open()
+        where = cfg.qdrant_url or str(cfg.qdrant_path)
+        log.info("knowledge store open", extra={"qdrant": where, "embedding": store.embedder.name})
+        return True
+
+    await serve(
+        "knowledge",
+        tree,
+        log,
+        service_names=[pb.DESCRIPTOR.services_by_name["KnowledgeService"].full_name],
+        register=lambda server: pb_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(store), server),
+        ready=ready,
+        on_stop=store.close,
+    )

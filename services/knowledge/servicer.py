@@ -1,0 +1,73 @@
+"""KnowledgeService RPCs: validate, then hand over to the store."""
+
+from __future__ import annotations
+
+from tiermesh.knowledge.v1 import knowledge_service_pb2 as pb
+from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as pb_grpc
+
+from services.knowledge.store import DocumentIn, KnowledgeStore, check_metadata_keys
+from services.runtime.errors import InvalidArgument
+from services.runtime.server import Context
+from services.runtime.validation import validate
+
+DEFAULT_TOP_K = 5
+
+
+class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
+    def __init__(self, store: KnowledgeStore) -> None:
+        self.store = store
+
+    async def UpsertDocuments(self, request: pb.UpsertDocumentsRequest, context: Context) -> pb.UpsertDocumentsResponse:
+        validate(request)
+        seen: dict[str, int] = {}
+        docs: list[DocumentIn] = []
+        for i, d in enumerate(request.documents):
+            if not d.text.strip():
+                raise InvalidArgument(f"documents[{i}].text: must not be only white space")
+            if not d.id.strip():
+                raise InvalidArgument(f"documents[{i}].id: must not be only white space")
+            if d.id in seen:
+                raise InvalidArgument(f"documents[{i}].id: {d.id[:80]!r} already appears as documents[{seen[d.id]}]")
+            seen[d.id] = i
+            check_metadata_keys(d.metadata, f"documents[{i}].metadata")
+            docs.append(DocumentIn(id=d.id, text=d.text, title=d.title, metadata=dict(d.metadata)))
+        stored, chunks = await self.store.upsert(request.collection, docs)
+        return pb.UpsertDocumentsResponse(documents_upserted=stored, chunks_written=chunks)
+
+    async def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, context: Context) -> pb.DeleteDocumentsResponse:
+        validate(request)
+        for i, doc_id in enumerate(request.document_ids):
+            if not doc_id:
+                raise InvalidArgument(f"document_ids[{i}]: must not be empty")
+        deleted = await self.store.delete(request.collection, list(request.document_ids))
+        return pb.DeleteDocumentsResponse(documents_deleted=deleted)
+
+    async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
+        validate(request)
+        if not request.query.strip():
+            raise InvalidArgument("query: must not be only white space")
+        check_metadata_keys(request.filters, "filters")
+        hits = await self.store.search(
+            request.collection,
+            request.query,
+            top_k=request.top_k or DEFAULT_TOP_K,
+            filters=dict(request.filters),
+            min_score=request.min_score,
+        )
+        return pb.SearchResponse(
+            chunks=[
+                pb.Chunk(
+                    document_id=h.document_id,
+                    chunk_id=h.chunk_id,
+                    title=h.title,
+                    text=h.text,
+                    start=h.start,
+                    end=h.end,
+                    score=h.score,
+                    semantic_score=h.semantic_score,
+                    keyword_score=h.keyword_score,
+                    metadata=h.metadata,
+                )
+                for h in hits
+            ]
+        )

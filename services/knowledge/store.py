@@ -1,0 +1,351 @@
+"""Documents in, passages out: chunking, embedding and Qdrant storage behind three calls.
+
+All tenants share one Qdrant collection; every point carries its tenant's `collection` in the
+payload (indexed as the tenant key), and every read, write and delete filters on it first, so no
+call can see or touch another tenant's passages.
+
+A document's passages have deterministic point ids (tenant, document, position). Replacing a
+document overwrites its passages in place and then removes the ones past its new length, so a
+search during the replacement finds the old or the new text, never nothing. A document whose
+content (and the settings that shape its passages) did not change is not embedded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from qdrant_client import AsyncQdrantClient
+from qdrant_client import models as qm
+
+from services.knowledge import keywords
+from services.knowledge.chunking import Chunker, Passage
+from services.knowledge.config import KnowledgeConfig
+from services.knowledge.embedder import Embedder
+from services.runtime.config import ConfigError
+from services.runtime.errors import InvalidArgument, Unavailable
+
+log = logging.getLogger("tiermesh.knowledge")
+
+DENSE, SPARSE = "dense", "keywords"
+_POINT_NAMESPACE = uuid.UUID("0b9d1d44-2a5e-4b8e-9d0e-7f3c1c6a4e21")
+METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_WRITE_BATCH = 128
+
+
+@dataclass(frozen=True)
+class DocumentIn:
+    id: str
+    text: str
+    title: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    document_id: str
+    chunk_id: str
+    title: str
+    text: str
+    start: int
+    end: int
+    score: float
+    semantic_score: float
+    keyword_score: float
+    metadata: Mapping[str, str]
+
+
+def check_metadata_keys(metadata: Mapping[str, str], where: str) -> None:
+    for key in metadata:
+        if not METADATA_KEY.match(key):
+            raise InvalidArgument(f"{where}: key {key[:70]!r} must be 1 to 64 letters, digits, '_' or '-'")
+
+
+def _point_id(collection: str, document_id: str, index: int) -> str:
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{collection}\x00{document_id}\x00{index}"))
+
+
+def _tenant(collection: str) -> qm.FieldCondition:
+    return qm.FieldCondition(key="collection", match=qm.MatchValue(value=collection))
+
+
+class _KeyedLocks:
+    """One lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, keys: Sequence[tuple[str, str]]) -> AsyncIterator[None]:
+        ordered = sorted(set(keys))  # one global order: two writers never wait on each other crosswise
+        taken: list[tuple[str, str]] = []
+        try:
+            for key in ordered:
+                lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+                self._locks[key] = (lock, users + 1)
+                taken.append(key)
+                await lock.acquire()
+            yield
+        finally:
+            for key in reversed(taken):
+                lock, users = self._locks[key]
+                if lock.locked():
+                    lock.release()
+                if users <= 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+class KnowledgeStore:
+    def __init__(self, cfg: KnowledgeConfig, embedder: Embedder, synonyms: keywords.Synonyms | None = None) -> None:
+        self.cfg = cfg
+        self.embedder = embedder
+        self.synonyms = synonyms or keywords.Synonyms()
+        self.client: AsyncQdrantClient | None = None
+        self.chunker: Chunker | None = None
+        self._locks = _KeyedLocks()
+        self._fingerprint = ""
+
+    @property
+    def local(self) -> bool:
+        return not self.cfg.qdrant_url
+
+    async def open(self) -> None:
+        await self.embedder.start()
+        # Title and headings are embedded with each passage: keep room for them under the model's limit.
+        budget = max(16, min(self.cfg.chunk_max_tokens, self.embedder.max_tokens - 48))
+        self.chunker = Chunker(self.embedder.count_tokens, budget, min(self.cfg.chunk_overlap_tokens, budget // 2 - 1))
+        self._fingerprint = f"{self.embedder.name}/{self.embedder.dimension}/{budget}/{self.chunker.overlap_tokens}/kw1"
+        if self.local:
+            assert self.cfg.qdrant_path is not None
+            self.cfg.qdrant_path.mkdir(parents=True, exist_ok=True)
+            self.client = AsyncQdrantClient(path=str(self.cfg.qdrant_path))
+        else:
+            self.client = AsyncQdrantClient(
+                url=self.cfg.qdrant_url, api_key=self.cfg.qdrant_api_key or None, timeout=10
+            )
+        await self._ensure_collection()
+
+    async def _ensure_collection(self) -> None:
+        assert self.client is not None
+        name = self.cfg.qdrant_collection
+        if await self.client.collection_exists(name):
+            info = await self.client.get_collection(name)
+            vectors = info.config.params.vectors
+            size = vectors[DENSE].size if isinstance(vectors, dict) and DENSE in vectors else None
+            if size != self.embedder.dimension:
+                raise ConfigError(
+                    f"Qdrant collection {name!r} holds {size}-dimension vectors but the embedding model "
+                    f"{self.embedder.name} gives {self.embedder.dimension}: set knowledge.qdrant.collection "
+                    "to a new name (and ingest again) or delete the old collection"
+                )
+            return
+        await self.client.create_collection(
+            name,
+            vectors_config={DENSE: qm.VectorParams(size=self.embedder.dimension, distance=qm.Distance.COSINE)},
+            sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+        )
+        indexes: list[tuple[str, qm.PayloadSchemaType | qm.KeywordIndexParams]] = [
+            ("collection", qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)),
+            ("document_id", qm.PayloadSchemaType.KEYWORD),
+            ("chunk_index", qm.PayloadSchemaType.INTEGER),
+        ]
+        with warnings.catch_warnings():
+            # Embedded local mode scans every point anyway and warns that indexes do nothing there;
+            # a Qdrant server uses them (the tenant index keeps each tenant's points together).
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect", category=UserWarning)
+            for key, schema in indexes:
+                await self.client.create_payload_index(name, key, field_schema=schema)
+        log.info("created Qdrant collection", extra={"collection": name, "dimension": self.embedder.dimension})
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        await self.embedder.close()
+
+    def _client(self) -> AsyncQdrantClient:
+        if self.client is None:
+            raise Unavailable("the knowledge store is not open yet")
+        return self.client
+
+    def _hash(self, doc: DocumentIn) -> str:
+        body = json.dumps([self._fingerprint, doc.title, doc.text, dict(sorted(doc.metadata.items()))])
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    async def _stored_hashes(self, collection: str, ids: Sequence[str]) -> dict[str, str]:
+        """doc id -> content hash of the stored version, for the ids that exist."""
+        points, _ = await self._client().scroll(
+            self.cfg.qdrant_collection,
+            scroll_filter=qm.Filter(
+                must=[
+                    _tenant(collection),
+                    qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(ids))),
+                    qm.FieldCondition(key="chunk_index", match=qm.MatchValue(value=0)),
+                ]
+            ),
+            limit=len(ids) + 1,
+            with_payload=["document_id", "doc_hash"],
+        )
+        return {str(p.payload["document_id"]): str(p.payload.get("doc_hash", "")) for p in points if p.payload}
+
+    def _embedding_text(self, title: str, passage: Passage) -> str:
+        heads = " > ".join(h for h in passage.headings if h != title)
+        return "\n".join(part for part in (title, heads, passage.text) if part)
+
+    async def upsert(self, collection: str, documents: Sequence[DocumentIn]) -> tuple[int, int]:
+        """Store documents (same id replaces); returns (documents stored, passages written)."""
+        if self.chunker is None:
+            raise Unavailable("the knowledge store is not open yet")
+        chunker = self.chunker
+        client = self._client()
+        async with self._locks.hold([(collection, d.id) for d in documents]):
+            stored = await self._stored_hashes(collection, [d.id for d in documents])
+            changed = [(d, h) for d in documents if stored.get(d.id) != (h := self._hash(d))]
+            cut = await asyncio.to_thread(lambda: [chunker.chunk(d.text) for d, _ in changed])
+            texts = [
+                self._embedding_text(d.title, p)
+                for (d, _), passages in zip(changed, cut, strict=True)
+                for p in passages
+            ]
+            vectors = await self.embedder.embed(texts) if texts else np.zeros((0, self.embedder.dimension))
+            points: list[qm.PointStruct] = []
+            row = 0
+            for (doc, digest), passages in zip(changed, cut, strict=True):
+                for p in passages:
+                    sparse = keywords.document_vector(texts[row])
+                    points.append(
+                        qm.PointStruct(
+                            id=_point_id(collection, doc.id, p.index),
+                            vector={
+                                DENSE: vectors[row].tolist(),
+                                SPARSE: qm.SparseVector(indices=sparse.indices, values=sparse.values),
+                            },
+                            payload={
+                                "collection": collection,
+                                "document_id": doc.id,
+                                "chunk_index": p.index,
+                                "chunk_id": p.chunk_id(doc.id),
+                                "title": doc.title,
+                                "text": p.text,
+                                "start": p.start,
+                                "end": p.end,
+                                "doc_hash": digest,
+                                "meta": dict(doc.metadata),
+                            },
+                        )
+                    )
+                    row += 1
+            for i in range(0, len(points), _WRITE_BATCH):
+                await client.upsert(self.cfg.qdrant_collection, points[i : i + _WRITE_BATCH], wait=True)
+            for (doc, _), passages in zip(changed, cut, strict=True):
+                if doc.id in stored:  # the old version may have had more passages
+                    await self._delete_where(
+                        _tenant(collection),
+                        qm.FieldCondition(key="document_id", match=qm.MatchValue(value=doc.id)),
+                        qm.FieldCondition(key="chunk_index", range=qm.Range(gte=len(passages))),
+                    )
+        return len(documents), len(points)
+
+    async def _delete_where(self, *conditions: qm.FieldCondition) -> None:
+        selector = qm.FilterSelector(filter=qm.Filter(must=list(conditions)))
+        await self._client().delete(self.cfg.qdrant_collection, points_selector=selector, wait=True)
+
+    async def delete(self, collection: str, document_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(document_ids))
+        async with self._locks.hold([(collection, i) for i in ids]):
+            existing = await self._stored_hashes(collection, ids)
+            if existing:
+                await self._delete_where(
+                    _tenant(collection), qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(existing)))
+                )
+        return len(existing)
+
+    async def search(
+        self,
+        collection: str,
+        query: str,
+        top_k: int = 5,
+        filters: Mapping[str, str] | None = None,
+        min_score: float = 0.0,
+    ) -> list[Hit]:
+        client = self._client()
+        conditions: list[qm.Condition] = [_tenant(collection)]
+        conditions += [
+            qm.FieldCondition(key=f"meta.{k}", match=qm.MatchValue(value=v)) for k, v in (filters or {}).items()
+        ]
+        flt = qm.Filter(must=conditions)
+        dense = (await self.embedder.embed([query]))[0]
+        sparse = keywords.query_vector(query, self.synonyms)
+        limit = max(self.cfg.candidates, top_k)
+        requests = [qm.QueryRequest(query=dense.tolist(), using=DENSE, filter=flt, limit=limit, with_payload=True)]
+        if sparse.indices:
+            requests.append(
+                qm.QueryRequest(
+                    query=qm.SparseVector(indices=sparse.indices, values=sparse.values),
+                    using=SPARSE,
+                    filter=flt,
+                    limit=limit,
+                    with_payload=True,
+                    with_vector=[DENSE],
+                )
+            )
+        results = await client.query_batch_points(self.cfg.qdrant_collection, requests)
+        payloads: dict[str, dict[str, Any]] = {}
+        semantic: dict[str, float] = {}
+        keyword: dict[str, float] = {}
+        for p in results[0].points:
+            semantic[str(p.id)] = float(p.score)
+            payloads[str(p.id)] = p.payload or {}
+        if len(results) > 1:
+            for p in results[1].points:
+                pid = str(p.id)
+                keyword[pid] = float(p.score)
+                payloads[pid] = p.payload or {}
+                if pid not in semantic and isinstance(p.vector, dict) and DENSE in p.vector:
+                    semantic[pid] = float(np.dot(dense, np.asarray(p.vector[DENSE], dtype=np.float32)))
+            unscored = [pid for pid in semantic if pid not in keyword]
+            if unscored:  # passages found by meaning only: what do their words score?
+                extra = await client.query_points(
+                    self.cfg.qdrant_collection,
+                    query=qm.SparseVector(indices=sparse.indices, values=sparse.values),
+                    using=SPARSE,
+                    query_filter=qm.Filter(must=[*conditions, qm.HasIdCondition(has_id=list(unscored))]),
+                    limit=len(unscored),
+                )
+                keyword.update({str(p.id): float(p.score) for p in extra.points})
+        w, sat = self.cfg.semantic_weight, self.cfg.keyword_saturation
+        hits: list[Hit] = []
+        for pid, payload in payloads.items():
+            cos = semantic.get(pid, 0.0)
+            raw_kw = keyword.get(pid, 0.0)
+            kw = raw_kw / (raw_kw + sat) if raw_kw > 0 else 0.0
+            score = w * max(cos, 0.0) + (1 - w) * kw
+            if score < min_score:
+                continue
+            hits.append(
+                Hit(
+                    document_id=str(payload.get("document_id", "")),
+                    chunk_id=str(payload.get("chunk_id", "")),
+                    title=str(payload.get("title", "")),
+                    text=str(payload.get("text", "")),
+                    start=int(payload.get("start", 0)),
+                    end=int(payload.get("end", 0)),
+                    score=score,
+                    semantic_score=cos,
+                    keyword_score=kw,
+                    metadata={str(k): str(v) for k, v in (payload.get("meta") or {}).items()},
+                )
+            )
+        hits.sort(key=lambda h: (-h.score, h.chunk_id))
+        return hits[:top_k]
