@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import inference_latency, mesh_latency, router_eval
+from bench import inference_latency, knowledge_eval, mesh_latency, router_eval
 
 
 def main() -> None:
@@ -13,6 +13,8 @@ def main() -> None:
     asyncio.run(inference_latency.main())
     print()
     router_eval.main()
+    print()
+    knowledge_eval.main()
 
 
 if __name__ == "__main__":

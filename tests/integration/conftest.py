@@ -1,4 +1,4 @@
-"""One real mesh (simulator, Inference, Router, Envoy) shared by the integration tests."""
+"""One real mesh (simulator, Inference, Router, RateLimit, Envoy) shared by the integration tests."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from tests.integration.mesh import Mesh, free_port, start_mesh
 
 # 48 tokens at 25 ms each: an answer takes ~1.2 s to produce, long enough to observe streaming.
 TOKEN_DELAY_MS = "25"
+MESH_PARTS = ("simulator", "inference", "router", "ratelimit", "envoy")
 
 
 @pytest.fixture(scope="session")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     data_dir: Path = tmp_path_factory.mktemp("mesh")
-    m = await start_mesh(data_dir, TIERMESH_SIMULATOR__TOKEN_DELAY_MS=TOKEN_DELAY_MS)
+    # Knowledge (and its embedding model) runs only in the meshes of the tests that need it.
+    m = await start_mesh(data_dir, MESH_PARTS, TIERMESH_SIMULATOR__TOKEN_DELAY_MS=TOKEN_DELAY_MS)
     yield m
     await m.sup.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 TIERMESH = str(BIN / "tiermesh")
+HELPCENTER = Path(__file__).resolve().parents[2] / "data" / "knowledge" / "helpcenter"
 
 
 def _isolation_works() -> bool:
@@ -65,11 +67,17 @@ def test_up_then_chat_and_health_from_another_shell(tmp_path: Path) -> None:
     env = {**os.environ, **mesh_env(tmp_path, TIERMESH_SIMULATOR__TOKEN_DELAY_MS="5")}
     # In a network namespace with only loopback (when the machine allows it): a start-up that
     # reached out to the internet (LiteLLM's cost map, a model hub ...) would fail or stall here.
-    up_cmd = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {TIERMESH} up"] if ISOLATED else [TIERMESH, "up"]
+    # `make run` starts the mesh this way: the sample help centre ingested once everything is healthy.
+    up_args = f"up --ingest {HELPCENTER}"
+    up_cmd = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {TIERMESH} {up_args}"]
+    if not ISOLATED:
+        up_cmd = [TIERMESH, *up_args.split()]
     proc = subprocess.Popen(up_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         match, _ = _read_until(proc, r"tiermesh is up \(healthy in ([0-9.]+) s\)", 60)
         print(f"tiermesh up healthy in {match.group(1)} s (isolated network: {ISOLATED})")
+        _, ingest_lines = _read_until(proc, r"^Try: ", 120)
+        assert any("24/24 documents" in line for line in ingest_lines), ingest_lines
         enter = ["nsenter", f"--net=/proc/{proc.pid}/ns/net"] if ISOLATED else []
 
         chat = subprocess.run([*enter, TIERMESH, "chat", "hello"], env=env, capture_output=True, text=True, timeout=60)
@@ -79,6 +87,30 @@ def test_up_then_chat_and_health_from_another_shell(tmp_path: Path) -> None:
         assert any(line.startswith("  why: ") for line in lines)
         assert "[simulated answer from sim-fast]" in chat.stdout
         assert re.search(r"— sim-fast \(sim-fast\) · \d+ in / \d+ out tokens · \$0\.\d{6}", chat.stdout), chat.stdout
+
+        grounded = subprocess.run(
+            [*enter, TIERMESH, "chat", "como faço para pagar com pix?"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert grounded.returncode == 0, grounded.stderr
+        assert re.search(
+            r"^\[1\] Pagamento com Pix \(pagamento-com-pix\.pt, relevance 0\.\d\d\)$", grounded.stdout, re.M
+        ), grounded.stdout
+
+        found = subprocess.run(
+            [*enter, TIERMESH, "search", "boleto vencido", "--top-k", "2", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert found.returncode == 0, found.stderr
+        rows = json.loads(found.stdout)
+        assert len(rows) == 2 and rows[0]["document_id"] == "boleto-bancario.pt"
+        assert set(rows[0]) >= {"document_id", "chunk_id", "title", "score", "text", "start", "end"}
 
         listing = subprocess.run([*enter, TIERMESH, "models"], env=env, capture_output=True, text=True, timeout=30)
         assert listing.returncode == 0, listing.stdout
@@ -98,6 +130,7 @@ def test_up_then_chat_and_health_from_another_shell(tmp_path: Path) -> None:
         assert statuses == {
             "simulator": "SERVING",
             "inference": "SERVING",
+            "knowledge": "SERVING",
             "router": "SERVING",
             "ratelimit": "SERVING",
             "envoy": "SERVING",
@@ -111,7 +144,7 @@ def test_up_then_chat_and_health_from_another_shell(tmp_path: Path) -> None:
             raise
     assert proc.returncode == 0, rest
     assert "stopping" in rest
-    for name in ("simulator", "inference", "router", "ratelimit"):
+    for name in ("simulator", "inference", "knowledge", "router", "ratelimit"):
         assert re.search(rf"^{name}\s*\| .*stopped", rest, re.M), f"{name} did not stop cleanly:\n{rest}"
 
 

@@ -13,6 +13,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
+from tests.integration.conftest import MESH_PARTS
 from tests.integration.mesh import Mesh, parse_trailers, start_mesh
 
 pytestmark = pytest.mark.integration
@@ -92,7 +93,9 @@ def _pieces(body: bytes) -> list[bytes]:
 
 async def test_a_stream_longer_than_15_seconds_is_not_cut(tmp_path: Path) -> None:
     # 42 tokens at 400 ms: about 17 s, past Envoy's default 15 s route timeout.
-    m = await start_mesh(tmp_path, TIERMESH_SIMULATOR__TOKEN_DELAY_MS="400", TIERMESH_SIMULATOR__ANSWER_TOKENS="42")
+    m = await start_mesh(
+        tmp_path, MESH_PARTS, TIERMESH_SIMULATOR__TOKEN_DELAY_MS="400", TIERMESH_SIMULATOR__ANSWER_TOKENS="42"
+    )
     try:
         async with grpc.aio.insecure_channel(m.target("envoy")) as channel:
             stub = pb_grpc.RouterServiceStub(channel)
