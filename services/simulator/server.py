@@ -7,10 +7,13 @@ provider saw: `GET /_sim/requests` (newest last), `DELETE /_sim/requests`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
 import logging
 import math
+import struct
 import time
 import uuid
 from collections import deque
@@ -55,6 +58,17 @@ def answer_tokens(model: str, messages: list[dict[str, Any]], n: int) -> list[st
     return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
 
+def hashed_vector(text: str, dims: int) -> list[float]:
+    """Signed feature hashing of lower-cased words, unit length."""
+    vector = [0.0] * dims
+    for word in text.lower().split():
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest[:4], "big") % dims
+        vector[slot] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
 @dataclass
 class Record:
     id: str
@@ -80,6 +94,7 @@ class Simulator:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/health", self.health)
         app.router.add_get("/_sim/requests", self.list_requests)
         app.router.add_delete("/_sim/requests", self.clear_requests)
@@ -90,6 +105,38 @@ class Simulator:
 
     async def models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "sim", "object": "model", "owned_by": "tiermesh"}]})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """OpenAI's embeddings API, for exercising a provider embedding path offline. The vectors
+        are hashed bags of words: equal words give close vectors, meaning plays no part."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._error(400, "request body is not valid JSON", "invalid_json")
+        raw = body.get("input") if isinstance(body, dict) else None
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return self._error(400, "'input' must be a string or a non-empty list of strings", "invalid_input")
+        dims = body.get("dimensions", 64)
+        if not isinstance(dims, int) or not 1 <= dims <= 4096:
+            return self._error(400, "'dimensions' must be 1 to 4096", "invalid_dimensions")
+        data = []
+        for i, text in enumerate(texts):
+            vector = hashed_vector(text, dims)
+            if body.get("encoding_format") == "base64":
+                encoded: Any = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            else:
+                encoded = vector
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
+        used = sum(count_tokens(t) for t in texts)
+        return web.json_response(
+            {
+                "object": "list",
+                "model": str(body.get("model", "sim-embed")),
+                "data": data,
+                "usage": {"prompt_tokens": used, "total_tokens": used},
+            }
+        )
 
     async def list_requests(self, _: web.Request) -> web.Response:
         return web.json_response([asdict(r) for r in self.records])
