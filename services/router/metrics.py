@@ -1,0 +1,42 @@
+"""Router's metrics: where messages are sent and why, what grounding found, what budgets said."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+
+from services.router.policy import Decision
+from services.runtime import metrics
+
+ROUTE_DECISIONS = metrics.counter(
+    "tiermesh_route_decisions_total",
+    "Route decisions (Chat and Route) by final tier, intent and segment.",
+    ["tier", "intent", "segment"],
+)
+KNOWLEDGE_SEARCHES = metrics.counter(
+    "tiermesh_knowledge_searches_total",
+    "Knowledge searches made to ground a chat, by outcome: grounded, no_match, unavailable (failed or too slow).",
+    ["outcome"],
+)
+BUDGET_VERDICTS = metrics.counter(
+    "tiermesh_budget_verdicts_total",
+    "Budget checks before routing, by action: allow, downgrade or refuse.",
+    ["action"],
+)
+
+
+def decided(decision: Decision) -> None:
+    """Count a final decision and put it on the RPC's span."""
+    ROUTE_DECISIONS.labels(str(decision.tier), decision.intent, decision.segment).inc()
+    trace.get_current_span().set_attributes(
+        {
+            "tiermesh.tier": decision.tier,
+            "tiermesh.intent": decision.intent,
+            "tiermesh.complexity": decision.complexity,
+            "tiermesh.segment": decision.segment,
+            "tiermesh.policy_version": decision.policy_version,
+        }
+    )
+
+
+def budget_verdict(action: str) -> None:
+    BUDGET_VERDICTS.labels(action).inc()
