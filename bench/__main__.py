@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import inference_latency, knowledge_eval, mesh_latency, router_eval
+from bench import analytics_throughput, inference_latency, knowledge_eval, mesh_latency, router_eval
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
     router_eval.main()
     print()
     knowledge_eval.main()
+    print()
+    asyncio.run(analytics_throughput.main())
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ from tiermesh_rls.v3 import rls_pb2_grpc as pb_grpc
 from gateway.ratelimit import config as rl_config
 from gateway.ratelimit.limiter import FixedWindow
 from gateway.ratelimit.servicer import RateLimitServicer
-from services.runtime import config, logs
+from services.runtime import config, logs, observability
 from services.runtime.server import run, serve
 
 
 async def main() -> None:
     tree = config.load()
     log = logs.setup("ratelimit", config.get_str(tree, "log_level", "info", where=""))
+    observability.setup("ratelimit", tree)
     node = config.section(tree, "ratelimit")
     cfg = rl_config.parse(node.get("config"))
     counters = FixedWindow(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from google.protobuf.duration_pb2 import Duration
 from redis.exceptions import RedisError
 from tiermesh_rls.v3 import rls_pb2 as pb
 from tiermesh_rls.v3 import rls_pb2_grpc as pb_grpc
 
+from gateway.ratelimit import metrics
 from gateway.ratelimit.config import RateLimitConfig
 from gateway.ratelimit.limiter import FixedWindow
 from services.runtime.server import Context
@@ -31,6 +33,12 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
         self._redis_down = False
 
     async def ShouldRateLimit(self, request: pb.RateLimitRequest, context: Context) -> pb.RateLimitResponse:
+        response = await self._decide(request)
+        domain = self.cfg.domain if request.domain == self.cfg.domain else "other"
+        metrics.DECISIONS.labels(domain, pb.RateLimitResponse.Code.Name(response.overall_code)).inc()
+        return response
+
+    async def _decide(self, request: pb.RateLimitRequest) -> pb.RateLimitResponse:
         ok, over = pb.RateLimitResponse.OK, pb.RateLimitResponse.OVER_LIMIT
         if request.domain != self.cfg.domain:
             return pb.RateLimitResponse(overall_code=ok)
@@ -40,9 +48,11 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
         statuses = [pb.RateLimitResponse.DescriptorStatus(code=ok) for _ in request.descriptors]
         if not matched:
             return pb.RateLimitResponse(overall_code=ok, statuses=statuses)
+        started = time.perf_counter()
         try:
             verdicts = await self.counters.check(self.cfg.domain, matched, hits)
         except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.inc()
             if not self._redis_down:
                 log.warning(
                     "Redis unreachable; %s",
@@ -51,6 +61,7 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
                 )
                 self._redis_down = True
             return pb.RateLimitResponse(overall_code=ok if self.fail_open else over, statuses=statuses)
+        metrics.REDIS_DURATION.observe(time.perf_counter() - started)
         if self._redis_down:
             log.info("Redis reachable again")
             self._redis_down = False
@@ -61,6 +72,10 @@ class RateLimitServicer(pb_grpc.RateLimitServiceServicer):
                 continue
             v = next(it)
             denied = v.over and not node.shadow
+            if v.over:
+                metrics.OVER_LIMIT.labels(
+                    self.cfg.domain, node.limit.name, "shadow" if node.shadow else "enforced"
+                ).inc()
             if v.over and node.shadow:
                 log.info("over limit in shadow mode", extra={"limit": node.limit.name})
             statuses[i] = pb.RateLimitResponse.DescriptorStatus(

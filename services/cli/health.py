@@ -21,6 +21,16 @@ async def health(as_json: bool) -> int:
     else:
         for n, s, w in zip(names, statuses, wheres, strict=True):
             print(f"{n:<10} {s:<12} {w}")
-        if any(s != probes.SERVING for s in statuses):
+        status = dict(zip(names, statuses, strict=True))
+        if status.get("analytics") == "NOT_SERVING":
+            from services.analytics.config import load as analytics_config
+            from services.analytics.config import redact_url
+
+            url = redact_url(analytics_config(tree).database_url)
+            print(
+                f"\nanalytics is up but cannot reach PostgreSQL at {url}: chats work and usage is buffered. "
+                "Start PostgreSQL (e.g. `pg_ctlcluster 15 main start`) or set analytics.database_url."
+            )
+        elif any(s != probes.SERVING for s in statuses):
             print("\nSome parts are not serving: start the mesh with `make run` (or `tiermesh up`).")
     return 0 if all(s == probes.SERVING for s in statuses) else 1

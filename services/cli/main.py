@@ -56,6 +56,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return asyncio.run(search(" ".join(args.query), args.top_k, args.collection, args.target, args.json))
 
 
+def _cmd_spend(args: argparse.Namespace) -> int:
+    from services.cli.spend import spend
+
+    return asyncio.run(spend(args.user, args.segment, args.since, args.watch, args.json, args.target))
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from services.cli.spend import migrate
+
+    return asyncio.run(migrate())
+
+
 def _top_k(raw: str) -> int:
     value = int(raw)
     if not 1 <= value <= 50:
@@ -141,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--target", help="Knowledge address host:port (default: services.knowledge from config)")
     search.add_argument("--json", action="store_true", help="print one JSON array")
     search.set_defaults(func=_cmd_search)
+
+    spend = sub.add_parser("spend", help="tokens and cost by user, segment, tier and model")
+    spend.add_argument("--user", default="", help="only this user")
+    spend.add_argument("--segment", choices=["standard", "vip", "enterprise"], default="", help="only this segment")
+    spend.add_argument("--since", default="24h", help="how far back: 30m, 24h, 7d, 4w (default 24h)")
+    spend.add_argument("--watch", action="store_true", help="this month's totals, redrawn live as usage arrives")
+    spend.add_argument("--json", action="store_true", help="print JSON (one object per update with --watch)")
+    spend.add_argument("--target", help="Analytics address host:port (default: services.analytics from config)")
+    spend.set_defaults(func=_cmd_spend)
+
+    migrate = sub.add_parser("migrate", help="create the analytics database if needed and apply its migrations")
+    migrate.set_defaults(func=_cmd_migrate)
 
     token = sub.add_parser("token", help="mint a development token (signed with the dev key)")
     token.add_argument("--user", required=True, help="the token's subject")

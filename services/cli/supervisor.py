@@ -38,6 +38,9 @@ class Part:
     argv: list[str]
     probe: Probe
     where: str = ""
+    # A part whose own dependency may be missing (Analytics without PostgreSQL) counts as started
+    # once it has answered NOT_SERVING for this long: the mesh runs without it, and it says why.
+    not_serving_ok_after_s: float | None = None
     proc: asyncio.subprocess.Process | None = None
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
     pump: asyncio.Task[None] | None = None
@@ -71,7 +74,7 @@ def format_line(raw: str) -> str:
     return " ".join(p for p in (ts, f"{level:<5}" if level else "", msg, extras) if p)
 
 
-PART_NAMES = ("simulator", "inference", "knowledge", "router", "ratelimit", "envoy")
+PART_NAMES = ("simulator", "inference", "knowledge", "analytics", "router", "ratelimit", "envoy")
 _MODULES = {"ratelimit": "gateway.ratelimit"}
 
 
@@ -85,7 +88,7 @@ def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
             f"http://{sim_host}:{sim_port}/v1",
         ),
     }
-    for name in ("inference", "knowledge", "router", "ratelimit"):
+    for name in ("inference", "knowledge", "analytics", "router", "ratelimit"):
         target = config.target(tree, name)
         out[name] = (functools.partial(probes.grpc_health, target), f"grpc://{target}")
     out["envoy"] = (
@@ -113,7 +116,7 @@ def parts_for(tree: Mapping[str, Any], names: Sequence[str] | None = None) -> li
         else:
             argv = [sys.executable, "-m", _MODULES.get(name, f"services.{name}")]
         probe, where = checks[name]
-        parts.append(Part(name, argv, probe, where))
+        parts.append(Part(name, argv, probe, where, not_serving_ok_after_s=5.0 if name == "analytics" else None))
     return parts
 
 
@@ -151,12 +154,17 @@ class Supervisor:
     async def wait_healthy(self, part: Part, timeout_s: float) -> float:
         started = time.monotonic()
         status = "not checked"
+        not_serving_since: float | None = None
         while time.monotonic() - started < timeout_s:
             if part.proc is not None and part.proc.returncode is not None:
                 raise StartError(f"{part.name} exited with code {part.proc.returncode}:\n{self._tail(part)}")
             status = await part.probe()
             if status == probes.SERVING:
                 return time.monotonic() - started
+            if status == "NOT_SERVING" and part.not_serving_ok_after_s is not None:
+                not_serving_since = not_serving_since or time.monotonic()
+                if time.monotonic() - not_serving_since >= part.not_serving_ok_after_s:
+                    return time.monotonic() - started
             await asyncio.sleep(0.05)
         raise StartError(f"{part.name} not healthy after {timeout_s:.0f} s (last status {status}):\n{self._tail(part)}")
 

@@ -52,6 +52,12 @@ class CircuitBreaker:
             self.trials_in_flight = 0
         return self.state
 
+    def observed_state(self) -> str:
+        """The state now, without acting on it: safe to read from another thread (a metrics scrape)."""
+        if self.state == OPEN and self.clock() - self.opened_at >= self.open_period_s:
+            return HALF_OPEN
+        return self.state
+
     def allow(self) -> bool:
         """May a call go to this deployment now? A True while half-open books a trial slot:
         the caller must report its outcome with `record`."""

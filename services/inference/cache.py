@@ -11,6 +11,7 @@ seconds, and tries again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,8 @@ from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
+
+from services.inference.metrics import CACHE_REQUESTS
 
 log = logging.getLogger("tiermesh.inference.cache")
 
@@ -83,19 +86,21 @@ class AnswerCache:
 
     async def get(self, key: str) -> CachedAnswer | None:
         if not self._available():
+            CACHE_REQUESTS.labels("error").inc()
             return None
         try:
             raw = await self.client.get(self.namespace + key)
         except (RedisError, OSError) as exc:
             self._failed(exc)
+            CACHE_REQUESTS.labels("error").inc()
             return None
         self._recovered()
-        if raw is None:
-            return None
-        try:
-            return CachedAnswer(**json.loads(raw))
-        except (ValueError, TypeError):
-            return None  # an entry from another version: treat as a miss
+        answer = None
+        if raw is not None:
+            with contextlib.suppress(ValueError, TypeError):  # an entry from another version: a miss
+                answer = CachedAnswer(**json.loads(raw))
+        CACHE_REQUESTS.labels("miss" if answer is None else "hit").inc()
+        return answer
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
         if not self._available():

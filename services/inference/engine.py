@@ -29,6 +29,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
+from services.inference import metrics
 from services.inference.breaker import OPEN, CircuitBreaker
 from services.inference.cache import AnswerCache, CachedAnswer, cache_key
 from services.inference.config import Deployment, InferenceConfig
@@ -150,6 +153,7 @@ class Engine:
         self.healthy = {name: True for name in self.breakers}
         self.quotas = {d.name: Quota(d.rpm, d.tpm, clock) for deps in cfg.tiers.values() for d in deps}
         self._background: set[asyncio.Task[None]] = set()
+        metrics.watch_deployments({name: b.observed_state for name, b in self.breakers.items()}, self.healthy)
 
     def candidates(self, tier: int) -> list[Deployment]:
         """The tier's deployments in the order to try: usable ones (healthy, breaker not open)
@@ -169,6 +173,9 @@ class Engine:
         return limit if req.deadline is None else min(limit, req.deadline - self.clock())
 
     async def generate(self, req: GenerateInput) -> AsyncIterator[Event]:
+        started = time.perf_counter()  # wall time for the metrics; self.clock may be a test's
+        tier = str(req.tier)
+        first_token = True
         key = ""
         if self.cache is not None:
             params = {"max_tokens": req.max_tokens or None, "temperature": req.temperature}
@@ -176,7 +183,7 @@ class Engine:
             if not req.bypass_cache:
                 hit = await self.cache.get(key)
                 if hit is not None:
-                    async for event in self._replay(hit):
+                    async for event in self._replay(hit, req.tier):
                         yield event
                     return
         self.budget.deposit()
@@ -202,6 +209,8 @@ class Engine:
                 attempts.append(AttemptRecord(d.name, "breaker open", 0, 0))
                 failures.append(f"{d.name}: circuit open for {breaker.seconds_until_retry():.1f} s")
                 continue
+            if path:
+                metrics.FALLBACKS.labels(tier).inc()
             path.append(d.name)
             yield Selected(d)
             retry = 0
@@ -233,6 +242,9 @@ class Engine:
                             emitter = d.name
                             text_parts.append(piece.text)
                             emitted_chars += len(piece.text)
+                            if first_token:
+                                first_token = False
+                                metrics.TIME_TO_FIRST_TOKEN.labels(tier).observe(time.perf_counter() - started)
                             yield Delta(piece.text)
                         if piece.finish_reason:
                             finish = piece.finish_reason
@@ -253,6 +265,7 @@ class Engine:
                         p, c = self._count(d, messages, text_parts, None)
                         prompt_total, completion_total = prompt_total + p, completion_total + c
                         cost_total += d.cost_micro_usd(p, c)
+                        metrics.billed(d.name, p, c, d.cost_micro_usd(p, c))
                         break  # never retried in place once text reached the client
                     retry += 1
                     if not exc.retryable or retry >= self.cfg.retry.max_attempts or breaker.current_state() == OPEN:
@@ -263,6 +276,7 @@ class Engine:
                     await self.sleep(delay)
                     if not breaker.allow():
                         break
+                    metrics.RETRIES.labels(d.name).inc()
                     continue
                 except BaseException:
                     breaker.release()  # cancelled: no outcome to report
@@ -273,6 +287,7 @@ class Engine:
                 quota.add_tokens(p + c)
                 prompt_total, completion_total = prompt_total + p, completion_total + c
                 cost_total += d.cost_micro_usd(p, c)
+                metrics.billed(d.name, p, c, d.cost_micro_usd(p, c))
                 done = Done(
                     model=d.model,
                     deployment=d.name,
@@ -285,6 +300,7 @@ class Engine:
                 )
                 if self.cache is not None and finish in ("stop", "length"):
                     await self.cache.put(key, CachedAnswer(text_parts, d.model, d.name, p, c, finish))
+                _annotate(req.tier, done)
                 yield done
                 return
         async for event in self._give_up(
@@ -309,13 +325,13 @@ class Engine:
             return usage
         return self.provider.count_tokens(d, messages, None), self.provider.count_tokens(d, None, "".join(parts))
 
-    async def _replay(self, hit: CachedAnswer) -> AsyncIterator[Event]:
+    async def _replay(self, hit: CachedAnswer, tier: int) -> AsyncIterator[Event]:
         deployment = next((d for deps in self.cfg.tiers.values() for d in deps if d.name == hit.deployment), None)
         if deployment is not None:
             yield Selected(deployment)
         for text in hit.deltas:
             yield Delta(text)
-        yield Done(
+        done = Done(
             model=hit.model,
             deployment=hit.deployment,
             prompt_tokens=hit.prompt_tokens,
@@ -325,6 +341,8 @@ class Engine:
             cached=True,
             fallback_path=[],
         )
+        _annotate(tier, done)
+        yield done
 
     async def _give_up(
         self,
@@ -340,11 +358,15 @@ class Engine:
         summary = "; ".join(failures) or "no deployment is configured"
         log.warning("every deployment failed", extra={"tier": req.tier, "failures": summary})
         if self.cfg.default_response is None:
+            metrics.UNANSWERED.labels(str(req.tier)).inc()
             raise Unavailable(f"no model of tier {req.tier} could answer: {summary}")
+        if path:
+            metrics.FALLBACKS.labels(str(req.tier)).inc()
+        metrics.DEFAULT_RESPONSES.labels(str(req.tier)).inc()
         if emitted_chars:
             yield Restart(emitter, restart_reason, emitted_chars)
         yield Delta(self.cfg.default_response)
-        yield Done(
+        done = Done(
             model="",
             deployment=DEFAULT_DEPLOYMENT,
             prompt_tokens=totals[0],
@@ -355,6 +377,8 @@ class Engine:
             fallback_path=[*path, DEFAULT_DEPLOYMENT],
             attempts=attempts,
         )
+        _annotate(req.tier, done)
+        yield done
 
     async def check_health(self) -> None:
         """One round of health checks: GET /models on each OpenAI-compatible deployment."""
@@ -377,3 +401,19 @@ class Engine:
             except Exception:  # a failing check must never stop the loop
                 log.exception("health check round failed")
             await asyncio.sleep(self.cfg.health_interval_s)
+
+
+def _annotate(tier: int, done: Done) -> None:
+    """Put the answer's outcome on the RPC's span, so a trace shows what was paid for and why."""
+    trace.get_current_span().set_attributes(
+        {
+            "tiermesh.tier": tier,
+            "tiermesh.deployment": done.deployment,
+            "tiermesh.prompt_tokens": done.prompt_tokens,
+            "tiermesh.completion_tokens": done.completion_tokens,
+            "tiermesh.cost_micro_usd": done.cost_micro_usd,
+            "tiermesh.cached": done.cached,
+            "tiermesh.degraded": done.degraded,
+            "tiermesh.fallback_path": done.fallback_path,
+        }
+    )

@@ -12,18 +12,28 @@ from services.inference.cache import AnswerCache
 from services.inference.engine import Engine
 from services.inference.provider import Provider
 from services.inference.servicer import InferenceServicer
-from services.runtime import config, logs
+from services.inference.usage import UsageReporter
+from services.runtime import config, logs, observability
 from services.runtime.server import serve
 
 
 async def main() -> None:
     tree = config.load()
     log = logs.setup("inference", config.get_str(tree, "log_level", "info", where=""))
+    observability.setup("inference", tree)
     cfg = inference_config.load(tree)
     provider = Provider(cfg.max_connections)
     cache = AnswerCache(cfg.cache_url, cfg.cache_ttl_s, cfg.cache_namespace) if cfg.cache_url else None
     engine = Engine(cfg, provider, cache)
-    servicer = InferenceServicer(cfg, engine)
+    analytics = config.section(tree, "inference", "analytics")
+    usage: UsageReporter | None = None
+    if analytics.get("enabled", True) is not False:
+        usage = UsageReporter(
+            config.target(tree, "analytics"),
+            capacity=config.get_int(analytics, "queue_size", 50_000, where="inference.analytics", lo=1),
+        )
+        usage.start()
+    servicer = InferenceServicer(cfg, engine, usage)
     health_task = asyncio.create_task(engine.health_loop())
 
     async def stop() -> None:
@@ -31,6 +41,8 @@ async def main() -> None:
         await provider.aclose()
         if cache is not None:
             await cache.aclose()
+        if usage is not None:
+            await usage.stop()
 
     await serve(
         "inference",

@@ -7,13 +7,16 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
+from tiermesh.analytics.v1 import analytics_service_pb2 as apb
 from tiermesh.common.v1 import common_pb2
 from tiermesh.inference.v1 import inference_service_pb2 as pb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from services.inference.config import Deployment, InferenceConfig
 from services.inference.engine import Delta, Done, Engine, Event, GenerateInput, Restart, Selected
+from services.inference.usage import UsageReporter
 from services.runtime import logs
 from services.runtime.server import Context
 from services.runtime.validation import validate
@@ -114,10 +117,52 @@ async def coalesce(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
             await task
 
 
+def _enum(enum: Any, prefix: str, name: str) -> int:
+    try:
+        return int(enum.Value(prefix + name.strip().upper())) if name else 0
+    except ValueError:
+        return 0
+
+
+def usage_event(
+    request_id: str, tier: int, metadata: dict[str, str], done: Done, latency_s: float, ttft_s: float | None
+) -> apb.UsageEvent:
+    """What Analytics records for a finished request; who asked and why this tier come from the
+    Router's `x-tiermesh-*` metadata (absent for direct callers)."""
+    event = apb.UsageEvent(
+        request_id=request_id,
+        user=metadata.get("x-tiermesh-user", "")[:256],
+        segment=common_pb2.Segment.ValueType(
+            _enum(common_pb2.Segment, "SEGMENT_", metadata.get("x-tiermesh-segment", ""))
+        ),
+        tier=common_pb2.Tier.ValueType(tier),
+        model=done.model[:256],
+        deployment=done.deployment[:256],
+        usage=common_pb2.Usage(
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            cost_micro_usd=done.cost_micro_usd,
+        ),
+        cached=done.cached,
+        degraded=done.degraded,
+        fallback_path=done.fallback_path[:16],
+        intent=common_pb2.Intent.ValueType(_enum(common_pb2.Intent, "INTENT_", metadata.get("x-tiermesh-intent", ""))),
+        complexity=common_pb2.Complexity.ValueType(
+            _enum(common_pb2.Complexity, "COMPLEXITY_", metadata.get("x-tiermesh-complexity", ""))
+        ),
+    )
+    event.latency.FromMicroseconds(int(latency_s * 1_000_000))
+    if ttft_s is not None:
+        event.time_to_first_token.FromMicroseconds(int(ttft_s * 1_000_000))
+    event.occurred_at.GetCurrentTime()
+    return event
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, cfg: InferenceConfig, engine: Engine) -> None:
+    def __init__(self, cfg: InferenceConfig, engine: Engine, usage: UsageReporter | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
+        self.usage = usage
 
     async def Generate(self, request: pb.GenerateRequest, context: Context) -> AsyncIterator[pb.GenerateResponse]:
         validate(request)
@@ -133,8 +178,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             deadline=None if remaining is None else time.monotonic() + remaining,
         )
         started = time.monotonic()
+        first_token: float | None = None
         async for event in coalesce(self.engine.generate(req)):
+            if first_token is None and isinstance(event, Delta):
+                first_token = time.monotonic() - started
             if isinstance(event, Done):
+                if self.usage is not None:
+                    metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+                    latency = time.monotonic() - started
+                    self.usage.report(usage_event(req.request_id, request.tier, metadata, event, latency, first_token))
                 log.info(
                     "generated",
                     extra={

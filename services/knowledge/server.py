@@ -15,7 +15,7 @@ from services.knowledge.embedder import Embedder, LiteLLMEmbedder, LocalEmbedder
 from services.knowledge.keywords import Synonyms
 from services.knowledge.servicer import KnowledgeServicer
 from services.knowledge.store import KnowledgeStore
-from services.runtime import config, logs
+from services.runtime import config, logs, observability
 from services.runtime.config import ConfigError
 from services.runtime.server import serve
 
@@ -40,6 +40,7 @@ def build_store(cfg: KnowledgeConfig) -> KnowledgeStore:
 async def main() -> None:
     tree = config.load()
     log = logs.setup("knowledge", config.get_str(tree, "log_level", "info", where=""))
+    observability.setup("knowledge", tree)
     cfg = knowledge_config.load(tree)
     store = build_store(cfg)
 

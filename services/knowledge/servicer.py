@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from tiermesh.knowledge.v1 import knowledge_service_pb2 as pb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as pb_grpc
 
+from services.knowledge import metrics
 from services.knowledge.store import DocumentIn, KnowledgeStore, check_metadata_keys
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import Context
@@ -32,6 +35,8 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
             check_metadata_keys(d.metadata, f"documents[{i}].metadata")
             docs.append(DocumentIn(id=d.id, text=d.text, title=d.title, metadata=dict(d.metadata)))
         stored, chunks = await self.store.upsert(request.collection, docs)
+        metrics.DOCUMENTS_UPSERTED.inc(stored)
+        metrics.CHUNKS_UPSERTED.inc(chunks)
         return pb.UpsertDocumentsResponse(documents_upserted=stored, chunks_written=chunks)
 
     async def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, context: Context) -> pb.DeleteDocumentsResponse:
@@ -40,6 +45,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
             if not doc_id:
                 raise InvalidArgument(f"document_ids[{i}]: must not be empty")
         deleted = await self.store.delete(request.collection, list(request.document_ids))
+        metrics.DOCUMENTS_DELETED.inc(deleted)
         return pb.DeleteDocumentsResponse(documents_deleted=deleted)
 
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
@@ -47,13 +53,18 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
         if not request.query.strip():
             raise InvalidArgument("query: must not be only white space")
         check_metadata_keys(request.filters, "filters")
-        hits = await self.store.search(
-            request.collection,
-            request.query,
-            top_k=request.top_k or DEFAULT_TOP_K,
-            filters=dict(request.filters),
-            min_score=request.min_score,
-        )
+        started = time.perf_counter()
+        try:
+            hits = await self.store.search(
+                request.collection,
+                request.query,
+                top_k=request.top_k or DEFAULT_TOP_K,
+                filters=dict(request.filters),
+                min_score=request.min_score,
+            )
+        finally:
+            metrics.SEARCH_DURATION.observe(time.perf_counter() - started)
+        metrics.SEARCH_RESULTS.labels("found" if hits else "empty").inc()
         return pb.SearchResponse(
             chunks=[
                 pb.Chunk(

@@ -1,16 +1,29 @@
 """The budget side of the user value check: may this user spend more, and what if not.
 
-Router asks a BudgetCheck before choosing a model. The default allows everything; Analytics
-fills it with real spend against the configured monthly budgets. The policy's answer is one of
+Router asks a BudgetCheck before choosing a model. With no budgets configured everything is
+allowed; otherwise SpendBudgets compares Analytics' spend with the monthly budgets. The policy's answer is one of
 `allow`, `downgrade` (one tier lower, never below 1) or `refuse` (RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+import grpc
+from tiermesh.analytics.v1 import analytics_service_pb2 as apb
+from tiermesh.common.v1 import common_pb2 as c
+
+from services.analytics.config import Budgets
 from services.runtime.errors import ResourceExhausted
+
+log = logging.getLogger("tiermesh.router")
+
+SEGMENT_VALUES = {"standard": c.SEGMENT_STANDARD, "vip": c.SEGMENT_VIP, "enterprise": c.SEGMENT_ENTERPRISE}
 
 Action = Literal["allow", "downgrade", "refuse"]
 
@@ -43,3 +56,65 @@ def apply(tier: int, status: BudgetStatus, reasons: list[str]) -> int:
         reasons.insert(0, f"downgraded from tier {tier} to {tier - 1}: {status.reason}")
         return tier - 1
     return tier
+
+
+SpendCall = Callable[..., Awaitable[apb.GetSpendResponse]]
+
+
+def _usd(micro: int) -> str:
+    return f"${micro / 1_000_000:,.2f}" if micro >= 10_000 else f"${micro / 1_000_000:.6f}"
+
+
+class SpendBudgets:
+    """Monthly budgets checked against Analytics' spend for the calendar month (UTC).
+
+    Spend is cached for `budgets.cache_s` per user and per segment, so a chat costs at most one
+    GetSpend per cache period. When Analytics cannot answer in time the check allows (a budget is
+    never a reason to fail a chat on a dependency's outage) and says so in the log."""
+
+    def __init__(self, budgets: Budgets, get_spend: SpendCall, deadline_s: float = 0.25) -> None:
+        self.budgets = budgets
+        self.get_spend = get_spend
+        self.deadline_s = deadline_s
+        self._cache: dict[tuple[str, str], tuple[float, int | None]] = {}
+
+    async def _month_spend(self, user: str, segment: str) -> int | None:
+        key = (user, segment)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        request = apb.GetSpendRequest(user=user)
+        if segment in SEGMENT_VALUES:
+            request.segment = SEGMENT_VALUES[segment]
+        request.start_time.FromDatetime(start)
+        spent: int | None
+        try:
+            reply = await self.get_spend(request, timeout=self.deadline_s)
+            spent = int(reply.totals.cost_micro_usd)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("spend unknown: budgets not enforced for now", extra={"code": exc.code().name})
+            spent = None
+        self._cache[key] = (now + self.budgets.cache_s, spent)
+        return spent
+
+    async def status(self, user: str, segment: str) -> BudgetStatus:
+        b = self.budgets
+        user_limit = b.users.get(user, b.per_user_by_segment.get(segment)) if user else None
+        if user_limit is not None:
+            spent = await self._month_spend(user, "")
+            if spent is not None and spent >= user_limit:
+                return BudgetStatus(
+                    b.action,  # type: ignore[arg-type]
+                    f"monthly budget spent: {_usd(spent)} of {_usd(user_limit)} this month",
+                )
+        segment_limit = b.segments.get(segment)
+        if segment_limit is not None:
+            spent = await self._month_spend("", segment)
+            if spent is not None and spent >= segment_limit:
+                return BudgetStatus(
+                    b.action,  # type: ignore[arg-type]
+                    f"the {segment} segment's monthly budget is spent: {_usd(spent)} of {_usd(segment_limit)}",
+                )
+        return ALLOW

@@ -24,6 +24,7 @@ from tiermesh.knowledge.v1 import knowledge_service_pb2 as kpb
 from tiermesh.router.v1 import router_service_pb2 as pb
 
 from services.router.intent import INTENTS
+from services.router.metrics import KNOWLEDGE_SEARCHES
 from services.runtime import config
 from services.runtime.config import ConfigError
 
@@ -156,5 +157,8 @@ class Grounding:
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "timeout"
             log.warning("knowledge unavailable; answering without it", extra={"reason": reason})
+            KNOWLEDGE_SEARCHES.labels("unavailable").inc()
             return Grounded(unavailable=True)
-        return frame(response.chunks, s.max_context_chars)
+        grounded = frame(response.chunks, s.max_context_chars)
+        KNOWLEDGE_SEARCHES.labels("grounded" if grounded.citations else "no_match").inc()
+        return grounded

@@ -5,20 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as kpb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 
+from services.analytics.config import load_budgets
+from services.router.budget import SpendBudgets
 from services.router.grounding import Grounding, GroundingSettings
 from services.router.policy import Router
 from services.router.servicer import RouterServicer, register
-from services.runtime import config, logs
+from services.runtime import config, logs, observability
 from services.runtime.server import serve
 
 
 async def main() -> None:
     tree = config.load()
     log = logs.setup("router", config.get_str(tree, "log_level", "info", where=""))
+    observability.setup("router", tree)
     router_cfg = config.section(tree, "router")
     policy_path = Path(config.get_str(router_cfg, "policy_path", "config/routing.yaml", where="router"))
     router = Router.load(policy_path if policy_path.is_absolute() else config.REPO_ROOT / policy_path)
@@ -36,16 +40,26 @@ async def main() -> None:
         options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
     )
     grounding = Grounding(grounding_settings, kpb_grpc.KnowledgeServiceStub(knowledge_channel).Search)
+    budgets = load_budgets(tree)
+    analytics_channel = grpc.aio.insecure_channel(
+        config.target(tree, "analytics"),
+        options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
+    )
+    budget_check = (
+        SpendBudgets(budgets, apb_grpc.AnalyticsServiceStub(analytics_channel).GetSpend) if budgets.any else None
+    )
     servicer = RouterServicer(
         router,
         generate_raw,
         default_deadline_s=config.get_float(router_cfg, "deadline_s", 120.0, where="router", lo=1, hi=3600),
+        budget=budget_check,
         grounding=grounding,
     )
 
     async def stop() -> None:
         await channel.close(None)
         await knowledge_channel.close(None)
+        await analytics_channel.close(None)
 
     await serve(
         "router",

@@ -12,7 +12,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.router.v1 import router_service_pb2 as pb
 
-from services.router import budget
+from services.router import budget, metrics
 from services.router.budget import BudgetCheck, NoBudgets
 from services.router.complexity import LEVELS
 from services.router.grounding import Grounded, Grounding, GroundingSettings, with_context
@@ -124,10 +124,12 @@ class RouterServicer:
         user, segment = identity_from(context.invocation_metadata())
         decision = self.router.decide(last_user_text(messages), segment, tier)
         status = await self.budget.status(user, segment)
+        metrics.budget_verdict(status.action)
         if status.action != "allow":
             reasons = list(decision.reasons)
             new_tier = budget.apply(decision.tier, status, reasons)
             decision = dataclasses.replace(decision, tier=new_tier, reasons=reasons)
+        metrics.decided(decision)
         return decision
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
@@ -173,7 +175,15 @@ class RouterServicer:
         )
         if request.HasField("temperature"):
             generate.temperature = request.temperature
-        call = self.generate_raw(generate, timeout=timeout, metadata=(("x-request-id", request_id),))
+        user, _ = identity_from(context.invocation_metadata())
+        metadata = (
+            ("x-request-id", request_id),
+            ("x-tiermesh-user", user),
+            ("x-tiermesh-segment", decision.segment),
+            ("x-tiermesh-intent", decision.intent),
+            ("x-tiermesh-complexity", decision.complexity),
+        )
+        call = self.generate_raw(generate, timeout=timeout, metadata=metadata)
         try:
             async for raw in call:
                 tag = raw[0] if raw else 0

@@ -132,6 +132,25 @@ def endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
     return host, port
 
 
+# Where each service serves Prometheus metrics (`/metrics`), from `services.<name>.metrics_port`.
+METRICS_DEFAULT_PORTS = {
+    "router": 9101,
+    "inference": 9102,
+    "knowledge": 9103,
+    "analytics": 9104,
+    "ratelimit": 9105,
+}
+
+
+def metrics_endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
+    """(host, port) of the named service's metrics endpoint; port 0 means it serves none."""
+    node = section(tree, "services", name)
+    where = f"services.{name}"
+    host = get_str(node, "host", "127.0.0.1", where=where)
+    port = get_int(node, "metrics_port", METRICS_DEFAULT_PORTS.get(name, 0), where=where, lo=0, hi=65535)
+    return host, port
+
+
 def target(tree: Mapping[str, Any], name: str) -> str:
     """A gRPC target string for the named part (`host:port`)."""
     host, port = endpoint(tree, name)

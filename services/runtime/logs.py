@@ -1,4 +1,9 @@
-"""JSON logs on stdout: one object per line with ts, level, service, request_id and trace_id."""
+"""JSON logs on stdout: one object per line with ts, level, service, request_id and trace_id.
+
+`trace_id` is the current OpenTelemetry span's trace id (32 hex digits): inside an RPC it is the
+caller's trace, so one request's lines can be found in every service and joined to its spans.
+Outside any span it is empty.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,17 @@ import sys
 import time
 from typing import Any
 
+from opentelemetry import trace
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def current_trace_id() -> str:
+    """The trace id of the span current in this context, as 32 hex digits; empty when none."""
+    ctx = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(ctx.trace_id) if ctx.is_valid else ""
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,7 +41,7 @@ class JsonFormatter(logging.Formatter):
             "service": self.service,
             "msg": record.getMessage(),
             "request_id": request_id_var.get(),
-            "trace_id": trace_id_var.get(),
+            "trace_id": current_trace_id(),
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):

@@ -1,10 +1,12 @@
 """Runs a grpc.aio server the same way for every service.
 
 What every service gets: grpc.health.v1 health (SERVING only once `ready()` says so), server
-reflection, a request id per call (from `x-request-id` or new) in every log line, the error tree
-mapped to gRPC statuses, and a graceful drain: on SIGTERM or SIGINT the health turns NOT_SERVING
-at once, new calls are refused with UNAVAILABLE, in-flight calls (streams included) run to their
-end within `shutdown_grace_s`, then the server stops and the process exits.
+reflection, a request id per call (from `x-request-id` or new) in every log line, a span per call
+that continues the caller's trace (`traceparent`), RPC metrics (`tiermesh_grpc_*`, see
+services.runtime.metrics), the error tree mapped to gRPC statuses, and a graceful drain: on
+SIGTERM or SIGINT the health turns NOT_SERVING at once, new calls are refused with UNAVAILABLE,
+in-flight calls (streams included) run to their end within `shutdown_grace_s`, then the server
+stops and the process exits.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-from services.runtime import logs
+from services.runtime import logs, metrics
 from services.runtime.errors import TiermeshError
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -61,13 +64,40 @@ def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     return uuid.uuid4().hex
 
 
-class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts calls for the drain, refuses new work while draining, sets the request id, and
-    maps TiermeshError to its status. Health and reflection are never refused."""
+def _status_name(context: Context, default: str) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):  # some grpc versions keep the raw status number
+        return next((c.name for c in grpc.StatusCode if c.value[0] == code), default)
+    return default
 
-    def __init__(self, drain: Drain, logger: logging.Logger) -> None:
+
+class _Observed:
+    """One RPC's metrics: in flight from creation until `finish(code)`."""
+
+    __slots__ = ("_labels", "_started")
+
+    def __init__(self, service: str, method: str) -> None:
+        self._labels = (service, method)
+        self._started = time.perf_counter()
+        metrics.GRPC_IN_FLIGHT.labels(*self._labels).inc()
+
+    def finish(self, code: str) -> None:
+        metrics.GRPC_IN_FLIGHT.labels(*self._labels).dec()
+        metrics.GRPC_DURATION.labels(*self._labels).observe(time.perf_counter() - self._started)
+        metrics.GRPC_REQUESTS.labels(*self._labels, code).inc()
+
+
+class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts calls for the drain and the metrics, refuses new work while draining, sets the
+    request id, and maps TiermeshError to its status. Health and reflection are never refused
+    (nor counted: probes would drown the calls that matter)."""
+
+    def __init__(self, drain: Drain, logger: logging.Logger, service: str = "") -> None:
         self.drain = drain
         self.log = logger
+        self.service = service
 
     async def intercept_service(
         self,
@@ -107,37 +137,78 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _unary(self, behavior: Any, method: str, rid: str) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:
             logs.request_id_var.set(rid)
-            await self._refuse_if_draining(context)
-            self.drain.enter()
+            observed = _Observed(self.service, method)
+            code = "UNKNOWN"
             try:
-                return await behavior(request, context)
+                await self._refuse_if_draining(context)
+                self.drain.enter()
+                try:
+                    result = await behavior(request, context)
+                    code = _status_name(context, "OK")
+                    return result
+                except Exception as exc:
+                    code = _failure_code(context, exc)
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await self._fail(context, exc, method)
+                finally:
+                    self.drain.leave()
             except grpc.aio.AbortError:
+                code = _status_name(context, code)
                 raise
-            except Exception as exc:
-                await self._fail(context, exc, method)
+            except BaseException:  # the client went away (CancelledError)
+                code = "CANCELLED"
+                raise
             finally:
-                self.drain.leave()
+                observed.finish(code)
 
         return wrapper
 
     def _stream(self, behavior: Any, method: str, rid: str) -> Any:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             logs.request_id_var.set(rid)
-            await self._refuse_if_draining(context)
-            self.drain.enter()
-            started = time.monotonic()
+            observed = _Observed(self.service, method)
+            code = "UNKNOWN"
             try:
-                async for item in behavior(request, context):
-                    yield item
+                await self._refuse_if_draining(context)
+                self.drain.enter()
+                started = time.monotonic()
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                    code = _status_name(context, "OK")
+                except Exception as exc:
+                    code = _failure_code(context, exc)
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await self._fail(context, exc, method)
+                finally:
+                    self.drain.leave()
+                    self.log.debug("stream closed", extra={"method": method, "seconds": time.monotonic() - started})
             except grpc.aio.AbortError:
+                code = _status_name(context, code)
                 raise
-            except Exception as exc:
-                await self._fail(context, exc, method)
+            except BaseException:  # the client went away (CancelledError, GeneratorExit)
+                code = "CANCELLED"
+                raise
             finally:
-                self.drain.leave()
-                self.log.debug("stream closed", extra={"method": method, "seconds": time.monotonic() - started})
+                observed.finish(code)
 
         return wrapper
+
+
+def _failure_code(context: Context, exc: Exception) -> str:
+    if isinstance(exc, TiermeshError):
+        return exc.code.name
+    if isinstance(exc, grpc.aio.AbortError):
+        return _status_name(context, "UNKNOWN")
+    return grpc.StatusCode.INTERNAL.name
+
+
+# Health probes (from Envoy and the orchestrator) and reflection are no part of any request's story.
+_UNTRACED = filters.negate(
+    filters.any_of(filters.service_prefix("grpc.health.v1.Health"), filters.service_prefix("grpc.reflection."))
+)
 
 
 Registrar = Callable[[grpc.aio.Server], None]
@@ -158,6 +229,7 @@ class Service:
         logger: logging.Logger,
         ready: Callable[[], Awaitable[bool]] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        on_drain: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.service_names = list(service_names)
@@ -166,11 +238,16 @@ class Service:
         self.log = logger
         self.ready = ready
         self.on_stop = on_stop
+        self.on_drain = on_drain
         self.drain = Drain()
         self.drain.idle.set()
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[RuntimeInterceptor(self.drain, logger)],
+            # The span first, so the runtime's own log lines and error mapping happen inside it.
+            interceptors=[
+                aio_server_interceptor(filter_=_UNTRACED),  # type: ignore[no-untyped-call]
+                RuntimeInterceptor(self.drain, logger, name),
+            ],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -204,11 +281,20 @@ class Service:
             await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         self.log.info("listening", extra={"address": f"{self.host}:{self.port}", "grace_s": self.grace_s})
 
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING (for a service whose dependency comes and goes); a
+        draining server stays NOT_SERVING."""
+        if not self.drain.draining:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self._set_all(status)
+
     async def shutdown(self, reason: str) -> None:
         if self.drain.draining:
             return
         self.drain.draining = True
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.on_drain is not None:  # e.g. end endless streams, which would hold the drain
+            await self.on_drain()
         self.log.info("draining", extra={"reason": reason, "in_flight": self.drain.in_flight})
         try:
             await asyncio.wait_for(self.drain.idle.wait(), timeout=self.grace_s)
@@ -241,6 +327,8 @@ async def serve(
     register: Registrar,
     ready: Callable[[], Awaitable[bool]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_drain: Callable[[], Awaitable[None]] | None = None,
+    on_start: Callable[[Service], Awaitable[None]] | None = None,
 ) -> None:
     """Run service `name` where the config says it listens, until SIGTERM/SIGINT and its drain."""
     from services.runtime import config
@@ -256,7 +344,10 @@ async def serve(
         logger=logger,
         ready=ready,
         on_stop=on_stop,
+        on_drain=on_drain,
     )
+    if on_start is not None:
+        await on_start(service)
     await service.run_until_signal()
 
 

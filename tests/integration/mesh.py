@@ -23,10 +23,13 @@ def free_port() -> int:
 
 
 PARTS = ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin")
+# The parts that also serve Prometheus metrics (services.<name>.metrics_port).
+METRICS_PARTS = tuple(config.METRICS_DEFAULT_PORTS)
 
 
 def mesh_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """TIERMESH_* overrides that put every part on its own free port and data dir."""
+    """TIERMESH_* overrides that put every part (and every metrics endpoint) on its own free port
+    and data dir."""
     env = {
         "TIERMESH_DATA_DIR": str(data_dir),
         "TIERMESH_LOG_LEVEL": "info",
@@ -37,11 +40,13 @@ def mesh_env(data_dir: Path, **extra: str) -> dict[str, str]:
     }
     held = []
     try:  # hold every socket until all are chosen, so no two parts get the same port
-        for name in PARTS:
+        keys = [f"TIERMESH_SERVICES__{name.upper()}__PORT" for name in PARTS]
+        keys += [f"TIERMESH_SERVICES__{name.upper()}__METRICS_PORT" for name in METRICS_PARTS]
+        for key in keys:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             held.append(s)
-            env[f"TIERMESH_SERVICES__{name.upper()}__PORT"] = str(s.getsockname()[1])
+            env[key] = str(s.getsockname()[1])
     finally:
         for s in held:
             s.close()
@@ -57,6 +62,10 @@ class Mesh:
 
     def target(self, name: str) -> str:
         return config.target(self.tree, name)
+
+    def metrics_url(self, name: str) -> str:
+        host, port = config.metrics_endpoint(self.tree, name)
+        return f"http://{host}:{port}/metrics"
 
     @property
     def sim_url(self) -> str:

@@ -1,0 +1,152 @@
+"""Analytics wiring: PostgreSQL (created and migrated at start), the write buffer, live spend,
+background jobs, the gRPC server and its lifecycle.
+
+The server listens at once. It reports SERVING once PostgreSQL is reachable and migrated; until
+then it reports NOT_SERVING, logs why, keeps trying, and still accepts usage into its buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from tiermesh.analytics.v1 import analytics_service_pb2 as pb
+from tiermesh.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
+
+from services.analytics import config as analytics_config
+from services.analytics import db
+from services.analytics.config import AnalyticsConfig
+from services.analytics.live import Live
+from services.analytics.servicer import AnalyticsServicer
+from services.analytics.writer import CONNECTION_ERRORS, UsageWriter, load_spill
+from services.runtime import config, logs, observability
+from services.runtime.server import Service, serve
+
+log = logging.getLogger("tiermesh.analytics")
+
+
+class Database:
+    """The pool, created on first use once PostgreSQL is reachable and the schema is migrated."""
+
+    def __init__(self, cfg: AnalyticsConfig) -> None:
+        self.cfg = cfg
+        self.pool_: asyncpg.Pool | None = None
+        self.error = ""
+        self._lock = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        if self.pool_ is not None:
+            return self.pool_
+        async with self._lock:
+            if self.pool_ is None:
+                try:
+                    if self.cfg.create_database:
+                        await db.ensure_database(self.cfg.database_url)
+                    pool = await asyncpg.create_pool(
+                        self.cfg.database_url, min_size=1, max_size=self.cfg.pool_size, timeout=5, command_timeout=30
+                    )
+                    async with pool.acquire() as conn:
+                        await db.migrate(conn)
+                except CONNECTION_ERRORS as exc:
+                    self.error = f"PostgreSQL at {db.redact_url(self.cfg.database_url)} is unreachable: {exc}"
+                    raise
+                self.pool_ = pool
+                self.error = ""
+        assert self.pool_ is not None
+        return self.pool_
+
+    async def close(self) -> None:
+        if self.pool_ is not None:
+            await self.pool_.close()
+
+
+async def jobs(database: Database, cfg: AnalyticsConfig) -> None:
+    """Rollups and retention on a schedule; safe with several replicas (advisory locks)."""
+    while True:
+        await asyncio.sleep(cfg.rollup_interval_s)
+        try:
+            pool = await database.pool()
+            async with pool.acquire() as conn:
+                await db.rollup(conn)
+                await db.apply_retention(
+                    conn, cfg.retention_days_events, cfg.retention_days_minute, cfg.retention_days_hour
+                )
+        except CONNECTION_ERRORS:
+            continue  # the writer already reports the outage
+        except Exception:
+            log.exception("background job failed")
+
+
+async def main() -> None:
+    tree = config.load()
+    log_ = logs.setup("analytics", config.get_str(tree, "log_level", "info", where=""))
+    observability.setup("analytics", tree)
+    cfg = analytics_config.load(tree)
+    database = Database(cfg)
+    live = Live(cfg.database_url)
+    writer = UsageWriter(
+        database.pool,
+        cfg.buffer_size,
+        cfg.batch_size,
+        cfg.flush_interval_s,
+        cfg.retry_max_s,
+        on_written=live.written,
+    )
+    spilled = load_spill(cfg.spill_path)
+    if spilled:
+        writer.accept(spilled)
+        log_.info("usage from the spill file queued for the database", extra={"rows": len(spilled)})
+    servicer = AnalyticsServicer(writer, live, database.pool)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def connect(service: Service) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await database.pool()
+            except CONNECTION_ERRORS:
+                log_.warning(
+                    "not serving: PostgreSQL is unreachable; usage is buffered until it is",
+                    extra={"reason": database.error},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            await service.set_serving(True)
+            log_.info("database ready", extra={"database": db.redact_url(cfg.database_url)})
+            return
+
+    async def on_start(service: Service) -> None:
+        writer.start()
+        live.start()
+        tasks.append(asyncio.create_task(connect(service), name="connect"))
+        tasks.append(asyncio.create_task(jobs(database, cfg), name="jobs"))
+
+    async def ready() -> bool:
+        return database.pool_ is not None
+
+    async def on_drain() -> None:
+        servicer.draining.set()
+        live.close_all()
+
+    async def on_stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await writer.stop(timeout_s=10.0, spill_path=cfg.spill_path)
+        await live.stop()
+        with contextlib.suppress(Exception):
+            await database.close()
+
+    await serve(
+        "analytics",
+        tree,
+        log_,
+        service_names=[pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name],
+        register=lambda server: pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server),
+        ready=ready,
+        on_start=on_start,
+        on_drain=on_drain,
+        on_stop=on_stop,
+    )

@@ -1,0 +1,166 @@
+"""AnalyticsService RPCs: validate and buffer usage, report spend, stream live totals."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from google.protobuf.timestamp_pb2 import Timestamp
+from tiermesh.analytics.v1 import analytics_service_pb2 as pb
+from tiermesh.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
+from tiermesh.common.v1 import common_pb2 as c
+
+from services.analytics import db
+from services.analytics.live import Live
+from services.analytics.writer import CONNECTION_ERRORS, UsageWriter
+from services.runtime.errors import InvalidArgument, Unavailable
+from services.runtime.server import Context
+from services.runtime.validation import validate
+
+DIMENSIONS = {
+    pb.SPEND_DIMENSION_USER: "user",
+    pb.SPEND_DIMENSION_SEGMENT: "segment",
+    pb.SPEND_DIMENSION_TIER: "tier",
+    pb.SPEND_DIMENSION_MODEL: "model",
+}
+MAX_FUTURE = timedelta(days=1)
+REFRESH_S = 30.0  # watchers recompute at least this often (a new month starts from zero)
+DEBOUNCE_S = 0.05
+
+
+def enum_name(enum: object, value: int, prefix: str) -> str:
+    if not value:
+        return ""
+    name: str = enum.Name(value)  # type: ignore[attr-defined]
+    return name.removeprefix(prefix).lower()
+
+
+def segment_name(value: int) -> str:
+    return enum_name(c.Segment, value, "SEGMENT_")
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; keep the rest as sent
+
+
+def to_row(e: pb.UsageEvent, i: int, now: datetime) -> db.Row:
+    if not e.request_id.strip():
+        raise InvalidArgument(f"events[{i}].request_id: must not be blank")
+    if e.usage.cost_micro_usd < 0:
+        raise InvalidArgument(f"events[{i}].usage.cost_micro_usd: {e.usage.cost_micro_usd} is negative")
+    for name in ("latency", "time_to_first_token"):
+        d = getattr(e, name)
+        if d.seconds < 0 or d.nanos < 0:
+            raise InvalidArgument(f"events[{i}].{name}: must not be negative")
+    occurred = e.occurred_at.ToDatetime(tzinfo=UTC) if e.HasField("occurred_at") else now
+    if occurred > now + MAX_FUTURE:
+        raise InvalidArgument(f"events[{i}].occurred_at: {occurred.isoformat()} is more than a day in the future")
+    return (
+        _clean(e.request_id),
+        _clean(e.user),
+        segment_name(e.segment),
+        int(e.tier),
+        _clean(e.model),
+        _clean(e.deployment),
+        e.usage.prompt_tokens,
+        e.usage.completion_tokens,
+        e.usage.cost_micro_usd,
+        e.latency.ToMicroseconds(),
+        e.time_to_first_token.ToMicroseconds() if e.HasField("time_to_first_token") else None,
+        e.cached,
+        e.degraded,
+        [_clean(p) for p in e.fallback_path],
+        enum_name(c.Intent, e.intent, "INTENT_"),
+        enum_name(c.Complexity, e.complexity, "COMPLEXITY_"),
+        occurred,
+    )
+
+
+def totals_pb(t: db.Totals) -> pb.SpendTotals:
+    return pb.SpendTotals(
+        requests=t.requests,
+        prompt_tokens=t.prompt_tokens,
+        completion_tokens=t.completion_tokens,
+        cost_micro_usd=t.cost_micro_usd,
+    )
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def timestamp(dt: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(dt)
+    return ts
+
+
+class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
+    def __init__(self, writer: UsageWriter, live: Live, pool: Callable[[], Awaitable[asyncpg.Pool]]) -> None:
+        self.writer = writer
+        self.live = live
+        self.pool = pool
+        self.draining = asyncio.Event()
+
+    async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
+        validate(request)
+        now = datetime.now(UTC)
+        rows = [to_row(e, i, now) for i, e in enumerate(request.events)]
+        return pb.RecordUsageResponse(accepted=self.writer.accept(rows))
+
+    async def _db(self) -> asyncpg.Pool:
+        try:
+            return await self.pool()
+        except CONNECTION_ERRORS as exc:
+            raise Unavailable(f"the analytics database is unreachable: {exc}") from None
+
+    async def GetSpend(self, request: pb.GetSpendRequest, context: Context) -> pb.GetSpendResponse:
+        validate(request)
+        end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
+        start = (
+            request.start_time.ToDatetime(tzinfo=UTC)
+            if request.HasField("start_time")
+            else (end or datetime.now(UTC)) - timedelta(hours=24)
+        )
+        if end is not None and end <= start:
+            raise InvalidArgument("end_time: must be after start_time")
+        if any(g == pb.SPEND_DIMENSION_UNSPECIFIED for g in request.group_by):
+            raise InvalidArgument("group_by: SPEND_DIMENSION_UNSPECIFIED is not a dimension")
+        segment = segment_name(request.segment)
+        pool = await self._db()
+        try:
+            total = await db.totals(pool, start, end, request.user, segment)
+            out = pb.GetSpendResponse(totals=totals_pb(total))
+            for dim in dict.fromkeys(request.group_by):
+                for key, t in await db.groups(pool, DIMENSIONS[dim], start, end, request.user, segment):
+                    out.groups.append(pb.SpendGroup(dimension=dim, key=key, totals=totals_pb(t)))
+        except CONNECTION_ERRORS as exc:
+            raise Unavailable(f"the analytics database is unreachable: {exc}") from None
+        return out
+
+    async def WatchSpend(self, request: pb.WatchSpendRequest, context: Context) -> AsyncIterator[pb.WatchSpendResponse]:
+        validate(request)
+        segment = segment_name(request.segment)
+        sub = self.live.subscribe(request.user, segment)
+        last: db.Totals | None = None
+        try:
+            while not self.draining.is_set():
+                sub.changed.clear()
+                now = datetime.now(UTC)
+                pool = await self._db()
+                try:
+                    current = await db.totals(pool, month_start(now), None, request.user, segment)
+                except CONNECTION_ERRORS as exc:
+                    raise Unavailable(f"the analytics database is unreachable: {exc}") from None
+                if current != last:
+                    yield pb.WatchSpendResponse(totals=totals_pb(current), as_of=timestamp(now))
+                    last = current
+                try:
+                    await asyncio.wait_for(sub.changed.wait(), REFRESH_S)
+                except TimeoutError:
+                    continue
+                await asyncio.sleep(DEBOUNCE_S)  # one recomputation for a burst of writes
+        finally:
+            self.live.unsubscribe(sub)
