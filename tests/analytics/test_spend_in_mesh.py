@@ -21,6 +21,7 @@ from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from tests.integration.mesh import Mesh, start_mesh
+from tests.integration.test_observability import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +73,7 @@ async def month_spend(mesh: Mesh, user: str, requests: int) -> apb.SpendTotals:
 
 async def test_a_chat_reaches_watchers_and_the_database_with_what_the_client_was_billed(mesh: Mesh) -> None:
     user = f"watched-{uuid.uuid4().hex[:8]}"
+    before = await scrape(mesh, "analytics")
     async with grpc.aio.insecure_channel(mesh.target("analytics")) as channel:
         watch = apb_grpc.AnalyticsServiceStub(channel).WatchSpend(apb.WatchSpendRequest(user=user))
         assert (await asyncio.wait_for(watch.read(), 10)).totals.requests == 0
@@ -86,6 +88,19 @@ async def test_a_chat_reaches_watchers_and_the_database_with_what_the_client_was
     assert update.totals.prompt_tokens == done.usage.prompt_tokens
     assert update.totals.completion_tokens == done.usage.completion_tokens
     print(f"watcher saw the chat's spend {delay * 1000:.0f} ms after the done event")
+
+    # Analytics' own metrics moved with it.
+    after = await scrape(mesh, "analytics")
+    for name, labels in (
+        ("tiermesh_analytics_events_accepted_total", {}),
+        ("tiermesh_analytics_events_written_total", {}),
+        (
+            "tiermesh_grpc_requests_total",
+            {"method": "/tiermesh.analytics.v1.AnalyticsService/RecordUsage", "code": "OK"},
+        ),
+    ):
+        assert value(after, name, **labels) - value(before, name, **labels) >= 1, name
+    assert value(after, "tiermesh_analytics_buffer_capacity_events") == 20000
 
     env = {**os.environ, **mesh.env}
     tiermesh = str(Path(os.sys.executable).parent / "tiermesh")

@@ -18,6 +18,7 @@ from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 from services.cli.knowledge import collect, ingest_documents
 from services.runtime import config
 from tests.integration.mesh import Mesh, start_mesh
+from tests.integration.test_observability import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +57,7 @@ def kinds(events: list[pb.ChatResponse]) -> list[str]:
 
 
 async def test_answer_streams_citations_before_tokens_and_the_prompt_holds_the_passages(grounded: Mesh) -> None:
+    knowledge_before, router_before = await scrape(grounded, "knowledge"), await scrape(grounded, "router")
     events = await chat(grounded, PIX_QUESTION)
     order = kinds(events)
     assert order[0] == "decision" and order[-1] == "done"
@@ -85,6 +87,17 @@ async def test_answer_streams_citations_before_tokens_and_the_prompt_holds_the_p
     assert '<document index="1" id="pagamento-com-pix.pt" title="Pagamento com Pix">' in context["content"]
     assert found.chunks[0].chunk_id in citations[0].chunk_ids
     assert found.chunks[0].text in context["content"]
+
+    # Both sides counted it.
+    knowledge_after, router_after = await scrape(grounded, "knowledge"), await scrape(grounded, "router")
+    searches = "tiermesh_grpc_requests_total"
+    assert value(knowledge_after, searches, method="/tiermesh.knowledge.v1.KnowledgeService/Search", code="OK") > value(
+        knowledge_before, searches, method="/tiermesh.knowledge.v1.KnowledgeService/Search", code="OK"
+    )
+    grounded_outcomes = "tiermesh_knowledge_searches_total"
+    assert value(router_after, grounded_outcomes, outcome="grounded") == (
+        value(router_before, grounded_outcomes, outcome="grounded") + 1
+    )
 
 
 async def test_questions_outside_the_knowledge_intents_are_not_grounded(grounded: Mesh) -> None:
