@@ -93,6 +93,7 @@ async def main() -> None:
         cfg.flush_interval_s,
         cfg.retry_max_s,
         on_written=live.written,
+        dead_letter_path=str(config.data_dir(tree) / "analytics-rejected.jsonl"),
     )
     spilled = load_spill(cfg.spill_path)
     if spilled:

@@ -3,8 +3,10 @@
 `accept` is all or nothing: either every event of a request goes into the buffer or, when it
 would overflow, none does and the producer gets RESOURCE_EXHAUSTED (never a silent drop). A
 flusher writes batches; when PostgreSQL is unreachable it keeps the batch and retries with
-backoff while accepting continues. On shutdown the buffer is flushed; what PostgreSQL cannot take
-in time is spilled to a local file and written at the next start.
+backoff while accepting continues; a client-side failure is retried the same way. A batch the
+server itself keeps refusing goes to a dead-letter file rather than blocking everything behind
+it. On shutdown the buffer is flushed; what PostgreSQL cannot take in time is spilled to a local
+file and written at the next start.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ CONNECTION_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionFailureError,
+    asyncpg.InternalClientError,  # e.g. a connection cut mid-COPY, left "in another operation"
 )
 
 
@@ -51,6 +54,7 @@ class UsageWriter:
         flush_interval_s: float = 0.05,
         retry_max_s: float = 2.0,
         on_written: Written | None = None,
+        dead_letter_path: str = "",
     ) -> None:
         self._pool = pool
         self.capacity = capacity
@@ -58,6 +62,7 @@ class UsageWriter:
         self.flush_interval_s = flush_interval_s
         self.retry_max_s = retry_max_s
         self.on_written = on_written
+        self.dead_letter_path = dead_letter_path or "analytics-rejected.jsonl"
         self.buffer: deque[db.Row] = deque()
         self.written = 0  # rows new to the database since start
         self.database_error = ""
@@ -90,7 +95,7 @@ class UsageWriter:
         self._task = asyncio.create_task(self._run(), name="usage-writer")
 
     async def _run(self) -> None:
-        failures = 0
+        failures = refusals = 0
         while True:
             if not self.buffer:
                 self._idle.set()
@@ -112,19 +117,35 @@ class UsageWriter:
                 delay = min(self.retry_max_s, 0.05 * 2**failures)
                 await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter, not security
                 continue
-            except Exception:
-                # A batch the database refuses for another reason would block every later event;
-                # it is logged whole (no data is lost from the log) and set aside.
-                log.exception(
-                    "usage batch refused by the database", extra={"rows": json.dumps(batch, default=str)[:20000]}
+            except asyncpg.PostgresError as exc:
+                # The server refused the batch itself (not the connection). Retried a few times in
+                # case it is passing; then set aside in the dead-letter file, never dropped, so
+                # one bad batch cannot block every later event.
+                refusals += 1
+                if refusals < 3:
+                    log.warning("usage batch refused; retrying", extra={"error": str(exc)[:300]})
+                    await asyncio.sleep(0.2 * refusals)
+                    continue
+                spill(self.dead_letter_path, batch)
+                log.error(
+                    "usage batch refused by the database: saved to the dead-letter file",
+                    extra={"error": str(exc)[:300], "rows": len(batch), "path": self.dead_letter_path},
                 )
                 for _ in batch:
                     self.buffer.popleft()
+                refusals = 0
+                continue
+            except Exception as exc:
+                # A client-side failure (a connection left mid-operation, a pool glitch): the batch
+                # stays first in line and is tried again.
+                failures += 1
+                log.warning("usage batch not written; retrying", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+                await asyncio.sleep(min(self.retry_max_s, 0.05 * 2**failures))
                 continue
             if self.database_error:
                 log.info("database reachable again; usage written", extra={"buffered": len(self.buffer)})
             self.database_error = ""
-            failures = 0
+            failures = refusals = 0
             for _ in batch:
                 self.buffer.popleft()
             self.written += new

@@ -21,6 +21,7 @@ from tiermesh.common.v1 import common_pb2 as c
 
 from services.analytics import db
 from tests.integration.mesh import Mesh, mesh_env, start_mesh
+from tests.integration.test_observability import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -137,10 +138,11 @@ async def test_exactly_once_when_postgres_connections_are_killed_mid_run(analyti
                     name,
                 )
                 killed += sum(1 for r in rows if r[0])
-                await asyncio.sleep(0.15)
+                await asyncio.sleep(0.03)
         finally:
             await admin.close()
 
+    errors_before = value(await scrape(analytics, "analytics"), "tiermesh_analytics_database_errors_total")
     kill_task = asyncio.create_task(killer())
     channel, stub = stub_for(analytics)
     try:
@@ -151,8 +153,13 @@ async def test_exactly_once_when_postgres_connections_are_killed_mid_run(analyti
         stop.set()
         await kill_task
     assert killed > 0, "the test killed no database connection"
-    print(f"connections killed: {killed}; rows while killing: {rows_while_killing[0]}")
-    assert await wait_rows(database_url, prefix, 10_000) == (10_000, cost)
+    errors = value(await scrape(analytics, "analytics"), "tiermesh_analytics_database_errors_total") - errors_before
+    assert errors > 0, "no write hit a killed connection"
+    print(
+        f"connections killed: {killed}; writes that hit one: {errors:.0f}; rows while killing: {rows_while_killing[0]}"
+    )
+    stored = await wait_rows(database_url, prefix, 10_000)
+    assert stored == (10_000, cost), "\n".join(analytics.logs("analytics")[-40:])
     await asyncio.sleep(0.5)
     assert await wait_rows(database_url, prefix, 10_001, timeout_s=0) == (10_000, cost)
 
