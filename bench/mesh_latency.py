@@ -13,9 +13,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import grpc
 import httpx
 from tiermesh.common.v1 import common_pb2 as c
@@ -85,20 +87,34 @@ async def cpu_per_chat(mesh: Mesh, chats: int = 300) -> None:
     )
 
 
+PARTS = ("simulator", "inference", "analytics", "router", "ratelimit", "envoy")
+
+
 async def main() -> None:
+    database = f"tiermesh_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        await _main(database)
+    finally:
+        admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _main(database: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
+        # "hello there" is a greeting: Knowledge is never asked, so it is left out.
         mesh = await start_mesh(
             Path(tmp),
+            PARTS,
+            TIERMESH_ANALYTICS__DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
             TIERMESH_SIMULATOR__TOKEN_DELAY_MS="0",
             TIERMESH_LOG_LEVEL="warning",
             # Every chat is still checked against Redis; the limits are just high enough never to deny.
             TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=BENCH_LIMITS,
             TIERMESH_RATELIMIT__LOCAL_BACKSTOP="{max_tokens: 1000000, fill_interval_s: 1}",
         )
-        print(
-            f"mesh start-up (simulator, Inference, Router, RateLimit, Envoy) healthy in {time.monotonic() - t0:.2f} s"
-        )
+        print(f"mesh start-up ({', '.join(PARTS)}) healthy in {time.monotonic() - t0:.2f} s")
         print(f"chat latency, {N} sequential chats of 48 tokens, concurrency 1:")
         try:
             async with httpx.AsyncClient() as http:

@@ -21,7 +21,8 @@ from services.knowledge.documents import SkippedFile, SourceDocument, discover, 
 from services.runtime import config
 
 MAX_BATCH_DOCS = 32
-MAX_BATCH_CHARS = 1_500_000  # code points per request: under the 8 MB message limit even for 4-byte text
+MAX_BATCH_CHARS = 1_500_000  # code points per request (a larger document goes alone)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # what Knowledge accepts: one document at the contract's limit fits
 
 Printer = Callable[[str], None]
 
@@ -102,7 +103,9 @@ async def ingest(paths: Sequence[str], collection: str | None, target: str | Non
         return 1
     print(f"ingesting {len(docs)} documents into collection {collection!r} at {addr}")
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(addr, options=[("grpc.max_send_message_length", 8 * 1024 * 1024)]) as channel:
+    async with grpc.aio.insecure_channel(
+        addr, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    ) as channel:
         try:
             n, chunks = await ingest_documents(channel, collection, docs, print, timeout_s)
         except grpc.aio.AioRpcError as exc:

@@ -129,8 +129,15 @@ class Chunker:
         return units
 
     def _words(self, text: str, start: int, end: int) -> list[_Unit]:
-        """A run with no sentence break: windows of words under the budget (a word is never cut)."""
-        words = _pieces(text, start, end, _WORD)
+        """A run with no sentence break: windows of words under the budget. A word is cut only
+        when it alone is over the budget (pasted base64, a run of emoji): into pieces of
+        `max_tokens` characters, which the tokenizer never reads as more tokens than that."""
+        words: list[tuple[int, int]] = []
+        for s, e in _pieces(text, start, end, _WORD):
+            if e - s > self.max_tokens:
+                words.extend((i, min(i + self.max_tokens, e)) for i in range(s, e, self.max_tokens))
+            else:
+                words.append((s, e))
         counts = self.count_tokens([text[s:e] for s, e in words])
         units: list[_Unit] = []
         cur_start, cur_end, cur_tokens = words[0][0], words[0][0], 0

@@ -19,6 +19,8 @@ from services.runtime import config, logs, observability
 from services.runtime.config import ConfigError
 from services.runtime.server import serve
 
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
 
 def build_store(cfg: KnowledgeConfig) -> KnowledgeStore:
     embedder: Embedder
@@ -58,4 +60,6 @@ async def main() -> None:
         register=lambda server: pb_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(store), server),
         ready=ready,
         on_stop=store.close,
+        # A document may hold 2,000,000 code points (up to 8 MB of UTF-8 on its own).
+        max_message_bytes=MAX_MESSAGE_BYTES,
     )

@@ -14,6 +14,7 @@ import hashlib
 import html
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,8 @@ class GroundingSettings:
     min_score: float = 0.45
     deadline_s: float = 0.4
     max_context_chars: int = 6000
+    failures_to_pause: int = 3
+    pause_s: float = 5.0
 
     @classmethod
     def load(cls, tree: Mapping[str, Any]) -> GroundingSettings:
@@ -72,6 +75,8 @@ class GroundingSettings:
             min_score=config.get_float(node, "min_score", 0.45, where=where, lo=0, hi=1),
             deadline_s=config.get_int(node, "deadline_ms", 400, where=where, lo=1, hi=60_000) / 1000,
             max_context_chars=config.get_int(node, "max_context_chars", 6000, where=where, lo=200, hi=30_000),
+            failures_to_pause=config.get_int(node, "failures_to_pause", 3, where=where, lo=1, hi=1000),
+            pause_s=config.get_float(node, "pause_s", 5.0, where=where, lo=0, hi=3600),
         )
 
 
@@ -136,9 +141,18 @@ def with_context(messages: Sequence[c.ChatMessage], message: c.ChatMessage) -> l
 
 
 class Grounding:
-    def __init__(self, settings: GroundingSettings, search: SearchCall | None) -> None:
+    """After `failures_to_pause` searches in a row fail, chats skip Knowledge for `pause_s`
+    (answered at once, flagged `knowledge_unavailable`) instead of each waiting out the deadline
+    against a Knowledge that is down or stalled; the first chat after the pause tries again."""
+
+    def __init__(
+        self, settings: GroundingSettings, search: SearchCall | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self.search = search
+        self.clock = clock
+        self.failures = 0
+        self.paused_until = 0.0
 
     def wanted(self, intent: str) -> bool:
         return self.settings.enabled and self.search is not None and intent in self.settings.intents
@@ -146,6 +160,9 @@ class Grounding:
     async def retrieve(self, question: str, request_id: str, remaining_s: float | None) -> Grounded:
         assert self.search is not None
         s = self.settings
+        if self.failures >= s.failures_to_pause and self.clock() < self.paused_until:
+            KNOWLEDGE_SEARCHES.labels("skipped").inc()
+            return Grounded(unavailable=True)
         timeout = s.deadline_s if remaining_s is None else max(0.001, min(s.deadline_s, remaining_s))
         request = kpb.SearchRequest(
             collection=s.collection, query=question.strip()[:MAX_QUERY_CHARS], top_k=s.top_k, min_score=s.min_score
@@ -156,9 +173,16 @@ class Grounding:
             )
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "timeout"
-            log.warning("knowledge unavailable; answering without it", extra={"reason": reason})
+            self.failures += 1
+            if self.failures >= s.failures_to_pause:
+                self.paused_until = self.clock() + s.pause_s
+            log.warning(
+                "knowledge unavailable; answering without it",
+                extra={"reason": reason, "failures_in_a_row": self.failures},
+            )
             KNOWLEDGE_SEARCHES.labels("unavailable").inc()
             return Grounded(unavailable=True)
+        self.failures = 0
         grounded = frame(response.chunks, s.max_context_chars)
         KNOWLEDGE_SEARCHES.labels("grounded" if grounded.citations else "no_match").inc()
         return grounded

@@ -14,7 +14,8 @@ ROUTE_DECISIONS = metrics.counter(
 )
 KNOWLEDGE_SEARCHES = metrics.counter(
     "tiermesh_knowledge_searches_total",
-    "Knowledge searches made to ground a chat, by outcome: grounded, no_match, unavailable (failed or too slow).",
+    "Knowledge searches to ground a chat, by outcome: grounded, no_match, unavailable (failed or too slow), "
+    "skipped (paused after failures in a row).",
     ["outcome"],
 )
 BUDGET_VERDICTS = metrics.counter(

@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
 from services.runtime import config, metrics
 from services.runtime.config import ConfigError
@@ -166,9 +166,13 @@ def _install_tracing(service: str, settings: TracingSettings) -> None:
     global _installed
     with _install_lock:
         if _installed is None:
+            # With no exporter nothing records spans (they would only be thrown away, at a cost on
+            # every call); ids are still made and passed on, so logs and callers keep trace ids.
+            sampler = (
+                ALWAYS_OFF if settings.exporter == "off" else ParentBased(TraceIdRatioBased(settings.sample_ratio))
+            )
             provider = TracerProvider(
-                resource=Resource.create({"service.name": f"tiermesh-{service}"}),
-                sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+                resource=Resource.create({"service.name": f"tiermesh-{service}"}), sampler=sampler
             )
             processor = _processor(settings, service)
             if processor is not None:

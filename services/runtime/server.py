@@ -230,6 +230,7 @@ class Service:
         ready: Callable[[], Awaitable[bool]] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
         on_drain: Callable[[], Awaitable[None]] | None = None,
+        max_message_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.name = name
         self.service_names = list(service_names)
@@ -249,7 +250,7 @@ class Service:
                 RuntimeInterceptor(self.drain, logger, name),
             ],
             options=[
-                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -329,6 +330,7 @@ async def serve(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     on_drain: Callable[[], Awaitable[None]] | None = None,
     on_start: Callable[[Service], Awaitable[None]] | None = None,
+    max_message_bytes: int = 8 * 1024 * 1024,
 ) -> None:
     """Run service `name` where the config says it listens, until SIGTERM/SIGINT and its drain."""
     from services.runtime import config
@@ -345,6 +347,7 @@ async def serve(
         ready=ready,
         on_stop=on_stop,
         on_drain=on_drain,
+        max_message_bytes=max_message_bytes,
     )
     if on_start is not None:
         await on_start(service)

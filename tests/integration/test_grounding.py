@@ -139,3 +139,12 @@ async def test_chats_keep_working_when_knowledge_stalls_or_stops(grounded: Mesh)
     stopped = await chat(grounded, PIX_QUESTION)
     assert "citation" not in kinds(stopped) and kinds(stopped).count("delta") > 1
     assert stopped[-1].done.knowledge_unavailable
+
+    # After failures in a row (3 by default) chats stop asking for a while: answered at once.
+    for _ in range(2):
+        await chat(grounded, PIX_QUESTION)
+    before = value(await scrape(grounded, "router"), "tiermesh_knowledge_searches_total", outcome="skipped")
+    paused = await chat(grounded, PIX_QUESTION)
+    assert paused[-1].done.knowledge_unavailable and kinds(paused).count("delta") > 1
+    after = value(await scrape(grounded, "router"), "tiermesh_knowledge_searches_total", outcome="skipped")
+    assert after == before + 1

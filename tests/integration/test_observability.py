@@ -285,7 +285,8 @@ async def in_process(tmp_path: Path) -> AsyncIterator[InProcess]:
     tree = config.load(
         environ={
             "TIERMESH_DATA_DIR": str(tmp_path),
-            "TIERMESH_OBSERVABILITY__TRACING__EXPORTER": "off",
+            # Recording on (to a file under tmp_path); the in-memory exporter is added beside it.
+            "TIERMESH_OBSERVABILITY__TRACING__EXPORTER": "file",
             "TIERMESH_INFERENCE__SIMULATOR_BASE_URL": f"http://127.0.0.1:{sim_port}/v1",
             "TIERMESH_INFERENCE__CACHE__ENABLED": "false",
         }

@@ -74,6 +74,14 @@ def test_a_run_without_sentence_breaks_is_cut_at_words_never_inside_one() -> Non
     assert seen == words
 
 
+def test_an_overlong_word_is_cut_so_no_passage_is_over_the_budget() -> None:
+    text = "intro " + "😀" * 1000 + " " + "QUJD" * 300 + " outro"
+    c = chunker(50, 0)
+    passages = c.chunk(text)
+    assert all(approximate_tokens([p.text])[0] <= 50 for p in passages)
+    assert "".join(p.text.replace(" ", "") for p in passages) == text.replace(" ", "")
+
+
 def test_chunk_ids_are_stable_and_change_with_content() -> None:
     a = chunker().chunk(DOC)
     b = chunker().chunk(DOC)
