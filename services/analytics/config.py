@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,18 +56,6 @@ def redact_url(url: str) -> str:
     return url
 
 
-def usd_to_micro(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{where}: must be an amount in USD, got {value!r}")
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise ConfigError(f"{where}: must be an amount in USD, got {value!r}") from None
-    if not amount.is_finite() or amount < 0:
-        raise ConfigError(f"{where}: must be a non-negative amount in USD, got {value!r}")
-    return int(amount * 1_000_000)
-
-
 def _amounts(node: Any, where: str, keys: tuple[str, ...] | None = None) -> dict[str, int]:
     if node is None:
         return {}
@@ -78,7 +65,7 @@ def _amounts(node: Any, where: str, keys: tuple[str, ...] | None = None) -> dict
     for key, value in node.items():
         if keys is not None and key not in keys:
             raise ConfigError(f"{where}: unknown segment {key!r}; segments are {', '.join(keys)}")
-        out[str(key)] = usd_to_micro(value, f"{where}.{key}")
+        out[str(key)] = config.usd_to_micro(value, f"{where}.{key}")
     return out
 
 

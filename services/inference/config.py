@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from services.inference.breaker import BreakerSettings
@@ -66,15 +65,7 @@ class InferenceConfig:
 
 
 def _micro(price: Any, where: str) -> int:
-    if isinstance(price, bool) or not isinstance(price, (int, float, str)):
-        raise ConfigError(f"{where}: must be a price in USD per million tokens, got {price!r}")
-    try:
-        value = Decimal(str(price))
-    except ArithmeticError:
-        raise ConfigError(f"{where}: must be a number, got {price!r}") from None
-    if not value.is_finite() or value < 0:
-        raise ConfigError(f"{where}: must be a non-negative number, got {price!r}")
-    return int((value * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return config.usd_to_micro(price, where, "a price in USD per million tokens")
 
 
 def _quota(value: Any, where: str) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,19 @@ def get_str(tree: Mapping[str, Any], key: str, default: str, *, where: str) -> s
     if not isinstance(value, str):
         raise ConfigError(f"{where}.{key}: must be a string, got {value!r}")
     return value
+
+
+def usd_to_micro(value: Any, where: str, what: str = "an amount in USD") -> int:
+    """A USD amount from config as integer micro-dollars (money is never a float), rounded half up."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where}: must be {what}, got {value!r}")
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        raise ConfigError(f"{where}: must be {what}, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"{where}: must be {what}, not negative, got {value!r}")
+    return int((amount * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def data_dir(tree: Mapping[str, Any]) -> Path:
