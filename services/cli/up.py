@@ -51,7 +51,10 @@ async def up(timeout_s: float, ingest_paths: list[str] | None = None) -> int:
     took = time.monotonic() - started
     print(f"\ntiermesh is up (healthy in {took:.1f} s):")
     for part in sup.parts.values():
-        print(f"  {part.name:<{_WIDTH}} {part.where}")
+        note = ""
+        if part.not_serving_ok_after_s is not None and await part.probe() != "SERVING":
+            note = "   NOT_SERVING: its database is unreachable (see its log); chats work, usage is buffered"
+        print(f"  {part.name:<{_WIDTH}} {part.where}{note}")
     if ingest_paths and "knowledge" in sup.parts and not await _ingest(tree, ingest_paths):
         await sup.stop()
         return 1

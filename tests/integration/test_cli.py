@@ -94,6 +94,8 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
         print(f"tiermesh up healthy in {match.group(1)} s (isolated network: {ISOLATED})")
         _, ingest_lines = _read_until(proc, r"^Try: ", 120)
         assert any("24/24 documents" in line for line in ingest_lines), ingest_lines
+        analytics_line = next(line for line in ingest_lines if line.strip().startswith("analytics "))
+        assert ("NOT_SERVING: its database is unreachable" in analytics_line) == ISOLATED, analytics_line
         enter = ["nsenter", f"--net=/proc/{proc.pid}/ns/net"] if ISOLATED else []
 
         chat = subprocess.run([*enter, TIERMESH, "chat", "hello"], env=env, capture_output=True, text=True, timeout=60)
