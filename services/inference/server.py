@@ -31,6 +31,7 @@ async def main() -> None:
         usage = UsageReporter(
             config.target(tree, "analytics"),
             capacity=config.get_int(analytics, "queue_size", 50_000, where="inference.analytics", lo=1),
+            spill_path=str(config.data_dir(tree) / "usage-spill.b64"),
         )
         usage.start()
     servicer = InferenceServicer(cfg, engine, usage)

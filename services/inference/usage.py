@@ -4,17 +4,21 @@
 When Analytics is down, slow or full (RESOURCE_EXHAUSTED), the batch stays queued and is retried
 with backoff; the request id makes retries safe (Analytics keeps one row per request). Only when
 the queue itself is full is an event dropped, and never silently: it is logged with its
-content and counted.
+content and counted. What is still queued at shutdown is saved to a spill file and sent at the
+next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import os
 import random
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,8 +40,10 @@ SEND_TIMEOUT_S = 5.0
 
 
 class UsageReporter:
-    def __init__(self, target: str, capacity: int = 50_000, retry_max_s: float = 5.0) -> None:
+    def __init__(self, target: str, capacity: int = 50_000, retry_max_s: float = 5.0, spill_path: str = "") -> None:
         self.target = target
+        self.spill_path = spill_path
+        self.failing = False
         self.capacity = capacity
         self.retry_max_s = retry_max_s
         self.queue: deque[tuple[apb.UsageEvent, Any]] = deque()
@@ -52,6 +58,8 @@ class UsageReporter:
 
     def start(self) -> None:
         USAGE_QUEUED.set_function(lambda: len(self.queue))
+        for event in load_spill(self.spill_path):
+            self.report(event)
         self._channel = grpc.aio.insecure_channel(
             self.target, options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
         )
@@ -99,6 +107,7 @@ class UsageReporter:
                         self.queue.popleft()
                     continue
                 failures += 1
+                self.failing = True
                 if failures == 1:
                     log.warning("analytics unavailable; usage queued", extra={"code": exc.code().name})
                 delay = min(self.retry_max_s, 0.1 * 2**failures)
@@ -109,17 +118,52 @@ class UsageReporter:
             if failures:
                 log.info("analytics reachable again", extra={"queued": len(self.queue)})
             failures = 0
+            self.failing = False
             for _ in batch:
                 self.queue.popleft()
             self.sent += len(batch)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Give queued events a last chance to leave, then stop."""
+        """Give queued events a last chance to leave; what cannot leave is saved to the spill
+        file (sent at the next start), or logged whole when there is no spill file."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._empty.wait(), timeout_s)
-        if self.queue:
-            log.error("usage not delivered at shutdown", extra={"events": len(self.queue)})
+            await asyncio.wait_for(self._empty.wait(), min(timeout_s, 1.0) if self.failing else timeout_s)
         if self._task is not None:
             self._task.cancel()
+        if self.queue:
+            events = [e for e, _ in self.queue]
+            if self.spill_path:
+                spill(self.spill_path, events)
+                log.error(
+                    "analytics unreachable at shutdown: usage saved to the spill file",
+                    extra={"events": len(events), "path": self.spill_path},
+                )
+            else:
+                log.error(
+                    "usage not delivered at shutdown", extra={"events": [str(e).replace("\n", " ") for e in events]}
+                )
+            self.queue.clear()
         if self._channel is not None:
             await self._channel.close(None)
+
+
+def spill(path: str, events: list[apb.UsageEvent]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a", encoding="ascii") as f:
+        for event in events:
+            f.write(base64.b64encode(event.SerializeToString()).decode() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_spill(path: str) -> list[apb.UsageEvent]:
+    """Events saved by an earlier shutdown; the file is renamed so they are queued once."""
+    source = Path(path)
+    if not path or not source.exists():
+        return []
+    events = [apb.UsageEvent.FromString(base64.b64decode(line)) for line in source.read_text().split() if line]
+    source.rename(source.with_suffix(source.suffix + ".loaded"))
+    if events:
+        log.info("usage from the spill file queued for analytics", extra={"events": len(events)})
+    return events

@@ -379,3 +379,39 @@ def test_migrate_command(tmp_path: Path, fresh_database_url: str) -> None:
     assert first.stdout.strip() == "applied 0001_usage_events, 0002_rollups"
     again = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == "the database schema is up to date"
+
+
+async def test_usage_inference_could_not_deliver_is_kept_across_its_restart(
+    tmp_path: Path, fresh_database_url: str
+) -> None:
+    from tiermesh.inference.v1 import inference_service_pb2 as ipb
+    from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
+
+    rid = f"spilled-{uuid.uuid4().hex[:8]}"
+    # Analytics is not running: the event stays queued in Inference until it stops.
+    m = await start_mesh(tmp_path, ["simulator", "inference"], TIERMESH_SIMULATOR__TOKEN_DELAY_MS="0")
+    try:
+        async with grpc.aio.insecure_channel(m.target("inference")) as channel:
+            request = ipb.GenerateRequest(
+                messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="hi")], tier=c.TIER_FAST
+            )
+            metadata = (("x-request-id", rid), ("x-tiermesh-user", "kept"), ("x-tiermesh-segment", "vip"))
+            events = [e async for e in ipb_grpc.InferenceServiceStub(channel).Generate(request, metadata=metadata)]
+        cost = events[-1].done.usage.cost_micro_usd
+        assert await m.sup.stop_part(m.sup["inference"], grace_s=30) == 0
+        assert (tmp_path / "usage-spill.b64").exists()
+    finally:
+        await m.sup.stop()
+    m2 = await start_mesh(
+        tmp_path, ["simulator", "inference", "analytics"], TIERMESH_ANALYTICS__DATABASE_URL=fresh_database_url
+    )
+    try:
+        assert await wait_rows(fresh_database_url, rid, 1) == (1, cost)
+        conn = await asyncpg.connect(fresh_database_url)
+        try:
+            row = await conn.fetchrow("SELECT user_id, segment FROM usage_events WHERE request_id = $1", rid)
+            assert (row["user_id"], row["segment"]) == ("kept", "vip")
+        finally:
+            await conn.close()
+    finally:
+        await m2.sup.stop()
