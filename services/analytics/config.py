@@ -94,13 +94,10 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> A
     if not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{where}.database_url: must be a postgresql:// URL, got {url!r}")
     retention = config.section(node, "retention_days")
-    create = node.get("create_database", True)
-    if not isinstance(create, bool):
-        raise ConfigError(f"{where}.create_database: must be true or false, got {create!r}")
     spill = config.get_str(node, "spill_path", "analytics-spill.jsonl", where=where)
     return AnalyticsConfig(
         database_url=url,
-        create_database=create,
+        create_database=config.get_bool(node, "create_database", True, where=where),
         pool_size=config.get_int(node, "pool_size", 4, where=where, lo=1, hi=100),
         buffer_size=config.get_int(node, "buffer_size", 20000, where=where, lo=1, hi=10_000_000),
         batch_size=config.get_int(node, "batch_size", 1000, where=where, lo=1, hi=100_000),

@@ -15,6 +15,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from services.analytics import db
 from services.analytics.live import Live
 from services.analytics.writer import CONNECTION_ERRORS, UsageWriter
+from services.runtime.enums import name_of
 from services.runtime.errors import InvalidArgument, Unavailable
 from services.runtime.server import Context
 from services.runtime.validation import validate
@@ -30,15 +31,8 @@ REFRESH_S = 30.0  # watchers recompute at least this often (a new month starts f
 DEBOUNCE_S = 0.05
 
 
-def enum_name(enum: object, value: int, prefix: str) -> str:
-    if not value:
-        return ""
-    name: str = enum.Name(value)  # type: ignore[attr-defined]
-    return name.removeprefix(prefix).lower()
-
-
 def segment_name(value: int) -> str:
-    return enum_name(c.Segment, value, "SEGMENT_")
+    return name_of(c.Segment, "SEGMENT_", value)
 
 
 def _clean(text: str) -> str:
@@ -72,8 +66,8 @@ def to_row(e: pb.UsageEvent, i: int, now: datetime) -> db.Row:
         e.cached,
         e.degraded,
         [_clean(p) for p in e.fallback_path],
-        enum_name(c.Intent, e.intent, "INTENT_"),
-        enum_name(c.Complexity, e.complexity, "COMPLEXITY_"),
+        name_of(c.Intent, "INTENT_", e.intent),
+        name_of(c.Complexity, "COMPLEXITY_", e.complexity),
         occurred,
     )
 

@@ -14,18 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from services.analytics import db
 from services.analytics import metrics as m
+from services.runtime import spill as spill_file
 from services.runtime.errors import ResourceExhausted
 
 log = logging.getLogger("tiermesh.analytics")
@@ -183,26 +182,15 @@ def _encode(row: db.Row) -> list[Any]:
 
 
 def spill(path: str, rows: Sequence[db.Row]) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(_encode(row), ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    spill_file.append(path, (json.dumps(_encode(row), ensure_ascii=False) for row in rows))
 
 
 def load_spill(path: str) -> list[db.Row]:
-    """Rows saved by an earlier shutdown; the file is renamed so they are loaded once."""
-    source = Path(path)
-    if not path or not source.exists():
-        return []
-    rows: list[db.Row] = []
+    """Rows saved by an earlier shutdown (loaded once)."""
     occurred = db.COLUMNS.index("occurred_at")
-    for line in source.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            values = json.loads(line)
-            values[occurred] = datetime.fromisoformat(values[occurred])
-            rows.append(tuple(values))
-    source.rename(source.with_suffix(source.suffix + ".loaded"))
+    rows: list[db.Row] = []
+    for line in spill_file.take(path):
+        values = json.loads(line)
+        values[occurred] = datetime.fromisoformat(values[occurred])
+        rows.append(tuple(values))
     return rows

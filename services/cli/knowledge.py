@@ -17,6 +17,7 @@ import grpc
 from tiermesh.knowledge.v1 import knowledge_service_pb2 as pb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as pb_grpc
 
+from services.knowledge.config import default_collection
 from services.knowledge.documents import SkippedFile, SourceDocument, discover, read_document
 from services.runtime import config
 
@@ -93,9 +94,7 @@ def _target(tree: dict[str, object], override: str | None) -> str:
 
 async def ingest(paths: Sequence[str], collection: str | None, target: str | None, timeout_s: float) -> int:
     tree = config.load()
-    collection = collection or config.get_str(
-        config.section(tree, "knowledge"), "default_collection", "default", where="knowledge"
-    )
+    collection = collection or default_collection(tree)
     addr = _target(tree, target)
     docs, skipped = collect(paths, print)
     if not docs:
@@ -124,9 +123,7 @@ async def ingest(paths: Sequence[str], collection: str | None, target: str | Non
 
 async def search(query: str, top_k: int, collection: str | None, target: str | None, as_json: bool) -> int:
     tree = config.load()
-    collection = collection or config.get_str(
-        config.section(tree, "knowledge"), "default_collection", "default", where="knowledge"
-    )
+    collection = collection or default_collection(tree)
     addr = _target(tree, target)
     async with grpc.aio.insecure_channel(addr) as channel:
         try:

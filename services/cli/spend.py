@@ -14,8 +14,8 @@ from tiermesh.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 from tiermesh.common.v1 import common_pb2 as c
 
 from services.runtime import config
+from services.runtime.enums import value_of
 
-SEGMENTS = {"standard": c.SEGMENT_STANDARD, "vip": c.SEGMENT_VIP, "enterprise": c.SEGMENT_ENTERPRISE}
 _SINCE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 DIMENSIONS = (
@@ -64,7 +64,7 @@ async def spend(user: str, segment: str, since: str, watch: bool, as_json: bool,
         return 2
     tree = config.load()
     addr = target or config.target(tree, "analytics")
-    seg = SEGMENTS.get(segment, c.SEGMENT_UNSPECIFIED)
+    seg = c.Segment.ValueType(value_of(c.Segment, "SEGMENT_", segment))
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = pb_grpc.AnalyticsServiceStub(channel)
         try:

@@ -22,8 +22,9 @@ async def _ingest(tree: dict[str, object], paths: list[str]) -> bool:
     import grpc
 
     from services.cli.knowledge import collect, ingest_documents
+    from services.knowledge.config import default_collection
 
-    collection = config.get_str(config.section(tree, "knowledge"), "default_collection", "default", where="knowledge")
+    collection = default_collection(tree)
     docs, _ = collect(paths, print)
     print(f"ingesting {len(docs)} documents into the knowledge base (collection {collection!r})", flush=True)
     async with grpc.aio.insecure_channel(config.target(tree, "knowledge")) as channel:

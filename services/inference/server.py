@@ -27,7 +27,7 @@ async def main() -> None:
     engine = Engine(cfg, provider, cache)
     analytics = config.section(tree, "inference", "analytics")
     usage: UsageReporter | None = None
-    if analytics.get("enabled", True) is not False:
+    if config.get_bool(analytics, "enabled", True, where="inference.analytics"):
         usage = UsageReporter(
             config.target(tree, "analytics"),
             capacity=config.get_int(analytics, "queue_size", 50_000, where="inference.analytics", lo=1),

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from tiermesh.analytics.v1 import analytics_service_pb2 as apb
 from tiermesh.common.v1 import common_pb2
@@ -18,6 +17,7 @@ from services.inference.config import Deployment, InferenceConfig
 from services.inference.engine import Delta, Done, Engine, Event, GenerateInput, Restart, Selected
 from services.inference.usage import UsageReporter
 from services.runtime import logs
+from services.runtime.enums import value_of
 from services.runtime.server import Context
 from services.runtime.validation import validate
 
@@ -117,13 +117,6 @@ async def coalesce(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
             await task
 
 
-def _enum(enum: Any, prefix: str, name: str) -> int:
-    try:
-        return int(enum.Value(prefix + name.strip().upper())) if name else 0
-    except ValueError:
-        return 0
-
-
 def usage_event(
     request_id: str, tier: int, metadata: dict[str, str], done: Done, latency_s: float, ttft_s: float | None
 ) -> apb.UsageEvent:
@@ -133,7 +126,7 @@ def usage_event(
         request_id=request_id,
         user=metadata.get("x-tiermesh-user", "")[:256],
         segment=common_pb2.Segment.ValueType(
-            _enum(common_pb2.Segment, "SEGMENT_", metadata.get("x-tiermesh-segment", ""))
+            value_of(common_pb2.Segment, "SEGMENT_", metadata.get("x-tiermesh-segment", ""))
         ),
         tier=common_pb2.Tier.ValueType(tier),
         model=done.model[:256],
@@ -146,9 +139,11 @@ def usage_event(
         cached=done.cached,
         degraded=done.degraded,
         fallback_path=done.fallback_path[:16],
-        intent=common_pb2.Intent.ValueType(_enum(common_pb2.Intent, "INTENT_", metadata.get("x-tiermesh-intent", ""))),
+        intent=common_pb2.Intent.ValueType(
+            value_of(common_pb2.Intent, "INTENT_", metadata.get("x-tiermesh-intent", ""))
+        ),
         complexity=common_pb2.Complexity.ValueType(
-            _enum(common_pb2.Complexity, "COMPLEXITY_", metadata.get("x-tiermesh-complexity", ""))
+            value_of(common_pb2.Complexity, "COMPLEXITY_", metadata.get("x-tiermesh-complexity", ""))
         ),
     )
     event.latency.FromMicroseconds(int(latency_s * 1_000_000))

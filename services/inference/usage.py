@@ -14,11 +14,8 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import random
 from collections import deque
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +23,8 @@ from opentelemetry import context as otel_context
 from tiermesh.analytics.v1 import analytics_service_pb2 as apb
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 
-from services.runtime import metrics
+from services.runtime import config, metrics
+from services.runtime import spill as spill_file
 
 log = logging.getLogger("tiermesh.inference")
 
@@ -54,15 +52,12 @@ class UsageReporter:
         self._empty.set()
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
-        self.on_drop: Callable[[apb.UsageEvent], None] | None = None
 
     def start(self) -> None:
         USAGE_QUEUED.set_function(lambda: len(self.queue))
         for event in load_spill(self.spill_path):
             self.report(event)
-        self._channel = grpc.aio.insecure_channel(
-            self.target, options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
-        )
+        self._channel = grpc.aio.insecure_channel(self.target, options=config.QUICK_RECONNECT)
         self._task = asyncio.create_task(self._run(), name="usage-reporter")
 
     def report(self, event: apb.UsageEvent) -> None:
@@ -74,8 +69,6 @@ class UsageReporter:
                 "usage queue full: event not recorded",
                 extra={"usage_event": str(event).replace("\n", " ")[:2000], "dropped": self.dropped},
             )
-            if self.on_drop is not None:
-                self.on_drop(event)
             return
         # The trace this request belongs to travels with its event, so the RecordUsage call that
         # carries it shows up in the request's trace.
@@ -148,22 +141,12 @@ class UsageReporter:
 
 
 def spill(path: str, events: list[apb.UsageEvent]) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a", encoding="ascii") as f:
-        for event in events:
-            f.write(base64.b64encode(event.SerializeToString()).decode() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    spill_file.append(path, (base64.b64encode(e.SerializeToString()).decode() for e in events))
 
 
 def load_spill(path: str) -> list[apb.UsageEvent]:
-    """Events saved by an earlier shutdown; the file is renamed so they are queued once."""
-    source = Path(path)
-    if not path or not source.exists():
-        return []
-    events = [apb.UsageEvent.FromString(base64.b64decode(line)) for line in source.read_text().split() if line]
-    source.rename(source.with_suffix(source.suffix + ".loaded"))
+    """Events saved by an earlier shutdown (queued once)."""
+    events = [apb.UsageEvent.FromString(base64.b64decode(line)) for line in spill_file.take(path)]
     if events:
         log.info("usage from the spill file queued for analytics", extra={"events": len(events)})
     return events

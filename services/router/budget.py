@@ -19,11 +19,11 @@ from tiermesh.analytics.v1 import analytics_service_pb2 as apb
 from tiermesh.common.v1 import common_pb2 as c
 
 from services.analytics.config import Budgets
+from services.runtime.enums import value_of
 from services.runtime.errors import ResourceExhausted
 
 log = logging.getLogger("tiermesh.router")
 
-SEGMENT_VALUES = {"standard": c.SEGMENT_STANDARD, "vip": c.SEGMENT_VIP, "enterprise": c.SEGMENT_ENTERPRISE}
 
 Action = Literal["allow", "downgrade", "refuse"]
 
@@ -85,9 +85,7 @@ class SpendBudgets:
         if hit is not None and hit[0] > now:
             return hit[1]
         start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        request = apb.GetSpendRequest(user=user)
-        if segment in SEGMENT_VALUES:
-            request.segment = SEGMENT_VALUES[segment]
+        request = apb.GetSpendRequest(user=user, segment=c.Segment.ValueType(value_of(c.Segment, "SEGMENT_", segment)))
         request.start_time.FromDatetime(start)
         spent: int | None
         try:
@@ -96,6 +94,8 @@ class SpendBudgets:
         except grpc.aio.AioRpcError as exc:
             log.warning("spend unknown: budgets not enforced for now", extra={"code": exc.code().name})
             spent = None
+        if len(self._cache) >= 10_000:  # one entry per active user: forget the expired ones
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         self._cache[key] = (now + self.budgets.cache_s, spent)
         return spent
 

@@ -9,7 +9,6 @@ defused so a document cannot close its own frame and speak as instructions.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import html
 import logging
@@ -24,6 +23,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.knowledge.v1 import knowledge_service_pb2 as kpb
 from tiermesh.router.v1 import router_service_pb2 as pb
 
+from services.knowledge.config import default_collection
 from services.router.intent import INTENTS
 from services.router.metrics import KNOWLEDGE_SEARCHES
 from services.runtime import config
@@ -58,15 +58,11 @@ class GroundingSettings:
     def load(cls, tree: Mapping[str, Any]) -> GroundingSettings:
         node = config.section(tree, "router", "knowledge")
         where = "router.knowledge"
-        enabled = node.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise ConfigError(f"{where}.enabled: must be true or false, got {enabled!r}")
+        enabled = config.get_bool(node, "enabled", True, where=where)
         intents = node.get("intents", sorted(cls.intents))
         if not isinstance(intents, list) or any(i not in INTENTS for i in intents):
             raise ConfigError(f"{where}.intents: must be a list of {', '.join(INTENTS)}, got {intents!r}")
-        collection = config.get_str(node, "collection", "", where=where) or config.get_str(
-            config.section(tree, "knowledge"), "default_collection", "default", where="knowledge"
-        )
+        collection = config.get_str(node, "collection", "", where=where) or default_collection(tree)
         return cls(
             enabled=enabled,
             intents=frozenset(intents),
@@ -168,11 +164,9 @@ class Grounding:
             collection=s.collection, query=question.strip()[:MAX_QUERY_CHARS], top_k=s.top_k, min_score=s.min_score
         )
         try:
-            response = await asyncio.wait_for(
-                self.search(request, timeout=timeout, metadata=(("x-request-id", request_id),)), timeout + 0.05
-            )
-        except (grpc.aio.AioRpcError, TimeoutError) as exc:
-            reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "timeout"
+            response = await self.search(request, timeout=timeout, metadata=(("x-request-id", request_id),))
+        except grpc.aio.AioRpcError as exc:
+            reason = exc.code().name
             self.failures += 1
             if self.failures >= s.failures_to_pause:
                 self.paused_until = self.clock() + s.pause_s

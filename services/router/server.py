@@ -34,17 +34,10 @@ async def main() -> None:
         response_deserializer=None,  # raw bytes: relayed without decoding
     )
     grounding_settings = GroundingSettings.load(tree)
-    # Knowledge may come and go: reconnect quickly once it is back rather than after a long backoff.
-    knowledge_channel = grpc.aio.insecure_channel(
-        config.target(tree, "knowledge"),
-        options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
-    )
+    knowledge_channel = grpc.aio.insecure_channel(config.target(tree, "knowledge"), options=config.QUICK_RECONNECT)
     grounding = Grounding(grounding_settings, kpb_grpc.KnowledgeServiceStub(knowledge_channel).Search)
     budgets = load_budgets(tree)
-    analytics_channel = grpc.aio.insecure_channel(
-        config.target(tree, "analytics"),
-        options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
-    )
+    analytics_channel = grpc.aio.insecure_channel(config.target(tree, "analytics"), options=config.QUICK_RECONNECT)
     budget_check = (
         SpendBudgets(budgets, apb_grpc.AnalyticsServiceStub(analytics_channel).GetSpend) if budgets.any else None
     )

@@ -120,8 +120,7 @@ class RouterServicer:
         self.budget = budget or NoBudgets()
         self.grounding = grounding or Grounding(GroundingSettings(enabled=False), None)
 
-    async def _decide(self, messages: Sequence[c.ChatMessage], tier: int, context: Context) -> Decision:
-        user, segment = identity_from(context.invocation_metadata())
+    async def _decide(self, messages: Sequence[c.ChatMessage], tier: int, user: str, segment: str) -> Decision:
         decision = self.router.decide(last_user_text(messages), segment, tier)
         status = await self.budget.status(user, segment)
         metrics.budget_verdict(status.action)
@@ -134,13 +133,15 @@ class RouterServicer:
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         validate(request)
-        decision = await self._decide(request.messages, request.tier, context)
+        user, segment = identity_from(context.invocation_metadata())
+        decision = await self._decide(request.messages, request.tier, user, segment)
         return pb.RouteResponse(decision=decision_pb(decision, logs.request_id_var.get()))
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatResponse | bytes]:
         validate(request)
         request_id = logs.request_id_var.get()
-        decision = await self._decide(request.messages, request.tier, context)
+        user, segment = identity_from(context.invocation_metadata())
+        decision = await self._decide(request.messages, request.tier, user, segment)
         log.info(
             "routed",
             extra={
@@ -175,7 +176,6 @@ class RouterServicer:
         )
         if request.HasField("temperature"):
             generate.temperature = request.temperature
-        user, _ = identity_from(context.invocation_metadata())
         metadata = (
             ("x-request-id", request_id),
             ("x-tiermesh-user", user),

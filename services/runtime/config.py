@@ -97,6 +97,13 @@ def get_float(
     return float(value)
 
 
+def get_bool(tree: Mapping[str, Any], key: str, default: bool, *, where: str) -> bool:
+    value = tree.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: must be true or false, got {value!r}")
+    return value
+
+
 def get_str(tree: Mapping[str, Any], key: str, default: str, *, where: str) -> str:
     value = tree.get(key, default)
     if not isinstance(value, str):
@@ -163,6 +170,11 @@ def metrics_endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
     host = get_str(node, "host", "127.0.0.1", where=where)
     port = get_int(node, "metrics_port", METRICS_DEFAULT_PORTS.get(name, 0), where=where, lo=0, hi=65535)
     return host, port
+
+
+# Channels to parts that may come and go (Knowledge, Analytics): reconnect soon after they are
+# back rather than after gRPC's default backoff of up to two minutes.
+QUICK_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000))
 
 
 def target(tree: Mapping[str, Any], name: str) -> str:
