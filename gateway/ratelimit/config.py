@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.runtime.config import ConfigError
+from services.runtime.config import ConfigError, check_keys, get_bool
 
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400}
 
@@ -68,9 +68,7 @@ class RateLimitConfig:
 def _node(raw: Any, where: str) -> Node:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a mapping with key (and value, rate_limit, descriptors)")
-    extra = set(raw) - {"key", "value", "rate_limit", "descriptors", "shadow_mode"}
-    if extra:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}")
+    check_keys(raw, frozenset({"key", "value", "rate_limit", "descriptors", "shadow_mode"}), where)
     key = raw.get("key")
     if not isinstance(key, str) or not key:
         raise ConfigError(f"{where}.key: is required (a non-empty string)")
@@ -80,8 +78,9 @@ def _node(raw: Any, where: str) -> Node:
     limit = None
     if raw.get("rate_limit") is not None:
         rl = raw["rate_limit"]
-        if not isinstance(rl, Mapping) or set(rl) - {"unit", "requests_per_unit", "name"}:
+        if not isinstance(rl, Mapping):
             raise ConfigError(f"{where}.rate_limit: must hold unit and requests_per_unit")
+        check_keys(rl, frozenset({"unit", "requests_per_unit", "name"}), f"{where}.rate_limit")
         unit = rl.get("unit")
         if unit not in UNITS:
             raise ConfigError(f"{where}.rate_limit.unit: must be one of {', '.join(UNITS)}, got {unit!r}")
@@ -96,12 +95,13 @@ def _node(raw: Any, where: str) -> Node:
     children = tuple(_node(c, f"{where}.descriptors[{i}]") for i, c in enumerate(children_raw))
     if limit is None and not children:
         raise ConfigError(f"{where}: needs a rate_limit or nested descriptors")
-    return Node(key, value, limit, bool(raw.get("shadow_mode", False)), children)
+    return Node(key, value, limit, get_bool(raw, "shadow_mode", False, where=where), children)
 
 
 def parse(raw: Any) -> RateLimitConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError("ratelimit.config: must be a mapping with domain and descriptors")
+    check_keys(raw, frozenset({"domain", "descriptors"}), "ratelimit.config")
     domain = raw.get("domain")
     if not isinstance(domain, str) or not domain:
         raise ConfigError("ratelimit.config.domain: is required (a non-empty string)")

@@ -173,12 +173,16 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> I
             max_open_s=config.get_float(brk, "max_open_s", 300.0, where=wb, lo=0.01, hi=86_400),
             half_open_trials=config.get_int(brk, "half_open_trials", 1, where=wb, lo=1, hi=1000),
         ),
-        cache_url=config.get_str(cache, "url", "", where="inference.cache") if cache.get("enabled", True) else "",
+        cache_url=(
+            config.get_str(cache, "url", "", where="inference.cache")
+            if config.get_bool(cache, "enabled", True, where="inference.cache")
+            else ""
+        ),
         cache_ttl_s=config.get_int(cache, "ttl_s", 3600, where="inference.cache", lo=1, hi=30 * 86_400),
         cache_namespace=config.get_str(cache, "namespace", "", where="inference.cache"),
         default_response=(
             config.get_str(default, "text", "", where="inference.default_response") or None
-            if default.get("enabled", True)
+            if config.get_bool(default, "enabled", True, where="inference.default_response")
             else None
         ),
         health_interval_s=config.get_float(node, "health_interval_s", 15.0, where="inference", lo=0.1, hi=3600),

@@ -17,7 +17,7 @@ import yaml
 from services.router.complexity import LEVELS, ComplexityAnalyzer
 from services.router.features import analyse
 from services.router.intent import INTENTS, IntentClassifier
-from services.runtime.config import REPO_ROOT, ConfigError
+from services.runtime.config import REPO_ROOT, ConfigError, check_keys
 from services.runtime.errors import PermissionDenied
 
 POLICY_PATH = REPO_ROOT / "config" / "routing.yaml"
@@ -74,10 +74,9 @@ def parse_policy(data: Any, source: str = "policy") -> Policy:
     """Validate a policy mapping; ConfigError names the key and what is expected."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: must be a mapping with version and rules")
-    known = {"version", "min_intent_confidence", "enterprise_as", "max_pinned_tier", "rules"}
-    extra = set(data) - known
-    if extra:
-        raise ConfigError(f"{source}: unknown key(s) {sorted(extra)}; known keys are {sorted(known)}")
+    check_keys(
+        data, frozenset({"version", "min_intent_confidence", "enterprise_as", "max_pinned_tier", "rules"}), source
+    )
     version = data.get("version")
     if not isinstance(version, str) or not version.strip():
         raise ConfigError(f"{source}.version: is required (a non-empty string)")
@@ -105,16 +104,15 @@ def parse_policy(data: Any, source: str = "policy") -> Policy:
         where = f"{source}.rules[{i}]"
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: must be a mapping with name, when, tier and reason")
-        extra = set(raw) - {"name", "when", "tier", "reason"}
-        if extra:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}")
+        check_keys(raw, frozenset({"name", "when", "tier", "reason"}), where)
         name = raw.get("name")
         if not isinstance(name, str) or not name or name in names:
             raise ConfigError(f"{where}.name: must be a unique non-empty string, got {name!r}")
         names.add(name)
         when = raw.get("when", {})
-        if not isinstance(when, Mapping) or set(when) - {"complexity", "intent", "segment"}:
-            raise ConfigError(f"{where}.when: may only hold complexity, intent and segment")
+        if not isinstance(when, Mapping):
+            raise ConfigError(f"{where}.when: must be a mapping of complexity, intent and segment")
+        check_keys(when, frozenset({"complexity", "intent", "segment"}), f"{where}.when")
         tier = raw.get("tier")
         if isinstance(tier, bool) or tier not in (1, 2, 3, 4):
             raise ConfigError(f"{where}.tier: must be 1, 2, 3 or 4, got {tier!r}")

@@ -2,12 +2,17 @@
 
 Overrides: `TIERMESH_A__B__C=value` sets `a.b.c` (double underscore nests, names are lower-cased)
 and the value is parsed as a YAML scalar, so `TIERMESH_SERVICES__ROUTER__PORT=6001` is an int.
-`TIERMESH_CONFIG` points at another file. Unknown keys are kept (sections validate their own).
+`TIERMESH_CONFIG` points at another file.
+
+Every key is checked against `SCHEMA` when the tree is loaded: a misspelt key (`rmp:` for `rpm:`)
+would otherwise be silently ignored and turn a setting off, so it stops the process at start with
+the key's path and the nearest valid name. Each section still validates its own values.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal
@@ -17,6 +22,9 @@ from typing import Any
 import yaml
 
 ENV_PREFIX = "TIERMESH_"
+# TIERMESH_* variables that are not overrides of a key: the file to load, the database URL
+# (a secret, kept out of the file) and the CLI's bearer token.
+NOT_OVERRIDES = frozenset({"TIERMESH_CONFIG", "TIERMESH_DATABASE_URL", "TIERMESH_TOKEN"})
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = REPO_ROOT / "config" / "tiermesh.yaml"
 
@@ -38,7 +46,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "TIERMESH_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_OVERRIDES:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if not path:
@@ -56,6 +64,174 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
+class MapOf:
+    """A mapping whose keys are free (user ids, tier numbers) and whose values follow `spec`."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+
+class ListOf:
+    """A list whose items follow `spec`."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+
+ANY = None  # a value checked by the section that owns it (a scalar, or a shape of its own)
+_PART_KEYS = frozenset({"host", "port", "metrics_port", "health_port"})
+_DEPLOYMENT = frozenset(
+    {
+        "name",
+        "provider",
+        "model",
+        "api_key_env",
+        "api_base",
+        "input_usd_per_mtok",
+        "output_usd_per_mtok",
+        "context_window",
+        "rpm",
+        "tpm",
+    }
+)
+
+# Every key tiermesh reads. A `frozenset` is a mapping of plain values; a `dict` a mapping of
+# sections; `MapOf` and `ListOf` hold repeated shapes; `ANY` is left to the owning section.
+SCHEMA: dict[str, Any] = {
+    "data_dir": ANY,
+    "log_level": ANY,
+    "shutdown_grace_s": ANY,
+    "services": {
+        name: _PART_KEYS
+        for name in ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin")
+    },
+    "tls": frozenset({"enabled", "dir", "ca_file", "cert_file", "key_file", "cert_days"}),
+    "observability": {"tracing": frozenset({"exporter", "endpoint", "file", "sample_ratio"})},
+    "envoy": frozenset(
+        {
+            "max_stream_duration_s",
+            "max_connections",
+            "cors_origins",
+            "trusted_proxy_hops",
+            "request_timeout_s",
+            "response_start_timeout_s",
+        }
+    ),
+    "simulator": frozenset({"token_delay_ms", "answer_tokens"}),
+    "router": {
+        "deadline_s": ANY,
+        "max_deadline_s": ANY,
+        "policy_path": ANY,
+        "knowledge": frozenset(
+            {
+                "enabled",
+                "intents",
+                "collection",
+                "top_k",
+                "min_score",
+                "deadline_ms",
+                "max_context_chars",
+                "failures_to_pause",
+                "pause_s",
+            }
+        ),
+    },
+    "inference": {
+        "analytics": frozenset({"enabled", "queue_size"}),
+        "simulator_base_url": ANY,
+        "max_connections": ANY,
+        "request_timeout_s": ANY,
+        "first_token_timeout_s": ANY,
+        "health_interval_s": ANY,
+        "retry": frozenset({"max_attempts", "base_delay_s", "max_delay_s", "budget_ratio", "budget_max_tokens"}),
+        "breaker": frozenset(
+            {
+                "window_s",
+                "min_calls",
+                "failure_rate",
+                "consecutive_failures",
+                "open_s",
+                "max_open_s",
+                "half_open_trials",
+            }
+        ),
+        "cache": frozenset({"enabled", "url", "ttl_s", "namespace"}),
+        "default_response": frozenset({"enabled", "text"}),
+        "tiers": MapOf(ListOf(_DEPLOYMENT)),
+    },
+    "knowledge": {
+        "default_collection": ANY,
+        "qdrant": frozenset({"path", "url", "api_key_env", "collection"}),
+        "embedding": frozenset({"provider", "model", "dimension", "api_key_env", "api_base", "batch_size", "threads"}),
+        "chunking": frozenset({"max_tokens", "overlap_tokens"}),
+        "search": frozenset({"semantic_weight", "keyword_saturation", "candidates", "synonym_weight"}),
+        "synonyms_path": ANY,
+    },
+    "analytics": {
+        "database_url": ANY,
+        "create_database": ANY,
+        "pool_size": ANY,
+        "buffer_size": ANY,
+        "batch_size": ANY,
+        "flush_interval_s": ANY,
+        "retry_max_s": ANY,
+        "stall_after_s": ANY,
+        "spill_path": ANY,
+        "dead_letter_path": ANY,
+        "rollup_interval_s": ANY,
+        "retention_days": frozenset({"events", "minute", "hour"}),
+        "budgets": {
+            "action": ANY,
+            "cache_s": ANY,
+            "users": MapOf(ANY),
+            "per_user_by_segment": MapOf(ANY),
+            "segments": MapOf(ANY),
+        },
+    },
+    "auth": frozenset({"issuer", "audience", "jwks_uri", "jwks_cache_s"}),
+    "ratelimit": {
+        "redis_url": ANY,
+        "redis_timeout_ms": ANY,
+        "failure_mode_deny": ANY,
+        "timeout_ms": ANY,
+        "max_hits_addend": ANY,
+        "local_backstop": frozenset({"max_tokens", "fill_interval_s"}),
+        "config": ANY,  # envoyproxy/ratelimit's shape, checked key by key by gateway.ratelimit.config
+    },
+}
+
+
+def unknown_key(key: str, known: Any, where: str) -> ConfigError:
+    """The error for a key that is not among `known`, naming the nearest valid one."""
+    names = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid keys are {', '.join(names)}"
+    return ConfigError(f"{where}{'.' if where else ''}{key}: unknown key; {hint}")
+
+
+def check_keys(node: Any, spec: Any = SCHEMA, where: str = "") -> None:
+    """Raise ConfigError for the first key in `node` that `spec` does not know."""
+    if spec is ANY:
+        return
+    if isinstance(spec, MapOf):
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                check_keys(value, spec.spec, f"{where}.{key}" if where else str(key))
+        return
+    if isinstance(spec, ListOf):
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                check_keys(item, spec.spec, f"{where}[{i}]")
+        return
+    if not isinstance(node, Mapping):
+        return  # a wrong type is the owning section's error to report, with what it expects
+    for key, value in node.items():
+        if key not in spec:
+            raise unknown_key(str(key), spec, where)
+        if isinstance(spec, dict):
+            check_keys(value, spec[key], f"{where}.{key}" if where else str(key))
+
+
 def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return the merged configuration tree (file, then environment overrides)."""
     env = os.environ if environ is None else environ
@@ -68,7 +244,9 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
         raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {file} must hold a mapping at the top level")
-    return _merge(data, _env_overrides(env))
+    tree = _merge(data, _env_overrides(env))
+    check_keys(tree)
+    return tree
 
 
 def section(tree: Mapping[str, Any], *path: str) -> dict[str, Any]:
@@ -98,9 +276,11 @@ def get_float(
 
 
 def get_bool(tree: Mapping[str, Any], key: str, default: bool, *, where: str) -> bool:
+    """The one reader of boolean settings: YAML's true/false only (`"false"` as a string, 0 or
+    `off` in quotes would otherwise read as true)."""
     value = tree.get(key, default)
     if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key}: must be true or false, got {value!r}")
+        raise ConfigError(f"{where}{'.' if where else ''}{key}: must be true or false, got {value!r}")
     return value
 
 
@@ -144,13 +324,15 @@ SERVICE_DEFAULT_PORTS = {
 }
 
 
-def endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
-    """(host, port) where the named part listens, from `services.<name>.host/port`."""
+def _port_of(tree: Mapping[str, Any], name: str, key: str, default: int, lo: int) -> tuple[str, int]:
     node = section(tree, "services", name)
     where = f"services.{name}"
-    host = get_str(node, "host", "127.0.0.1", where=where)
-    port = get_int(node, "port", SERVICE_DEFAULT_PORTS[name], where=where, lo=1, hi=65535)
-    return host, port
+    return get_str(node, "host", "127.0.0.1", where=where), get_int(node, key, default, where=where, lo=lo, hi=65535)
+
+
+def endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
+    """(host, port) where the named part listens, from `services.<name>.host/port`."""
+    return _port_of(tree, name, "port", SERVICE_DEFAULT_PORTS[name], lo=1)
 
 
 # Where each service serves Prometheus metrics (`/metrics`), from `services.<name>.metrics_port`.
@@ -165,11 +347,23 @@ METRICS_DEFAULT_PORTS = {
 
 def metrics_endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
     """(host, port) of the named service's metrics endpoint; port 0 means it serves none."""
-    node = section(tree, "services", name)
-    where = f"services.{name}"
-    host = get_str(node, "host", "127.0.0.1", where=where)
-    port = get_int(node, "metrics_port", METRICS_DEFAULT_PORTS.get(name, 0), where=where, lo=0, hi=65535)
-    return host, port
+    return _port_of(tree, name, "metrics_port", METRICS_DEFAULT_PORTS.get(name, 0), lo=0)
+
+
+# Where each service serves grpc.health.v1 alone, without TLS, for probes that cannot present a
+# certificate (`services.<name>.health_port`).
+HEALTH_DEFAULT_PORTS = {
+    "router": 50061,
+    "inference": 50062,
+    "knowledge": 50063,
+    "analytics": 50064,
+    "ratelimit": 50065,
+}
+
+
+def health_endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
+    """(host, port) of the named service's plaintext health port."""
+    return _port_of(tree, name, "health_port", HEALTH_DEFAULT_PORTS[name], lo=1)
 
 
 # Channels to parts that may come and go (Knowledge, Analytics): reconnect soon after they are

@@ -71,3 +71,53 @@ def test_invalid_catalog_fails_fast() -> None:
     tree = config.load(environ={"TIERMESH_INFERENCE__TIERS__5": "[]"})
     with pytest.raises(ConfigError, match="unknown tier"):
         inference_config.load(tree, environ={})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"TIERMESH_INFERENSE__REQUEST_TIMEOUT_S": "5"}, r"^inferense: unknown key; did you mean 'inference'\?$"),
+        (
+            {"TIERMESH_INFERENCE__CACHE__NAMESAPCE": "x"},
+            r"^inference\.cache\.namesapce: unknown key; did you mean 'namespace'\?$",
+        ),
+        (
+            {"TIERMESH_INFERENCE__TIERS__1": "[{name: a, provider: simulator, model: m, context_window: 9, rmp: 3}]"},
+            r"^inference\.tiers\.1\[0\]\.rmp: unknown key; did you mean 'rpm'\?$",
+        ),
+        ({"TIERMESH_SERVICES__ROUTR__PORT": "1"}, r"^services\.routr: unknown key; did you mean 'router'\?$"),
+        ({"TIERMESH_ROUTER__KNOWLEDGE__TOPK": "3"}, r"^router\.knowledge\.topk: unknown key; did you mean 'top_k'\?$"),
+        ({"TIERMESH_TLS__ENABLE": "false"}, r"^tls\.enable: unknown key; did you mean 'enabled'\?$"),
+        ({"TIERMESH_ZZZ": "1"}, r"^zzz: unknown key; valid keys are analytics, auth, "),
+    ],
+)
+def test_a_misspelt_key_stops_the_start_with_its_path_and_the_nearest_name(
+    override: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(environ=override)
+
+
+def test_a_misspelt_key_in_the_file_is_refused_too(tmp_path: Path) -> None:
+    path = tmp_path / "tiermesh.yaml"
+    path.write_text("analytics:\n  budgets:\n    acton: refuse\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"analytics\.budgets\.acton: unknown key; did you mean 'action'"):
+        config.load(path, environ={})
+
+
+def test_variables_that_are_not_overrides_are_not_taken_for_keys() -> None:
+    tree = config.load(environ={"TIERMESH_DATABASE_URL": "postgresql://x/y", "TIERMESH_TOKEN": "t"})
+    assert "database_url" not in tree and "token" not in tree
+
+
+@pytest.mark.parametrize("raw", ["'false'", "'no'", "0", "off-ish"])
+def test_booleans_go_through_one_validator(raw: str, tmp_path: Path) -> None:
+    # A quoted "false" is a string, and any non-empty string would read as true.
+    tree = config.load(environ={"TIERMESH_INFERENCE__CACHE__ENABLED": raw})
+    with pytest.raises(ConfigError, match=r"inference\.cache\.enabled: must be true or false"):
+        inference_config.load(tree, environ={})
+    tree = config.load(environ={"TIERMESH_RATELIMIT__FAILURE_MODE_DENY": raw, "TIERMESH_DATA_DIR": str(tmp_path)})
+    from gateway import envoy
+
+    with pytest.raises(ConfigError, match=r"ratelimit\.failure_mode_deny: must be true or false"):
+        envoy.build(tree)

@@ -59,7 +59,11 @@ def _policy_data() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(colour="red"), r"unknown key\(s\) \['colour'\]"),
+        (lambda d: d.update(colour="red"), r"colour: unknown key; valid keys are"),
+        (
+            lambda d: d.update(rules=[{**d["rules"][0], "teir": 1}]),
+            r"rules\[0\].teir: unknown key; did you mean 'tier'",
+        ),
         (lambda d: d.pop("version"), r"version: is required"),
         (lambda d: d.update(min_intent_confidence=1.5), r"min_intent_confidence: must be a number from 0 to 1"),
         (lambda d: d.update(enterprise_as="gold"), r"enterprise_as: must be one of standard, vip, enterprise"),
