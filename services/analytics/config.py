@@ -40,7 +40,9 @@ class AnalyticsConfig:
     batch_size: int = 1000
     flush_interval_s: float = 0.05
     retry_max_s: float = 2.0
+    stall_after_s: float = 30.0
     spill_path: str = ""
+    dead_letter_path: str = ""
     rollup_interval_s: float = 60.0
     retention_days_events: int = 90
     retention_days_minute: int = 14
@@ -84,6 +86,11 @@ def load_budgets(tree: Mapping[str, Any]) -> Budgets:
     )
 
 
+def _under(tree: Mapping[str, Any], path: str) -> str:
+    """A file path from config: relative ones are under data_dir."""
+    return str(config.data_dir(tree) / path) if path and not os.path.isabs(path) else path
+
+
 def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AnalyticsConfig:
     env = os.environ if environ is None else environ
     node = config.section(tree, "analytics")
@@ -95,6 +102,7 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> A
         raise ConfigError(f"{where}.database_url: must be a postgresql:// URL, got {url!r}")
     retention = config.section(node, "retention_days")
     spill = config.get_str(node, "spill_path", "analytics-spill.jsonl", where=where)
+    rejected = config.get_str(node, "dead_letter_path", "analytics-rejected.jsonl", where=where)
     return AnalyticsConfig(
         database_url=url,
         create_database=config.get_bool(node, "create_database", True, where=where),
@@ -103,7 +111,9 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> A
         batch_size=config.get_int(node, "batch_size", 1000, where=where, lo=1, hi=100_000),
         flush_interval_s=config.get_float(node, "flush_interval_s", 0.05, where=where, lo=0, hi=60),
         retry_max_s=config.get_float(node, "retry_max_s", 2.0, where=where, lo=0.01, hi=300),
-        spill_path=str(config.data_dir(tree) / spill) if spill and not os.path.isabs(spill) else spill,
+        stall_after_s=config.get_float(node, "stall_after_s", 30.0, where=where, lo=0.1, hi=86400),
+        spill_path=_under(tree, spill),
+        dead_letter_path=_under(tree, rejected),
         rollup_interval_s=config.get_float(node, "rollup_interval_s", 60.0, where=where, lo=0.1, hi=86400),
         retention_days_events=config.get_int(retention, "events", 90, where=f"{where}.retention_days", lo=1),
         retention_days_minute=config.get_int(retention, "minute", 14, where=f"{where}.retention_days", lo=1),

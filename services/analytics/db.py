@@ -49,8 +49,10 @@ COLUMNS = (
     "intent",
     "complexity",
     "occurred_at",
+    "client_request_id",
 )
 Row = tuple[Any, ...]
+INT64_MAX = 2**63 - 1
 
 
 async def ensure_database(url: str) -> bool:
@@ -153,11 +155,13 @@ def _where(start: datetime, end: datetime | None, user: str, segment: str) -> tu
 
 
 def _totals(record: Any) -> Totals:
+    # PostgreSQL sums bigints as numeric, which never overflows; a report carries int64, so a sum
+    # beyond it (only reachable by a flood of maximal events) reads as the largest value instead.
     return Totals(
-        int(record["requests"]),
-        int(record["prompt_tokens"]),
-        int(record["completion_tokens"]),
-        int(record["cost_micro_usd"]),
+        min(int(record["requests"]), INT64_MAX),
+        min(int(record["prompt_tokens"]), INT64_MAX),
+        min(int(record["completion_tokens"]), INT64_MAX),
+        min(int(record["cost_micro_usd"]), INT64_MAX),
     )
 
 
@@ -211,7 +215,8 @@ async def rollup(conn: asyncpg.Connection, lag_s: float = 10.0) -> bool:
                 INSERT INTO {table} AS t (bucket, user_id, segment, tier, model, requests, prompt_tokens,
                                           completion_tokens, cost_micro_usd)
                 SELECT date_trunc('{unit}', e.occurred_at), e.user_id, e.segment, e.tier, e.model, count(*),
-                       sum(e.prompt_tokens), sum(e.completion_tokens), sum(e.cost_micro_usd)
+                       least(sum(e.prompt_tokens), {INT64_MAX}), least(sum(e.completion_tokens), {INT64_MAX}),
+                       least(sum(e.cost_micro_usd), {INT64_MAX})
                 FROM usage_events e JOIN touched ON date_trunc('{unit}', e.occurred_at) = touched.bucket
                 GROUP BY 1, 2, 3, 4, 5
                 ON CONFLICT (bucket, user_id, segment, tier, model) DO UPDATE SET

@@ -15,5 +15,13 @@ WRITTEN = metrics.counter(
 )
 DATABASE_ERRORS = metrics.counter(
     "tiermesh_analytics_database_errors_total",
-    "Batches that could not be written because the database was unreachable.",
+    "Batch writes that failed for the database's reasons (unreachable, or refusing writes); retried with backoff.",
+)
+DEAD_LETTERED = metrics.counter(
+    "tiermesh_analytics_events_dead_lettered_total",
+    "Usage events the database refused for their data (or unreadable spill lines), set aside in the dead-letter file.",
+)
+WRITER_STALLED = metrics.gauge(
+    "tiermesh_analytics_writer_stalled",
+    "1 while events wait and none has reached the database for analytics.stall_after_s; else 0.",
 )

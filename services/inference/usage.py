@@ -19,11 +19,12 @@ from collections import deque
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from tiermesh.analytics.v1 import analytics_service_pb2 as apb
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 
-from services.runtime import config, metrics
+from services.runtime import metrics
 from services.runtime import spill as spill_file
 
 log = logging.getLogger("tiermesh.inference")
@@ -38,8 +39,10 @@ SEND_TIMEOUT_S = 5.0
 
 
 class UsageReporter:
-    def __init__(self, target: str, capacity: int = 50_000, retry_max_s: float = 5.0, spill_path: str = "") -> None:
-        self.target = target
+    def __init__(
+        self, channel: grpc.aio.Channel, capacity: int = 50_000, retry_max_s: float = 5.0, spill_path: str = ""
+    ) -> None:
+        self._channel = channel
         self.spill_path = spill_path
         self.failing = False
         self.capacity = capacity
@@ -50,14 +53,12 @@ class UsageReporter:
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
-        self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         USAGE_QUEUED.set_function(lambda: len(self.queue))
         for event in load_spill(self.spill_path):
             self.report(event)
-        self._channel = grpc.aio.insecure_channel(self.target, options=config.QUICK_RECONNECT)
         self._task = asyncio.create_task(self._run(), name="usage-reporter")
 
     def report(self, event: apb.UsageEvent) -> None:
@@ -77,8 +78,7 @@ class UsageReporter:
         self._wake.set()
 
     async def _run(self) -> None:
-        assert self._channel is not None
-        stub = apb_grpc.AnalyticsServiceStub(self._channel)
+        stub: apb_grpc.AnalyticsServiceAsyncStub = apb_grpc.AnalyticsServiceStub(self._channel)
         failures = 0
         while True:
             if not self.queue:
@@ -88,17 +88,8 @@ class UsageReporter:
             batch = [self.queue[i] for i in range(min(MAX_BATCH, len(self.queue)))]
             token = otel_context.attach(batch[0][1])
             try:
-                await stub.RecordUsage(apb.RecordUsageRequest(events=[e for e, _ in batch]), timeout=SEND_TIMEOUT_S)
+                refused = await self._send(stub, [e for e, _ in batch])
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    # Analytics will never take this batch: log it whole rather than retry forever.
-                    log.error(
-                        "usage refused by analytics",
-                        extra={"error": exc.details(), "events": [str(e).replace("\n", " ") for e, _ in batch]},
-                    )
-                    for _ in batch:
-                        self.queue.popleft()
-                    continue
                 failures += 1
                 self.failing = True
                 if failures == 1:
@@ -114,7 +105,23 @@ class UsageReporter:
             self.failing = False
             for _ in batch:
                 self.queue.popleft()
-            self.sent += len(batch)
+            self.sent += len(batch) - refused
+
+    async def _send(self, stub: apb_grpc.AnalyticsServiceAsyncStub, events: list[apb.UsageEvent]) -> int:
+        """Send a batch; returns how many events Analytics refused as invalid. A refused batch is
+        split until the invalid events are alone: those are logged whole (Analytics will never take
+        them), the rest are recorded. Any other error is raised, for the batch to be retried."""
+        try:
+            await stub.RecordUsage(apb.RecordUsageRequest(events=events), timeout=SEND_TIMEOUT_S)
+            return 0
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            if len(events) > 1:
+                half = len(events) // 2
+                return await self._send(stub, events[:half]) + await self._send(stub, events[half:])
+            log.error("usage event refused by analytics", extra={"error": exc.details(), "event": str(events[0])})
+            return 1
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Give queued events a last chance to leave; what cannot leave is saved to the spill
@@ -136,8 +143,7 @@ class UsageReporter:
                     "usage not delivered at shutdown", extra={"events": [str(e).replace("\n", " ") for e in events]}
                 )
             self.queue.clear()
-        if self._channel is not None:
-            await self._channel.close(None)
+        await self._channel.close(None)
 
 
 def spill(path: str, events: list[apb.UsageEvent]) -> None:
@@ -145,8 +151,14 @@ def spill(path: str, events: list[apb.UsageEvent]) -> None:
 
 
 def load_spill(path: str) -> list[apb.UsageEvent]:
-    """Events saved by an earlier shutdown (queued once)."""
-    events = [apb.UsageEvent.FromString(base64.b64decode(line)) for line in spill_file.take(path)]
+    """Events saved by an earlier shutdown (queued once); a line that does not decode is logged
+    and skipped rather than stopping the start."""
+    events = []
+    for line in spill_file.take(path):
+        try:
+            events.append(apb.UsageEvent.FromString(base64.b64decode(line, validate=True)))
+        except (ValueError, DecodeError) as exc:
+            log.error("unreadable line in the usage spill file skipped", extra={"error": str(exc), "line": line[:2000]})
     if events:
         log.info("usage from the spill file queued for analytics", extra={"events": len(events)})
     return events

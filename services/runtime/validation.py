@@ -4,6 +4,10 @@ The checks for a message type are compiled once from its descriptor, so the numb
 client reads in the .proto are exactly the numbers the server applies. A violation raises
 InvalidArgument naming the field path and the limit, e.g.
 `messages[2].content: 40001 characters is over the limit of 32000`.
+
+Timestamps and Durations are always checked against the range their type defines (years 1 to
+9999; ±10,000 years; nanos below a second), so no out-of-range value reaches code that converts
+it; `min_value` / `max_value` on such a field bound it in seconds (a Timestamp's since the epoch).
 """
 
 from __future__ import annotations
@@ -49,7 +53,52 @@ def _string_check(name: str, lim: limits_pb2.FieldLimits) -> Callable[[str, str]
     return check
 
 
+# The ranges google/protobuf/timestamp.proto and duration.proto define.
+_TIMESTAMP_MIN_S, _TIMESTAMP_MAX_S = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31
+_DURATION_MAX_S = 315_576_000_000  # about 10,000 years
+_NANOS = 999_999_999
+
+
+def _range_text(lo: float | None, hi: float | None, unit: str) -> str:
+    if lo is not None and hi is not None:
+        return f"from {_fmt(lo)} to {_fmt(hi)}{unit}"
+    if lo is not None:
+        return f"at least {_fmt(lo)}{unit}"
+    return f"at most {_fmt(hi or 0)}{unit}"
+
+
+def _time_check(full_name: str, lim: limits_pb2.FieldLimits) -> Callable[[Message, str], None]:
+    """Checks for a Timestamp or Duration: well formed, in its type's range, then in the limits."""
+    is_timestamp = full_name == "google.protobuf.Timestamp"
+    lo_s, hi_s = (_TIMESTAMP_MIN_S, _TIMESTAMP_MAX_S) if is_timestamp else (-_DURATION_MAX_S, _DURATION_MAX_S)
+    lo = lim.min_value if lim.HasField("min_value") else None
+    hi = lim.max_value if lim.HasField("max_value") else None
+    what = "seconds since 1970-01-01" if is_timestamp else "seconds"
+
+    def check(value: Message, path: str) -> None:
+        seconds: int = getattr(value, "seconds")  # noqa: B009 - Timestamp and Duration alike
+        nanos: int = getattr(value, "nanos")  # noqa: B009
+        if not lo_s <= seconds <= hi_s:
+            raise InvalidArgument(
+                f"{path}: {seconds} seconds is out of range; use {_range_text(lo_s, hi_s, ' ' + what)}"
+            )
+        if not (0 if is_timestamp else -_NANOS) <= nanos <= _NANOS:
+            raise InvalidArgument(f"{path}.nanos: {nanos} is out of range; use 0 to {_NANOS}")
+        if not is_timestamp and seconds and nanos and (seconds < 0) != (nanos < 0):
+            raise InvalidArgument(f"{path}: seconds and nanos must have the same sign")
+        total = seconds + nanos / 1e9
+        if (lo is not None and total < lo) or (hi is not None and total > hi):
+            raise InvalidArgument(
+                f"{path}: {_fmt(total)} is out of range; use a value {_range_text(lo, hi, ' ' + what)}"
+            )
+
+    return check
+
+
 def _scalar_check(field: FieldDescriptor, lim: limits_pb2.FieldLimits) -> Callable[[Any, str], None]:
+    mt = field.message_type
+    if mt is not None and mt.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+        return _time_check(mt.full_name, lim)
     if field.type == FieldDescriptor.TYPE_STRING:
         return _string_check(field.name, lim)
     if field.type == FieldDescriptor.TYPE_ENUM:

@@ -75,6 +75,7 @@ class UsageEvent(_message.Message):
     INTENT_FIELD_NUMBER: _builtins.int
     COMPLEXITY_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """request_id identifies the request; the idempotency key: 1 to 128 code points."""
     user: _builtins.str
@@ -95,25 +96,31 @@ class UsageEvent(_message.Message):
     """intent is the detected intent."""
     complexity: _common_pb2.Complexity.ValueType
     """complexity is the analysed complexity."""
+    client_request_id: _builtins.str
+    """client_request_id is the id the client gave its request, kept for correlation only (billing
+    is keyed by request_id, which the mesh makes): at most 128 code points.
+    """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
-        """usage is the tokens and cost."""
+        """usage is the tokens and cost (cost 0 to 1,000,000,000,000 micro-dollars)."""
 
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
-        """latency is the time from request to the last event."""
+        """latency is the time from request to the last event: 0 to 86,400 seconds (a day)."""
 
     @_builtins.property
     def time_to_first_token(self) -> _duration_pb2.Duration:
-        """time_to_first_token is the time from request to the first text delta."""
+        """time_to_first_token is the time from request to the first text delta: 0 to 86,400 seconds."""
 
     @_builtins.property
     def fallback_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """fallback_path lists the deployments tried, in order: at most 16."""
+        """fallback_path lists the deployments tried, in order: at most 16, each at most 256 code points."""
 
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """occurred_at is when the request finished."""
+        """occurred_at is when the request finished: from 2000-01-01 (946,684,800 seconds since the
+        epoch) to one day after the server's clock; unset means when the server received it.
+        """
 
     def __init__(
         self,
@@ -133,10 +140,11 @@ class UsageEvent(_message.Message):
         intent: _common_pb2.Intent.ValueType = ...,
         complexity: _common_pb2.Complexity.ValueType = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        client_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "occurred_at", b"occurred_at", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "complexity", b"complexity", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "intent", b"intent", "latency", b"latency", "model", b"model", "occurred_at", b"occurred_at", "request_id", b"request_id", "segment", b"segment", "tier", b"tier", "time_to_first_token", b"time_to_first_token", "usage", b"usage", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "client_request_id", b"client_request_id", "complexity", b"complexity", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "intent", b"intent", "latency", b"latency", "model", b"model", "occurred_at", b"occurred_at", "request_id", b"request_id", "segment", b"segment", "tier", b"tier", "time_to_first_token", b"time_to_first_token", "usage", b"usage", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tiermesh.common.v1 import limits_pb2 as tiermesh_dot_common_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftiermesh/common/v1/common.proto\x12\x12tiermesh.common.v1\x1a\x1ftiermesh/common/v1/limits.proto\"b\n\x0b\x43hatMessage\x12\x34\n\x04role\x18\x01 \x01(\x0e\x32\x1c.tiermesh.common.v1.ChatRoleB\x08\xca\xf3\x18\x04\x08\x01\x38\x01\x12\x1d\n\x07\x63ontent\x18\x02 \x01(\tB\x0c\xca\xf3\x18\x08\x08\x01\x10\x01\x18\x80\xfa\x01\"Q\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x16\n\x0e\x63ost_micro_usd\x18\x03 \x01(\x03\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"S\n\rStreamRestart\x12\x19\n\x11\x66\x61iled_deployment\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x17\n\x0f\x64iscarded_chars\x18\x03 \x01(\r\"U\n\x07\x41ttempt\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\r*h\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_ROLE_SYSTEM\x10\x01\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x02\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x03*c\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_FAST\x10\x01\x12\x11\n\rTIER_BALANCED\x10\x02\x12\x11\n\rTIER_ADVANCED\x10\x03\x12\x10\n\x0cTIER_PREMIUM\x10\x04*a\n\x07Segment\x12\x17\n\x13SEGMENT_UNSPECIFIED\x10\x00\x12\x14\n\x10SEGMENT_STANDARD\x10\x01\x12\x0f\n\x0bSEGMENT_VIP\x10\x02\x12\x16\n\x12SEGMENT_ENTERPRISE\x10\x03*\x93\x01\n\x06Intent\x12\x16\n\x12INTENT_UNSPECIFIED\x10\x00\x12\x13\n\x0fINTENT_GREETING\x10\x01\x12\x0e\n\nINTENT_FAQ\x10\x02\x12\x12\n\x0eINTENT_SUPPORT\x10\x03\x12\x10\n\x0cINTENT_SALES\x10\x04\x12\x14\n\x10INTENT_TECHNICAL\x10\x05\x12\x10\n\x0cINTENT_OTHER\x10\x06*h\n\nComplexity\x12\x1a\n\x16\x43OMPLEXITY_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43OMPLEXITY_LOW\x10\x01\x12\x15\n\x11\x43OMPLEXITY_MEDIUM\x10\x02\x12\x13\n\x0f\x43OMPLEXITY_HIGH\x10\x03*\x81\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftiermesh/common/v1/common.proto\x12\x12tiermesh.common.v1\x1a\x1ftiermesh/common/v1/limits.proto\"b\n\x0b\x43hatMessage\x12\x34\n\x04role\x18\x01 \x01(\x0e\x32\x1c.tiermesh.common.v1.ChatRoleB\x08\xca\xf3\x18\x04\x08\x01\x38\x01\x12\x1d\n\x07\x63ontent\x18\x02 \x01(\tB\x0c\xca\xf3\x18\x08\x08\x01\x10\x01\x18\x80\xfa\x01\"i\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12.\n\x0e\x63ost_micro_usd\x18\x03 \x01(\x03\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\xa2\x94\x1amB\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"S\n\rStreamRestart\x12\x19\n\x11\x66\x61iled_deployment\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x17\n\x0f\x64iscarded_chars\x18\x03 \x01(\r\"U\n\x07\x41ttempt\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\r*h\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_ROLE_SYSTEM\x10\x01\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x02\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x03*c\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_FAST\x10\x01\x12\x11\n\rTIER_BALANCED\x10\x02\x12\x11\n\rTIER_ADVANCED\x10\x03\x12\x10\n\x0cTIER_PREMIUM\x10\x04*a\n\x07Segment\x12\x17\n\x13SEGMENT_UNSPECIFIED\x10\x00\x12\x14\n\x10SEGMENT_STANDARD\x10\x01\x12\x0f\n\x0bSEGMENT_VIP\x10\x02\x12\x16\n\x12SEGMENT_ENTERPRISE\x10\x03*\x93\x01\n\x06Intent\x12\x16\n\x12INTENT_UNSPECIFIED\x10\x00\x12\x13\n\x0fINTENT_GREETING\x10\x01\x12\x0e\n\nINTENT_FAQ\x10\x02\x12\x12\n\x0eINTENT_SUPPORT\x10\x03\x12\x10\n\x0cINTENT_SALES\x10\x04\x12\x14\n\x10INTENT_TECHNICAL\x10\x05\x12\x10\n\x0cINTENT_OTHER\x10\x06*h\n\nComplexity\x12\x1a\n\x16\x43OMPLEXITY_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43OMPLEXITY_LOW\x10\x01\x12\x15\n\x11\x43OMPLEXITY_MEDIUM\x10\x02\x12\x13\n\x0f\x43OMPLEXITY_HIGH\x10\x03*\x81\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,26 +36,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE'].fields_by_name['role']._serialized_options = b'\312\363\030\004\010\0018\001'
   _globals['_CHATMESSAGE'].fields_by_name['content']._loaded_options = None
   _globals['_CHATMESSAGE'].fields_by_name['content']._serialized_options = b'\312\363\030\010\010\001\020\001\030\200\372\001'
-  _globals['_CHATROLE']._serialized_start=470
-  _globals['_CHATROLE']._serialized_end=574
-  _globals['_TIER']._serialized_start=576
-  _globals['_TIER']._serialized_end=675
-  _globals['_SEGMENT']._serialized_start=677
-  _globals['_SEGMENT']._serialized_end=774
-  _globals['_INTENT']._serialized_start=777
-  _globals['_INTENT']._serialized_end=924
-  _globals['_COMPLEXITY']._serialized_start=926
-  _globals['_COMPLEXITY']._serialized_end=1030
-  _globals['_FINISHREASON']._serialized_start=1033
-  _globals['_FINISHREASON']._serialized_end=1162
+  _globals['_USAGE'].fields_by_name['cost_micro_usd']._loaded_options = None
+  _globals['_USAGE'].fields_by_name['cost_micro_usd']._serialized_options = b'\312\363\030\022)\000\000\000\000\000\000\000\0001\000\000\000\242\224\032mB'
+  _globals['_CHATROLE']._serialized_start=494
+  _globals['_CHATROLE']._serialized_end=598
+  _globals['_TIER']._serialized_start=600
+  _globals['_TIER']._serialized_end=699
+  _globals['_SEGMENT']._serialized_start=701
+  _globals['_SEGMENT']._serialized_end=798
+  _globals['_INTENT']._serialized_start=801
+  _globals['_INTENT']._serialized_end=948
+  _globals['_COMPLEXITY']._serialized_start=950
+  _globals['_COMPLEXITY']._serialized_end=1054
+  _globals['_FINISHREASON']._serialized_start=1057
+  _globals['_FINISHREASON']._serialized_end=1186
   _globals['_CHATMESSAGE']._serialized_start=88
   _globals['_CHATMESSAGE']._serialized_end=186
   _globals['_USAGE']._serialized_start=188
-  _globals['_USAGE']._serialized_end=269
-  _globals['_TEXTDELTA']._serialized_start=271
-  _globals['_TEXTDELTA']._serialized_end=296
-  _globals['_STREAMRESTART']._serialized_start=298
-  _globals['_STREAMRESTART']._serialized_end=381
-  _globals['_ATTEMPT']._serialized_start=383
-  _globals['_ATTEMPT']._serialized_end=468
+  _globals['_USAGE']._serialized_end=293
+  _globals['_TEXTDELTA']._serialized_start=295
+  _globals['_TEXTDELTA']._serialized_end=320
+  _globals['_STREAMRESTART']._serialized_start=322
+  _globals['_STREAMRESTART']._serialized_end=405
+  _globals['_ATTEMPT']._serialized_start=407
+  _globals['_ATTEMPT']._serialized_end=492
 # @@protoc_insertion_point(module_scope)

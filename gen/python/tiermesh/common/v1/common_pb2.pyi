@@ -241,7 +241,10 @@ class Usage(_message.Message):
     completion_tokens: _builtins.int
     """completion_tokens is the number of output tokens billed."""
     cost_micro_usd: _builtins.int
-    """cost_micro_usd is the cost in millionths of a US dollar (integer: money is never a float)."""
+    """cost_micro_usd is the cost in millionths of a US dollar (integer: money is never a float):
+    0 to 1,000,000,000,000 (a million dollars) in a request, so that any number of them can be
+    summed in a 64-bit column without overflowing a report.
+    """
     def __init__(
         self,
         *,
