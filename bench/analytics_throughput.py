@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import grpc
 from tiermesh.analytics.v1 import analytics_service_pb2 as pb
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 from tiermesh.common.v1 import common_pb2 as c
@@ -38,7 +37,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mesh = await start_mesh(Path(tmp), ["analytics"], TIERMESH_ANALYTICS__DATABASE_URL=url)
         try:
-            async with grpc.aio.insecure_channel(mesh.target("analytics")) as channel:
+            async with mesh.channel("analytics") as channel:
                 stub = pb_grpc.AnalyticsServiceStub(channel)
                 batches = [[event(f"b{i}-{j}", f"user-{j % 50}") for j in range(100)] for i in range(100)]
                 queue: asyncio.Queue[list[pb.UsageEvent]] = asyncio.Queue()

@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import grpc
 import httpx
 from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
@@ -99,7 +98,7 @@ async def main() -> None:
                         async for _ in resp.aiter_lines():
                             pass
 
-                channel = grpc.aio.insecure_channel(mesh.target("inference"))
+                channel = mesh.channel("inference")
                 stub = ipb_grpc.InferenceServiceStub(channel)
 
                 def generate(bypass: bool, text: str = "hello there") -> Callable[[int], Awaitable[None]]:

@@ -65,7 +65,7 @@ def cpu_seconds(pid: int) -> float:
 
 async def cpu_per_chat(mesh: Mesh, chats: int = 300) -> None:
     pids = {name: part.proc.pid for name, part in mesh.sup.parts.items() if part.proc is not None}
-    channel = grpc.aio.insecure_channel(mesh.target("envoy"))
+    channel = mesh.edge()
     stub = pb_grpc.RouterServiceStub(channel)
     request = pb.ChatRequest(messages=MESSAGES, bypass_cache=True)
     for _ in range(20):
@@ -138,7 +138,7 @@ async def _main(database: str) -> None:
             async def over_grpc(
                 target: str, make_call: Callable[[grpc.aio.Channel], object]
             ) -> Callable[[], Awaitable[tuple[float, float]]]:
-                channel = grpc.aio.insecure_channel(target)
+                channel = mesh.edge() if target == "envoy" else mesh.channel(target, "edge")
 
                 async def once() -> tuple[float, float]:
                     start = time.perf_counter()
@@ -153,7 +153,7 @@ async def _main(database: str) -> None:
             await measure(
                 "Inference",
                 await over_grpc(
-                    mesh.target("inference"),
+                    "inference",
                     lambda ch: ipb_grpc.InferenceServiceStub(ch).Generate(
                         ipb.GenerateRequest(messages=MESSAGES, tier=1, bypass_cache=True)
                     ),
@@ -165,7 +165,7 @@ async def _main(database: str) -> None:
                 chains[target] = await measure(
                     name,
                     await over_grpc(
-                        mesh.target(target),
+                        target,
                         lambda ch: pb_grpc.RouterServiceStub(ch).Chat(
                             pb.ChatRequest(messages=MESSAGES, bypass_cache=True), metadata=auth
                         ),

@@ -1,8 +1,9 @@
 """Analytics wiring: PostgreSQL (created and migrated at start), the write buffer, live spend,
 background jobs, the gRPC server and its lifecycle.
 
-The server listens at once. It reports SERVING once PostgreSQL is reachable and migrated; until
-then it reports NOT_SERVING, logs why, keeps trying, and still accepts usage into its buffer.
+The server listens at once. It reports SERVING while PostgreSQL is reachable and migrated and the
+writer makes progress; NOT_SERVING before that (it logs why, keeps trying, and still accepts usage
+into its buffer) and whenever the writer has stalled (`analytics.stall_after_s`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from services.analytics.config import AnalyticsConfig
 from services.analytics.live import Live
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.writer import CONNECTION_ERRORS, UsageWriter, load_spill
-from services.runtime import config, logs, observability
+from services.runtime import config, logs, observability, tls
 from services.runtime.server import Service, serve
 
 log = logging.getLogger("tiermesh.analytics")
@@ -93,16 +94,18 @@ async def main() -> None:
         cfg.flush_interval_s,
         cfg.retry_max_s,
         on_written=live.written,
-        dead_letter_path=str(config.data_dir(tree) / "analytics-rejected.jsonl"),
+        dead_letter_path=cfg.dead_letter_path,
+        stall_after_s=cfg.stall_after_s,
     )
-    spilled = load_spill(cfg.spill_path)
+    spilled = load_spill(cfg.spill_path, cfg.dead_letter_path)
     if spilled:
-        writer.accept(spilled)
+        writer.accept(spilled, replayed=True)
         log_.info("usage from the spill file queued for the database", extra={"rows": len(spilled)})
     servicer = AnalyticsServicer(writer, live, database.pool)
     tasks: list[asyncio.Task[None]] = []
 
-    async def connect(service: Service) -> None:
+    async def watch(service: Service) -> None:
+        """Connect (and migrate), then keep the health status on what the writer can do."""
         delay = 0.2
         while True:
             try:
@@ -115,14 +118,28 @@ async def main() -> None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            await service.set_serving(True)
-            log_.info("database ready", extra={"database": db.redact_url(cfg.database_url)})
-            return
+            break
+        log_.info("database ready", extra={"database": db.redact_url(cfg.database_url)})
+        serving: bool | None = None
+        while True:
+            now_serving = not writer.stalled
+            if now_serving != serving:
+                await service.set_serving(now_serving)
+                if serving is not None:
+                    if now_serving:
+                        log_.info("serving again: the usage writer makes progress")
+                    else:
+                        log_.error(
+                            "not serving: no usage reached the database for analytics.stall_after_s",
+                            extra={"buffered": writer.depth, "reason": writer.database_error},
+                        )
+                serving = now_serving
+            await asyncio.sleep(0.5)
 
     async def on_start(service: Service) -> None:
         writer.start()
         live.start()
-        tasks.append(asyncio.create_task(connect(service), name="connect"))
+        tasks.append(asyncio.create_task(watch(service), name="watch"))
         tasks.append(asyncio.create_task(jobs(database, cfg), name="jobs"))
 
     async def ready() -> bool:
@@ -140,6 +157,7 @@ async def main() -> None:
         with contextlib.suppress(Exception):
             await database.close()
 
+    name = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
     await serve(
         "analytics",
         tree,
@@ -150,4 +168,11 @@ async def main() -> None:
         on_start=on_start,
         on_drain=on_drain,
         on_stop=on_stop,
+        # Usage comes from Inference (or an operator replaying it); spend is read by the Router
+        # for budgets and by operators.
+        callers={
+            f"/{name}/RecordUsage": (tls.INFERENCE, tls.OPERATOR),
+            f"/{name}/GetSpend": (tls.ROUTER, tls.OPERATOR),
+            f"/{name}/WatchSpend": (tls.ROUTER, tls.OPERATOR),
+        },
     )

@@ -19,7 +19,7 @@ from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as pb_grpc
 
 from services.knowledge.config import default_collection
 from services.knowledge.documents import SkippedFile, SourceDocument, discover, read_document
-from services.runtime import config
+from services.runtime import config, tls
 
 MAX_BATCH_DOCS = 32
 MAX_BATCH_CHARS = 1_500_000  # code points per request (a larger document goes alone)
@@ -102,8 +102,8 @@ async def ingest(paths: Sequence[str], collection: str | None, target: str | Non
         return 1
     print(f"ingesting {len(docs)} documents into collection {collection!r} at {addr}")
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(
-        addr, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    async with tls.channel(
+        tree, "knowledge", tls.OPERATOR, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES)], target=addr
     ) as channel:
         try:
             n, chunks = await ingest_documents(channel, collection, docs, print, timeout_s)
@@ -125,7 +125,7 @@ async def search(query: str, top_k: int, collection: str | None, target: str | N
     tree = config.load()
     collection = collection or default_collection(tree)
     addr = _target(tree, target)
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with tls.channel(tree, "knowledge", tls.OPERATOR, target=addr) as channel:
         try:
             reply = await pb_grpc.KnowledgeServiceStub(channel).Search(
                 pb.SearchRequest(collection=collection, query=query, top_k=top_k), timeout=30

@@ -8,13 +8,13 @@ import grpc
 from tiermesh.inference.v1 import inference_service_pb2 as pb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from services.runtime import config
+from services.runtime import config, tls
 
 
 async def models(as_json: bool) -> int:
     tree = config.load()
     target = config.target(tree, "inference")
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with tls.channel(tree, "inference", tls.OPERATOR) as channel:
         try:
             reply = await pb_grpc.InferenceServiceStub(channel).ListModels(pb.ListModelsRequest(), timeout=5)
         except grpc.aio.AioRpcError as exc:

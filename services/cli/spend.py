@@ -13,7 +13,7 @@ from tiermesh.analytics.v1 import analytics_service_pb2 as pb
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 from tiermesh.common.v1 import common_pb2 as c
 
-from services.runtime import config
+from services.runtime import config, tls
 from services.runtime.enums import value_of
 
 _SINCE = re.compile(r"^(\d+)([mhdw])$")
@@ -65,7 +65,7 @@ async def spend(user: str, segment: str, since: str, watch: bool, as_json: bool,
     tree = config.load()
     addr = target or config.target(tree, "analytics")
     seg = c.Segment.ValueType(value_of(c.Segment, "SEGMENT_", segment))
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with tls.channel(tree, "analytics", tls.OPERATOR, target=addr) as channel:
         stub = pb_grpc.AnalyticsServiceStub(channel)
         try:
             if watch:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.cli import probes
-from services.runtime import config
+from services.runtime import config, tls
 
 Probe = Callable[[], Awaitable[str]]
 Echo = Callable[[str, str], None]
@@ -90,7 +90,12 @@ def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
     }
     for name in ("inference", "knowledge", "analytics", "router", "ratelimit"):
         target = config.target(tree, name)
-        out[name] = (functools.partial(probes.grpc_health, target), f"grpc://{target}")
+        host, health_port = config.health_endpoint(tree, name)
+        scheme = "grpcs" if tls.enabled(tree) else "grpc"
+        out[name] = (
+            functools.partial(probes.grpc_health, f"{host}:{health_port}"),
+            f"{scheme}://{target} (health grpc://{host}:{health_port})",
+        )
     out["envoy"] = (
         lambda: probes.http_ok(f"http://{admin_host}:{admin_port}/ready", expect="LIVE"),
         f"grpc+grpc-web://{config.target(tree, 'envoy')} (admin http://{admin_host}:{admin_port})",
@@ -105,6 +110,7 @@ def parts_for(tree: Mapping[str, Any], names: Sequence[str] | None = None) -> li
     if unknown:
         raise ValueError(f"unknown part(s) {unknown}; parts are {', '.join(PART_NAMES)}")
     checks = probes_for(tree)
+    tls.ensure_dev_certs(tree)  # every part finds its certificate (made once, renewed near expiry)
     parts = []
     for name in chosen:
         if name == "envoy":
@@ -123,7 +129,14 @@ def parts_for(tree: Mapping[str, Any], names: Sequence[str] | None = None) -> li
 class Supervisor:
     def __init__(self, parts: list[Part], *, env: Mapping[str, str] | None = None, echo: Echo | None = None) -> None:
         self.parts = {p.name: p for p in parts}
-        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        self.env = {
+            # gRPC's own INFO lines (a refused TLS handshake, say) are not the services' JSON logs.
+            "GRPC_VERBOSITY": "ERROR",
+            **os.environ,
+            **(env or {}),
+            "PYTHONUNBUFFERED": "1",
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        }
         self.echo = echo
 
     def __getitem__(self, name: str) -> Part:

@@ -8,7 +8,7 @@ import sys
 import time
 
 from services.cli.supervisor import StartError, Supervisor, format_line, parts_for
-from services.runtime import config
+from services.runtime import config, tls
 
 _WIDTH = 10
 
@@ -27,7 +27,7 @@ async def _ingest(tree: dict[str, object], paths: list[str]) -> bool:
     collection = default_collection(tree)
     docs, _ = collect(paths, print)
     print(f"ingesting {len(docs)} documents into the knowledge base (collection {collection!r})", flush=True)
-    async with grpc.aio.insecure_channel(config.target(tree, "knowledge")) as channel:
+    async with tls.channel(tree, "knowledge", tls.OPERATOR) as channel:
         try:
             await ingest_documents(channel, collection, docs, lambda line: print(line, flush=True))
         except grpc.aio.AioRpcError as exc:

@@ -13,7 +13,7 @@ from services.inference.engine import Engine
 from services.inference.provider import Provider
 from services.inference.servicer import InferenceServicer
 from services.inference.usage import UsageReporter
-from services.runtime import config, logs, observability
+from services.runtime import config, logs, observability, tls
 from services.runtime.server import serve
 
 
@@ -29,7 +29,7 @@ async def main() -> None:
     usage: UsageReporter | None = None
     if config.get_bool(analytics, "enabled", True, where="inference.analytics"):
         usage = UsageReporter(
-            config.target(tree, "analytics"),
+            tls.channel(tree, "analytics", "inference", options=config.QUICK_RECONNECT),
             capacity=config.get_int(analytics, "queue_size", 50_000, where="inference.analytics", lo=1),
             spill_path=str(config.data_dir(tree) / "usage-spill.b64"),
         )
@@ -45,6 +45,7 @@ async def main() -> None:
         if usage is not None:
             await usage.stop()
 
+    name = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     await serve(
         "inference",
         tree,
@@ -53,4 +54,7 @@ async def main() -> None:
         register=lambda server: pb_grpc.add_InferenceServiceServicer_to_server(servicer, server),
         ready=provider.warm_up,
         on_stop=stop,
+        # Only the Router asks for answers (an operator may, as an anonymous caller); anyone
+        # with a mesh certificate may read the catalog.
+        callers={f"/{name}/Generate": (tls.ROUTER, tls.OPERATOR)},
     )

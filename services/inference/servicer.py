@@ -16,12 +16,13 @@ from tiermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.inference.config import Deployment, InferenceConfig
 from services.inference.engine import Delta, Done, Engine, Event, GenerateInput, Restart, Selected
 from services.inference.usage import UsageReporter
-from services.runtime import logs
+from services.runtime import identity, logs, tls
 from services.runtime.enums import value_of
-from services.runtime.server import Context
+from services.runtime.server import Context, time_remaining
 from services.runtime.validation import validate
 
 log = logging.getLogger("tiermesh.inference")
+MAX_RECORDED_US = 86_400 * 1_000_000  # UsageEvent's latency limit
 
 ROLE_NAMES = {
     common_pb2.CHAT_ROLE_SYSTEM: "system",
@@ -121,12 +122,13 @@ def usage_event(
     request_id: str, tier: int, metadata: dict[str, str], done: Done, latency_s: float, ttft_s: float | None
 ) -> apb.UsageEvent:
     """What Analytics records for a finished request; who asked and why this tier come from the
-    Router's `x-tiermesh-*` metadata (absent for direct callers)."""
+    Router's metadata (`metadata` is empty for callers whose metadata is not trusted)."""
+    user, segment = identity.user_and_segment(metadata)
     event = apb.UsageEvent(
         request_id=request_id,
-        user=metadata.get("x-tiermesh-user", "")[:256],
+        user=user,
         segment=common_pb2.Segment.ValueType(
-            value_of(common_pb2.Segment, "SEGMENT_", metadata.get("x-tiermesh-segment", ""))
+            value_of(common_pb2.Segment, "SEGMENT_", segment if identity.SEGMENT in metadata else "")
         ),
         tier=common_pb2.Tier.ValueType(tier),
         model=done.model[:256],
@@ -138,17 +140,17 @@ def usage_event(
         ),
         cached=done.cached,
         degraded=done.degraded,
-        fallback_path=done.fallback_path[:16],
-        intent=common_pb2.Intent.ValueType(
-            value_of(common_pb2.Intent, "INTENT_", metadata.get("x-tiermesh-intent", ""))
-        ),
+        fallback_path=[p[:256] for p in done.fallback_path[:16]],
+        intent=common_pb2.Intent.ValueType(value_of(common_pb2.Intent, "INTENT_", metadata.get(identity.INTENT, ""))),
         complexity=common_pb2.Complexity.ValueType(
-            value_of(common_pb2.Complexity, "COMPLEXITY_", metadata.get("x-tiermesh-complexity", ""))
+            value_of(common_pb2.Complexity, "COMPLEXITY_", metadata.get(identity.COMPLEXITY, ""))
         ),
+        client_request_id=identity.client_request_id(metadata),
     )
-    event.latency.FromMicroseconds(int(latency_s * 1_000_000))
+    # Within the contract's range (a day): a longer request is recorded at the limit, not refused.
+    event.latency.FromMicroseconds(min(int(latency_s * 1_000_000), MAX_RECORDED_US))
     if ttft_s is not None:
-        event.time_to_first_token.FromMicroseconds(int(ttft_s * 1_000_000))
+        event.time_to_first_token.FromMicroseconds(min(int(ttft_s * 1_000_000), MAX_RECORDED_US))
     event.occurred_at.GetCurrentTime()
     return event
 
@@ -161,7 +163,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: Context) -> AsyncIterator[pb.GenerateResponse]:
         validate(request)
-        remaining = context.time_remaining()
+        remaining = time_remaining(context)
         req = GenerateInput(
             messages=[(ROLE_NAMES[m.role], m.content) for m in request.messages],
             tier=request.tier,
@@ -179,7 +181,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 first_token = time.monotonic() - started
             if isinstance(event, Done):
                 if self.usage is not None:
-                    metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+                    metadata = identity.metadata_dict(context.invocation_metadata())
+                    if not identity.trusted(tls.peer_role(context), tls.ROUTER):
+                        metadata = {}  # only the Router says who asked
                     latency = time.monotonic() - started
                     self.usage.report(usage_event(req.request_id, request.tier, metadata, event, latency, first_token))
                 log.info(
@@ -210,7 +214,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         )
 
     def _info(self, d: Deployment) -> pb.ModelInfo:
-        state = self.engine.breakers[d.name].current_state()
+        state = self.engine.breakers[d.name].observed_state()  # reading never moves a breaker
         return pb.ModelInfo(
             deployment=d.name,
             model=d.model,

@@ -15,7 +15,7 @@ from services.knowledge.embedder import Embedder, LiteLLMEmbedder, LocalEmbedder
 from services.knowledge.keywords import Synonyms
 from services.knowledge.servicer import KnowledgeServicer
 from services.knowledge.store import KnowledgeStore
-from services.runtime import config, logs, observability
+from services.runtime import config, logs, observability, tls
 from services.runtime.config import ConfigError
 from services.runtime.server import serve
 
@@ -52,6 +52,7 @@ async def main() -> None:
         log.info("knowledge store open", extra={"qdrant": where, "embedding": store.embedder.name})
         return True
 
+    name = pb.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
     await serve(
         "knowledge",
         tree,
@@ -62,4 +63,10 @@ async def main() -> None:
         on_stop=store.close,
         # A document may hold 2,000,000 code points (up to 8 MB of UTF-8 on its own).
         max_message_bytes=MAX_MESSAGE_BYTES,
+        # Chats search (the Router); only an operator changes what is in the knowledge base.
+        callers={
+            f"/{name}/Search": (tls.ROUTER, tls.OPERATOR),
+            f"/{name}/UpsertDocuments": (tls.OPERATOR,),
+            f"/{name}/DeleteDocuments": (tls.OPERATOR,),
+        },
     )

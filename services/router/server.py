@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as kpb_grpc
@@ -15,8 +14,25 @@ from services.router.budget import SpendBudgets
 from services.router.grounding import Grounding, GroundingSettings
 from services.router.policy import Router
 from services.router.servicer import RouterServicer, register
-from services.runtime import config, logs, observability
+from services.runtime import config, logs, observability, tls
+from services.runtime.config import ConfigError
 from services.runtime.server import serve
+
+# Chats come from the edge; an operator may call the Router directly (as an anonymous caller).
+CALLERS = (tls.EDGE, tls.OPERATOR)
+
+
+def max_deadline_s(tree: dict[str, object]) -> float:
+    """The longest a chat may run (`router.max_deadline_s`), kept under the edge's
+    `envoy.max_stream_duration_s` so the Router always ends a stream itself, with a status."""
+    limit = config.get_float(config.section(tree, "router"), "max_deadline_s", 590.0, where="router", lo=1, hi=86_400)
+    edge = config.get_int(config.section(tree, "envoy"), "max_stream_duration_s", 600, where="envoy", lo=1, hi=86_400)
+    if limit >= edge:
+        raise ConfigError(
+            f"router.max_deadline_s: {limit:g} must be shorter than envoy.max_stream_duration_s ({edge}), "
+            "or the edge would cut streams before the Router ends them with a status"
+        )
+    return limit
 
 
 async def main() -> None:
@@ -27,17 +43,17 @@ async def main() -> None:
     policy_path = Path(config.get_str(router_cfg, "policy_path", "config/routing.yaml", where="router"))
     router = Router.load(policy_path if policy_path.is_absolute() else config.REPO_ROOT / policy_path)
     log.info("routing policy loaded", extra={"policy": router.policy.version, "rules": len(router.policy.rules)})
-    channel = grpc.aio.insecure_channel(config.target(tree, "inference"))
+    channel = tls.channel(tree, "inference", "router")
     generate_raw = channel.unary_stream(
         "/tiermesh.inference.v1.InferenceService/Generate",
         request_serializer=ipb.GenerateRequest.SerializeToString,
         response_deserializer=None,  # raw bytes: relayed without decoding
     )
     grounding_settings = GroundingSettings.load(tree)
-    knowledge_channel = grpc.aio.insecure_channel(config.target(tree, "knowledge"), options=config.QUICK_RECONNECT)
+    knowledge_channel = tls.channel(tree, "knowledge", "router", options=config.QUICK_RECONNECT)
     grounding = Grounding(grounding_settings, kpb_grpc.KnowledgeServiceStub(knowledge_channel).Search)
     budgets = load_budgets(tree)
-    analytics_channel = grpc.aio.insecure_channel(config.target(tree, "analytics"), options=config.QUICK_RECONNECT)
+    analytics_channel = tls.channel(tree, "analytics", "router", options=config.QUICK_RECONNECT)
     budget_check = (
         SpendBudgets(budgets, apb_grpc.AnalyticsServiceStub(analytics_channel).GetSpend) if budgets.any else None
     )
@@ -45,6 +61,7 @@ async def main() -> None:
         router,
         generate_raw,
         default_deadline_s=config.get_float(router_cfg, "deadline_s", 120.0, where="router", lo=1, hi=3600),
+        max_deadline_s=max_deadline_s(tree),
         budget=budget_check,
         grounding=grounding,
     )
@@ -54,6 +71,7 @@ async def main() -> None:
         await knowledge_channel.close(None)
         await analytics_channel.close(None)
 
+    name = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
     await serve(
         "router",
         tree,
@@ -61,4 +79,5 @@ async def main() -> None:
         service_names=[pb.DESCRIPTOR.services_by_name["RouterService"].full_name],
         register=lambda server: register(servicer, server),
         on_stop=stop,
+        callers={f"/{name}/Chat": CALLERS, f"/{name}/Route": CALLERS},
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -18,9 +18,9 @@ from services.router.complexity import LEVELS
 from services.router.grounding import Grounded, Grounding, GroundingSettings, with_context
 from services.router.intent import INTENTS
 from services.router.policy import SEGMENTS, Decision, Router
-from services.runtime import logs
+from services.runtime import identity, logs, tls
 from services.runtime.errors import DeadlineExceeded, TiermeshError
-from services.runtime.server import Context
+from services.runtime.server import Context, time_remaining
 from services.runtime.validation import validate
 
 log = logging.getLogger("tiermesh.router")
@@ -38,18 +38,14 @@ class RelayedError(TiermeshError):
         self.code = code
 
 
-def identity_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, str]:
-    """(user, segment) from the identity headers the gateway sets after verifying the caller's
-    token; never from the message or a request field. No header: anonymous and standard."""
-    user, segment = "", "standard"
-    for key, value in metadata or ():
-        text = value.decode() if isinstance(value, bytes) else value
-        if key == "x-tiermesh-user":
-            user = text.strip()[:256]
-        elif key == "x-tiermesh-segment":
-            candidate = text.strip().lower()
-            segment = candidate if candidate in SEGMENTS else "standard"
-    return user, segment
+def identity_from(context: Context) -> tuple[str, str]:
+    """(user, segment) from the identity headers the edge sets after verifying the caller's
+    token, honoured only when the caller is the edge; never from the message or a request
+    field. Anyone else is anonymous and standard."""
+    metadata = identity.metadata_dict(context.invocation_metadata())
+    if not identity.trusted(tls.peer_role(context), tls.EDGE):
+        return "", identity.DEFAULT_SEGMENT
+    return identity.user_and_segment(metadata)
 
 
 def last_user_text(messages: Sequence[c.ChatMessage]) -> str:
@@ -113,10 +109,12 @@ class RouterServicer:
         default_deadline_s: float,
         budget: BudgetCheck | None = None,
         grounding: Grounding | None = None,
+        max_deadline_s: float = 590.0,
     ) -> None:
         self.router = router
         self.generate_raw = generate_raw
         self.default_deadline_s = default_deadline_s
+        self.max_deadline_s = max_deadline_s
         self.budget = budget or NoBudgets()
         self.grounding = grounding or Grounding(GroundingSettings(enabled=False), None)
 
@@ -133,18 +131,21 @@ class RouterServicer:
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         validate(request)
-        user, segment = identity_from(context.invocation_metadata())
+        user, segment = identity_from(context)
         decision = await self._decide(request.messages, request.tier, user, segment)
         return pb.RouteResponse(decision=decision_pb(decision, logs.request_id_var.get()))
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatResponse | bytes]:
         validate(request)
         request_id = logs.request_id_var.get()
-        user, segment = identity_from(context.invocation_metadata())
+        user, segment = identity_from(context)
+        client_request_id = identity.client_request_id(identity.metadata_dict(context.invocation_metadata()))
         decision = await self._decide(request.messages, request.tier, user, segment)
         log.info(
             "routed",
             extra={
+                "user": user,
+                "client_request_id": client_request_id,
                 "tier": decision.tier,
                 "intent": decision.intent,
                 "complexity": decision.complexity,
@@ -158,13 +159,13 @@ class RouterServicer:
         grounded = Grounded()
         if self.grounding.wanted(decision.intent):
             question = last_user_text(request.messages)
-            grounded = await self.grounding.retrieve(question, request_id, context.time_remaining())
+            grounded = await self.grounding.retrieve(question, request_id, time_remaining(context))
             for citation in grounded.citations:
                 yield pb.ChatResponse(citation=citation)
         messages = with_context(request.messages, grounded.message) if grounded.message else request.messages
 
-        remaining = context.time_remaining()
-        timeout = self.default_deadline_s if remaining is None else remaining
+        remaining = time_remaining(context)
+        timeout = min(self.default_deadline_s if remaining is None else remaining, self.max_deadline_s)
         if timeout <= 0:
             raise DeadlineExceeded("the deadline passed before the answer started")
         generate = ipb.GenerateRequest(
@@ -177,11 +178,12 @@ class RouterServicer:
         if request.HasField("temperature"):
             generate.temperature = request.temperature
         metadata = (
-            ("x-request-id", request_id),
-            ("x-tiermesh-user", user),
-            ("x-tiermesh-segment", decision.segment),
-            ("x-tiermesh-intent", decision.intent),
-            ("x-tiermesh-complexity", decision.complexity),
+            (identity.REQUEST_ID, request_id),
+            identity.user_metadata(user),
+            (identity.SEGMENT, decision.segment),
+            (identity.INTENT, decision.intent),
+            (identity.COMPLEXITY, decision.complexity),
+            (identity.CLIENT_REQUEST_ID, client_request_id),
         )
         call = self.generate_raw(generate, timeout=timeout, metadata=metadata)
         try:

@@ -57,7 +57,7 @@ async def analytics(tmp_path_factory: pytest.TempPathFactory, database_url: str)
 
 
 def stub_for(mesh: Mesh) -> tuple[grpc.aio.Channel, pb_grpc.AnalyticsServiceStub]:
-    channel = grpc.aio.insecure_channel(mesh.target("analytics"))
+    channel = mesh.channel("analytics")
     return channel, pb_grpc.AnalyticsServiceStub(channel)
 
 
@@ -309,14 +309,14 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
     conn = await asyncpg.connect(fresh_database_url)
     other = await asyncpg.connect(fresh_database_url)
     try:
-        assert await db.migrate(conn) == ["0001_usage_events", "0002_rollups"]
+        assert await db.migrate(conn) == ["0001_usage_events", "0002_rollups", "0003_client_request_id"]
         assert await db.migrate(conn) == []  # idempotent
         from datetime import UTC, datetime, timedelta
 
         now = datetime.now(UTC)
         rows = [
             (f"r{i}", f"u{i % 3}", "standard", 1 + i % 2, "m", "d", 1, 2, i, 1000, None, False, False, [], "faq", "low",
-             now - timedelta(minutes=i % 5))
+             now - timedelta(minutes=i % 5), "")
             for i in range(200)
         ]  # fmt: skip
         rows.append(
@@ -338,6 +338,7 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
                 "",
                 "",
                 now - timedelta(days=400),
+                "",
             )
         )
         assert await db.insert_batch(conn, rows) == 201
@@ -351,7 +352,7 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
             assert (rolled["n"], rolled["cost"]) == (raw["n"], raw["cost"])
         # A late event for a bucket already rolled up is counted at the next run.
         await db.insert_batch(
-            conn, [("late", "u1", "standard", 1, "m", "d", 1, 1, 1000, 1, None, False, False, [], "", "", now)]
+            conn, [("late", "u1", "standard", 1, "m", "d", 1, 1, 1000, 1, None, False, False, [], "", "", now, "")]
         )
         assert await db.rollup(conn, lag_s=0)
         assert await conn.fetchval("SELECT sum(cost_micro_usd) FROM spend_hour") == await conn.fetchval(
@@ -376,7 +377,7 @@ def test_migrate_command(tmp_path: Path, fresh_database_url: str) -> None:
     tiermesh = str(Path(os.sys.executable).parent / "tiermesh")
     first = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "applied 0001_usage_events, 0002_rollups"
+    assert first.stdout.strip() == "applied 0001_usage_events, 0002_rollups, 0003_client_request_id"
     again = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == "the database schema is up to date"
 
@@ -391,7 +392,7 @@ async def test_usage_inference_could_not_deliver_is_kept_across_its_restart(
     # Analytics is not running: the event stays queued in Inference until it stops.
     m = await start_mesh(tmp_path, ["simulator", "inference"], TIERMESH_SIMULATOR__TOKEN_DELAY_MS="0")
     try:
-        async with grpc.aio.insecure_channel(m.target("inference")) as channel:
+        async with m.channel("inference", "router") as channel:  # as the Router, whose identity headers count
             request = ipb.GenerateRequest(
                 messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="hi")], tier=c.TIER_FAST
             )

@@ -47,21 +47,21 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> A
 
 
 async def chat(mesh: Mesh, user: str, text: str, segment: str = "standard") -> list[pb.ChatResponse]:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)], bypass_cache=True)
         stub = pb_grpc.RouterServiceStub(channel)
         return [e async for e in stub.Chat(request, timeout=30, metadata=mesh.auth(user, segment))]
 
 
 async def route(mesh: Mesh, user: str, text: str, segment: str = "vip") -> pb.RouteDecision:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         request = pb.RouteRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)])
         reply = await pb_grpc.RouterServiceStub(channel).Route(request, timeout=10, metadata=mesh.auth(user, segment))
         return reply.decision
 
 
 async def month_spend(mesh: Mesh, user: str, requests: int) -> apb.SpendTotals:
-    async with grpc.aio.insecure_channel(mesh.target("analytics")) as channel:
+    async with mesh.channel("analytics") as channel:
         stub = apb_grpc.AnalyticsServiceStub(channel)
         for _ in range(200):
             reply = await stub.GetSpend(apb.GetSpendRequest(user=user), timeout=5)
@@ -74,7 +74,7 @@ async def month_spend(mesh: Mesh, user: str, requests: int) -> apb.SpendTotals:
 async def test_a_chat_reaches_watchers_and_the_database_with_what_the_client_was_billed(mesh: Mesh) -> None:
     user = f"watched-{uuid.uuid4().hex[:8]}"
     before = await scrape(mesh, "analytics")
-    async with grpc.aio.insecure_channel(mesh.target("analytics")) as channel:
+    async with mesh.channel("analytics") as channel:
         watch = apb_grpc.AnalyticsServiceStub(channel).WatchSpend(apb.WatchSpendRequest(user=user))
         assert (await asyncio.wait_for(watch.read(), 10)).totals.requests == 0
         events = await chat(mesh, user, "how do I track my order?")
@@ -146,9 +146,11 @@ async def test_refuse_policy_answers_resource_exhausted_with_a_message(mesh: Mes
         TIERMESH_ANALYTICS__BUDGETS__ACTION="refuse",
         TIERMESH_ANALYTICS__BUDGETS__USERS=json.dumps({OVER_BUDGET: 0.000001}),
         TIERMESH_ANALYTICS__BUDGETS__CACHE_S="0",
+        # The same certificates as the mesh whose Analytics this Router uses.
+        TIERMESH_TLS__DIR=str(Path(mesh.env["TIERMESH_DATA_DIR"]) / "tls"),
     )
     try:
-        async with grpc.aio.insecure_channel(strict.target("router")) as channel:
+        async with strict.channel("router", "edge") as channel:
             request = pb.RouteRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=COMPLEX)])
             identity = (("x-tiermesh-user", OVER_BUDGET), ("x-tiermesh-segment", "vip"))
             with pytest.raises(grpc.aio.AioRpcError) as err:

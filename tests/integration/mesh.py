@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 
 from services.cli.supervisor import StartError, Supervisor, parts_for
-from services.runtime import config
+from services.runtime import config, tls
 
 
 def free_port() -> int:
@@ -23,8 +24,9 @@ def free_port() -> int:
 
 
 PARTS = ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin")
-# The parts that also serve Prometheus metrics (services.<name>.metrics_port).
+# The parts that also serve Prometheus metrics (services.<name>.metrics_port) and plaintext health.
 METRICS_PARTS = tuple(config.METRICS_DEFAULT_PORTS)
+HEALTH_PARTS = tuple(config.HEALTH_DEFAULT_PORTS)
 
 
 def mesh_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -42,6 +44,7 @@ def mesh_env(data_dir: Path, **extra: str) -> dict[str, str]:
     try:  # hold every socket until all are chosen, so no two parts get the same port
         keys = [f"TIERMESH_SERVICES__{name.upper()}__PORT" for name in PARTS]
         keys += [f"TIERMESH_SERVICES__{name.upper()}__METRICS_PORT" for name in METRICS_PARTS]
+        keys += [f"TIERMESH_SERVICES__{name.upper()}__HEALTH_PORT" for name in HEALTH_PARTS]
         for key in keys:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
@@ -62,6 +65,15 @@ class Mesh:
 
     def target(self, name: str) -> str:
         return config.target(self.tree, name)
+
+    def channel(self, name: str, role: str = tls.OPERATOR, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        """A channel to service `name` with the certificate of `role` (an operator by default):
+        services take calls only over mutual TLS from the mesh's own parts."""
+        return tls.channel(self.tree, name, role, options)
+
+    def edge(self) -> grpc.aio.Channel:
+        """A channel to the edge, as any client opens one."""
+        return grpc.aio.insecure_channel(self.target("envoy"))
 
     def metrics_url(self, name: str) -> str:
         host, port = config.metrics_endpoint(self.tree, name)

@@ -97,7 +97,7 @@ async def test_bad_tokens_are_unauthenticated_before_any_service(mesh: Mesh, cas
     token = BAD_TOKENS[case](mesh)
     metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
     before = routed_lines(mesh)
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in stub.Chat(chat_request(f"auth case {case}"), timeout=10, metadata=metadata):
@@ -121,7 +121,7 @@ async def test_token_in_the_query_string_is_not_accepted(mesh: Mesh) -> None:
 
 
 async def test_valid_token_is_accepted_and_its_claims_are_the_identity(mesh: Mesh) -> None:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         forged = (*mesh.auth("dana", "standard"), ("x-tiermesh-segment", "vip"), ("x-tiermesh-user", "admin"))
         reply = await stub.Route(pb.RouteRequest(messages=chat_request("hello").messages), timeout=10, metadata=forged)
@@ -144,7 +144,7 @@ def test_ttl_parsing_and_minting_rules(mesh: Mesh) -> None:
 
 async def test_access_logs_are_json_and_never_carry_the_token(mesh: Mesh) -> None:
     token = mesh.token("logged-user")
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         await pb_grpc.RouterServiceStub(channel).Route(
             pb.RouteRequest(messages=chat_request("log me").messages),
             timeout=10,

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 import redis.asyncio as aioredis
 from tiermesh.common.v1 import common_pb2 as c
@@ -36,9 +35,9 @@ def test_key_is_canonical() -> None:
 
 
 async def generate(
-    target: str, text: str, bypass: bool = False, temperature: float | None = None
+    mesh: Mesh, text: str, bypass: bool = False, temperature: float | None = None
 ) -> list[ipb.GenerateResponse]:
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with mesh.channel("inference") as channel:
         request = ipb.GenerateRequest(
             messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)], tier=c.TIER_FAST, bypass_cache=bypass
         )
@@ -72,11 +71,10 @@ def text_of(events: list[ipb.GenerateResponse]) -> str:
 
 async def test_identical_request_is_replayed_identically(mesh: Mesh) -> None:
     text = f"cache me {uuid.uuid4()}"
-    target = mesh.target("inference")
     keys = await stored_count(mesh)
-    first = await generate(target, text, temperature=0.2)
+    first = await generate(mesh, text, temperature=0.2)
     await stored(mesh, keys + 1)
-    second = await generate(target, text, temperature=0.2)
+    second = await generate(mesh, text, temperature=0.2)
     assert not first[-1].done.cached and second[-1].done.cached
     assert text_of(second) == text_of(first)
     assert second[0].model_selected == first[0].model_selected
@@ -90,15 +88,14 @@ async def test_identical_request_is_replayed_identically(mesh: Mesh) -> None:
     seen = [r for r in await mesh.sim_records() if r["messages"][-1]["content"] == text]
     assert len(seen) == 1  # the provider answered once
 
-    other_params = await generate(target, text, temperature=0.3)
+    other_params = await generate(mesh, text, temperature=0.3)
     assert not other_params[-1].done.cached
 
 
 async def test_bypass_asks_the_provider_again(mesh: Mesh) -> None:
     text = f"fresh please {uuid.uuid4()}"
-    target = mesh.target("inference")
-    await generate(target, text)
-    fresh = await generate(target, text, bypass=True)
+    await generate(mesh, text)
+    fresh = await generate(mesh, text, bypass=True)
     assert not fresh[-1].done.cached
     assert len([r for r in await mesh.sim_records() if r["messages"][-1]["content"] == text]) == 2
 
@@ -122,17 +119,16 @@ async def test_redis_stopped_mid_test_never_fails_a_request(
     mesh_on_private_redis: tuple[Mesh, subprocess.Popen[bytes]],
 ) -> None:
     mesh, redis_proc = mesh_on_private_redis
-    target = mesh.target("inference")
-    before = await generate(target, "before the outage")
+    before = await generate(mesh, "before the outage")
     await stored(mesh, 1, mesh.env["TIERMESH_INFERENCE__CACHE__URL"])
-    assert (await generate(target, "before the outage"))[-1].done.cached
+    assert (await generate(mesh, "before the outage"))[-1].done.cached
     redis_proc.terminate()
     redis_proc.wait(timeout=10)
     for i in range(6):
-        events = await generate(target, "during the outage" if i % 2 else "before the outage")
+        events = await generate(mesh, "during the outage" if i % 2 else "before the outage")
         assert events[-1].HasField("done") and not events[-1].done.cached
         assert text_of(events)
-    assert text_of(await generate(target, "before the outage")) == text_of(before)
+    assert text_of(await generate(mesh, "before the outage")) == text_of(before)
     await asyncio.sleep(0.2)
     warnings = [line for line in mesh.logs("inference") if "answer cache unavailable" in line]
     assert len(warnings) == 1, warnings  # warned once, not per request

@@ -41,7 +41,7 @@ def assert_whole_story(events: list[pb.ChatResponse]) -> None:
 async def test_chat_streams_over_grpc_through_envoy(mesh: Mesh) -> None:
     events: list[pb.ChatResponse] = []
     first_delta_state = None
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         async for event in stub.Chat(chat_request(), timeout=30, metadata=mesh.auth()):
             events.append(event)
@@ -104,7 +104,7 @@ BAD_INPUT = [
 async def test_bad_input_is_invalid_argument_naming_field_and_limit(
     mesh: Mesh, request_: pb.ChatRequest, message: str
 ) -> None:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in stub.Chat(request_, timeout=10, metadata=mesh.auth()):
@@ -114,7 +114,7 @@ async def test_bad_input_is_invalid_argument_naming_field_and_limit(
 
 
 async def test_route_rejects_bad_input_too(mesh: Mesh) -> None:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Route(pb.RouteRequest(), timeout=10, metadata=mesh.auth())
@@ -144,7 +144,7 @@ async def test_bad_input_over_grpc_web_reports_status_and_message(mesh: Mesh) ->
 
 
 async def test_client_cancel_cancels_the_provider_request(mesh: Mesh) -> None:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         call = stub.Chat(chat_request("tell me a long story"), timeout=30, metadata=mesh.auth())
         request_id = ""

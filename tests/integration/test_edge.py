@@ -6,7 +6,6 @@ import base64
 import struct
 from pathlib import Path
 
-import grpc
 import httpx
 import pytest
 from tiermesh.common.v1 import common_pb2 as c
@@ -97,7 +96,7 @@ async def test_a_stream_longer_than_15_seconds_is_not_cut(tmp_path: Path) -> Non
         tmp_path, MESH_PARTS, TIERMESH_SIMULATOR__TOKEN_DELAY_MS="400", TIERMESH_SIMULATOR__ANSWER_TOKENS="42"
     )
     try:
-        async with grpc.aio.insecure_channel(m.target("envoy")) as channel:
+        async with m.edge() as channel:
             stub = pb_grpc.RouterServiceStub(channel)
             request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="long one")])
             events = [e async for e in stub.Chat(request, timeout=60, metadata=m.auth())]

@@ -59,7 +59,7 @@ async def faults(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh
 
 
 async def generate(mesh: Mesh, tier: int, text: str = "hi", timeout: float = 20) -> list[ipb.GenerateResponse]:
-    async with grpc.aio.insecure_channel(mesh.target("inference")) as channel:
+    async with mesh.channel("inference") as channel:
         stub = ipb_grpc.InferenceServiceStub(channel)
         request = ipb.GenerateRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)], tier=tier)  # type: ignore[arg-type]
         return [e async for e in stub.Generate(request, timeout=timeout)]
@@ -281,7 +281,7 @@ async def test_breaker_opens_and_then_rejects_without_calling(tmp_path_factory: 
             assert kinds(events)[0] == "model_selected:steady"
         calls_after = len([r for r in await mesh.sim_records() if r["model"] == "sim:fault=500"])
         assert calls_after == calls_before == 2  # not called while open
-        async with grpc.aio.insecure_channel(mesh.target("inference")) as channel:
+        async with mesh.channel("inference") as channel:
             listing = await ipb_grpc.InferenceServiceStub(channel).ListModels(ipb.ListModelsRequest(tier=c.TIER_FAST))
         states = {m.deployment: (m.breaker_state, m.healthy) for m in listing.models}
         assert states == {"flaky": ("open", False), "steady": ("closed", True)}
@@ -304,7 +304,7 @@ async def test_health_checks_put_a_dead_deployment_last(tmp_path_factory: pytest
     }
     mesh = await start_mesh(tmp_path_factory.mktemp("health"), ["simulator", "inference"], **env)
     try:
-        async with grpc.aio.insecure_channel(mesh.target("inference")) as channel:
+        async with mesh.channel("inference") as channel:
             stub = ipb_grpc.InferenceServiceStub(channel)
             for _ in range(50):
                 listing = await stub.ListModels(ipb.ListModelsRequest(tier=c.TIER_FAST))

@@ -15,6 +15,7 @@ from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.cli import probes
+from services.runtime import config
 from tests.integration.mesh import Mesh, start_mesh
 
 pytestmark = pytest.mark.integration
@@ -37,12 +38,12 @@ async def own_mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
 async def test_sigterm_drains_open_stream_and_refuses_new_calls(own_mesh: Mesh) -> None:
     router = own_mesh.sup["router"]
     assert router.proc is not None
-    target = own_mesh.target("router")
+    host, health_port = config.health_endpoint(own_mesh.tree, "router")
     request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="a long answer, please")])
     events: list[pb.ChatResponse] = []
     health_after_sigterm = ""
     refused: grpc.aio.AioRpcError | None = None
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with own_mesh.channel("router") as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         async for event in stub.Chat(request, timeout=30):
             events.append(event)
@@ -50,11 +51,11 @@ async def test_sigterm_drains_open_stream_and_refuses_new_calls(own_mesh: Mesh) 
                 router.proc.send_signal(signal.SIGTERM)
                 deadline = time.monotonic() + 2
                 while time.monotonic() < deadline:
-                    health_after_sigterm = await probes.grpc_health(target)
+                    health_after_sigterm = await probes.grpc_health(f"{host}:{health_port}")
                     if health_after_sigterm == "NOT_SERVING":
                         break
                     await asyncio.sleep(0.02)
-                async with grpc.aio.insecure_channel(target) as other:
+                async with own_mesh.channel("router") as other:
                     try:
                         async for _ in pb_grpc.RouterServiceStub(other).Chat(request, timeout=5):
                             pass

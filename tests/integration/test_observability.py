@@ -314,7 +314,7 @@ async def in_process(tmp_path: Path) -> AsyncIterator[InProcess]:
 
     cfg = inference_config.load(tree)
     provider = Provider(cfg.max_connections)
-    reporter = UsageReporter(f"127.0.0.1:{analytics.port}")
+    reporter = UsageReporter(grpc.aio.insecure_channel(f"127.0.0.1:{analytics.port}"))
     reporter.start()
     inference_servicer = InferenceServicer(cfg, Engine(cfg, provider), reporter)
     inference = _service(

@@ -54,7 +54,7 @@ def route_request() -> pb.RouteRequest:
 
 
 async def route(mesh: Mesh, token: str) -> grpc.StatusCode:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         try:
             await pb_grpc.RouterServiceStub(channel).Route(
                 route_request(), timeout=5, metadata=(("authorization", f"Bearer {token}"),)
@@ -85,7 +85,7 @@ async def test_denial_says_when_to_retry(edge: tuple[Mesh, subprocess.Popen[byte
     mesh, _ = edge
     token = mesh.token("carol")
     await at_window_start()
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         for _ in range(PER_SECOND):
             await stub.Route(route_request(), metadata=(("authorization", f"Bearer {token}"),))
@@ -151,7 +151,7 @@ async def test_rate_limit_service_speaks_envoys_protocol(tmp_path: Path) -> None
         )
 
     try:
-        async with grpc.aio.insecure_channel(mesh.target("ratelimit")) as channel:
+        async with mesh.channel("ratelimit", "edge") as channel:
             stub = rls_grpc.RateLimitServiceStub(channel)
             ok, over = rls.RateLimitResponse.OK, rls.RateLimitResponse.OVER_LIMIT
             first = await stub.ShouldRateLimit(request("free"))

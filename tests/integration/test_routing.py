@@ -32,17 +32,19 @@ def route_request(text: str) -> pb.RouteRequest:
     return pb.RouteRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)])
 
 
-async def route(target: str, text: str, metadata: tuple[tuple[str, str], ...] = ()) -> pb.RouteDecision:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def route(channel: grpc.aio.Channel, text: str, metadata: tuple[tuple[str, str], ...] = ()) -> pb.RouteDecision:
+    async with channel:
         reply = await pb_grpc.RouterServiceStub(channel).Route(route_request(text), metadata=metadata, timeout=10)
         return reply.decision
 
 
 async def test_segment_comes_from_the_identity_header(mesh: Mesh) -> None:
-    router = mesh.target("router")
-    standard = await route(router, HARD)
-    vip = await route(router, HARD, (("x-tiermesh-segment", "vip"), ("x-tiermesh-user", "alice")))
-    enterprise = await route(router, HARD, (("x-tiermesh-segment", "enterprise"),))
+    # Calling as the edge: the only caller whose identity headers the Router honours.
+    standard = await route(mesh.channel("router", "edge"), HARD)
+    vip = await route(
+        mesh.channel("router", "edge"), HARD, (("x-tiermesh-segment", "vip"), ("x-tiermesh-user", "alice"))
+    )
+    enterprise = await route(mesh.channel("router", "edge"), HARD, (("x-tiermesh-segment", "enterprise"),))
     assert standard.segment == c.SEGMENT_STANDARD and standard.complexity == c.COMPLEXITY_HIGH
     assert (standard.tier, vip.tier, enterprise.tier) == (3, 4, 4)
     assert vip.segment == c.SEGMENT_VIP and enterprise.segment == c.SEGMENT_ENTERPRISE
@@ -51,18 +53,18 @@ async def test_segment_comes_from_the_identity_header(mesh: Mesh) -> None:
 
 async def test_client_sent_identity_headers_are_stripped_at_the_edge(mesh: Mesh) -> None:
     claimed = await route(
-        mesh.target("envoy"),
+        mesh.edge(),
         HARD,
         (*mesh.auth("bob", "standard"), ("x-tiermesh-segment", "vip"), ("x-tiermesh-user", "mallory")),
     )
     assert claimed.segment == c.SEGMENT_STANDARD
     assert claimed.tier == 3
-    vip = await route(mesh.target("envoy"), HARD, mesh.auth("carol", "vip"))
+    vip = await route(mesh.edge(), HARD, mesh.auth("carol", "vip"))
     assert vip.segment == c.SEGMENT_VIP and vip.tier == 4  # the verified claim is what counts
 
 
 async def test_chat_decision_carries_the_whole_explanation(mesh: Mesh) -> None:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="Oi! Vocês aceitam Pix?")])
         first = None
@@ -77,7 +79,7 @@ async def test_chat_decision_carries_the_whole_explanation(mesh: Mesh) -> None:
 
 
 async def test_pinning_beyond_the_segment_is_permission_denied(mesh: Mesh) -> None:
-    async with grpc.aio.insecure_channel(mesh.target("router")) as channel:
+    async with mesh.channel("router") as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         request = pb.RouteRequest(messages=route_request("hi").messages, tier=c.TIER_PREMIUM)
         with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -1,0 +1,68 @@
+"""Who is asking: the identity headers the edge writes from a verified token, and who may set them.
+
+Envoy writes `x-tiermesh-user` (the token's `sub`) and `x-tiermesh-segment` after checking the
+token, having removed any copy a client sent. A service honours such metadata only from the part
+allowed to set it, proven by its certificate (services.runtime.tls): the Router from the edge,
+Inference from the Router. Anyone else (an operator's tool, a test) is anonymous and standard.
+
+Between services the user travels as `x-tiermesh-user-bin` (UTF-8 bytes), since gRPC metadata
+that is not binary must be ASCII and a `sub` may be any string (`josé`, `李`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from tiermesh.common.v1 import common_pb2
+
+USER = "x-tiermesh-user"
+USER_BIN = "x-tiermesh-user-bin"
+SEGMENT = "x-tiermesh-segment"
+INTENT = "x-tiermesh-intent"
+COMPLEXITY = "x-tiermesh-complexity"
+REQUEST_ID = "x-request-id"
+# The id a client gave its request: kept for correlation, never used as a key.
+CLIENT_REQUEST_ID = "x-client-request-id"
+# Every header an edge client could send to pose as someone; Envoy removes them on arrival.
+EDGE_ONLY = (USER, USER_BIN, SEGMENT, INTENT, COMPLEXITY, CLIENT_REQUEST_ID)
+
+# The segments, from the contract's enum: standard, vip, enterprise.
+SEGMENTS = tuple(v.name.removeprefix("SEGMENT_").lower() for v in common_pb2.Segment.DESCRIPTOR.values if v.number != 0)
+DEFAULT_SEGMENT = "standard"
+MAX_USER_CHARS = 256
+MAX_CLIENT_REQUEST_ID_CHARS = 128
+
+
+def metadata_dict(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
+    """The metadata as text, binary values decoded as UTF-8 (a later duplicate key wins)."""
+    out: dict[str, str] = {}
+    for key, value in metadata or ():
+        out[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return out
+
+
+def trusted(peer_role: str, allowed: str) -> bool:
+    """May a caller with this certificate role set identity metadata? Without TLS no caller has a
+    role and every caller is trusted (a single machine with loopback-only ports)."""
+    return peer_role in ("", allowed)
+
+
+def user_and_segment(metadata: dict[str, str]) -> tuple[str, str]:
+    """(user, segment) from identity metadata; no user means anonymous, no known segment standard."""
+    user = (metadata.get(USER_BIN) or metadata.get(USER) or "").strip()[:MAX_USER_CHARS]
+    segment = metadata.get(SEGMENT, "")
+    return user, segment if segment in SEGMENTS else DEFAULT_SEGMENT
+
+
+def client_request_id(metadata: dict[str, str]) -> str:
+    """The client's own request id when it is printable ASCII of reasonable length; else none."""
+    value = metadata.get(CLIENT_REQUEST_ID, "")
+    if len(value) > MAX_CLIENT_REQUEST_ID_CHARS or not value.isascii() or not value.isprintable():
+        return ""
+    return value
+
+
+def user_metadata(user: str) -> tuple[str, bytes]:
+    """The user as metadata for a call to another service (any Unicode survives)."""
+    return (USER_BIN, user.encode("utf-8"))
