@@ -1,13 +1,29 @@
 """Builds the Envoy front proxy's bootstrap from the tiermesh config with Envoy's typed API
 classes (envoy-data-plane), writes it and validates it with `envoy --mode validate`.
 
-The edge serves gRPC (HTTP/2) and gRPC-Web (HTTP/1.1 or HTTP/2) on one port and routes the
-public RouterService to the Router over HTTP/2. Streams are never cut by a route timeout (Envoy's
-default of 15 s would end long answers); `envoy.max_stream_duration_s` bounds them instead, and
-a client's `grpc-timeout` is honoured up to that bound. Every route needs a verified JWT; the
-identity headers services trust are written from its claims after client-sent copies are removed.
-Global rate limits are asked of the RateLimit service twice (per client address, then per verified
-user), with Envoy's local token bucket as a backstop.
+What the edge does with a request, in order:
+
+1. Only gRPC (`application/grpc`, `+proto`) and gRPC-Web (binary and text) are served; anything
+   else (Connect, `grpc-web+json`, plain HTTP) is refused at once with 415, reaching no service.
+2. Every `x-tiermesh-*` header a client sent is removed; a client's `x-request-id` is kept only as
+   `x-client-request-id` (correlation), and the edge makes the request id that keys billing.
+   The client's `grpc-timeout` is handed on as `x-tiermesh-grpc-timeout`, so the Router ends a
+   stream at its deadline itself, with DEADLINE_EXCEEDED and proper trailers.
+3. The JWT is verified (ES256/RS256 against the JWKS; `exp` required), and only a token with a
+   non-empty `sub` of at most 256 characters and a `segment` that is exactly one of the
+   contract's segments gets through (otherwise UNAUTHENTICATED, naming the claim). Its claims
+   become `x-tiermesh-user` / `x-tiermesh-segment`.
+4. One call to the RateLimit service counts the request per client address (the downstream
+   address, or the one `envoy.trusted_proxy_hops` proxies in front vouch for) and per user
+   within the segment; a local token bucket is the backstop when that service is away.
+5. The request goes to the Router over mutual TLS, as the `edge` role: the only caller whose
+   identity headers the Router honours.
+
+Local replies (auth, limits, timeouts) reach gRPC-Web callers as HTTP 200 with grpc-status, as
+gRPC-Web clients expect. Streams are never cut by a route timeout; a request whose answer has not
+started within `envoy.response_start_timeout_s` (a request that never arrives whole, say) is ended
+as UNAVAILABLE, and a request body that has not arrived within `envoy.request_timeout_s` as
+DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -36,11 +52,14 @@ from envoy_data_plane.envoy.extensions.filters.http.grpc_web import v3 as grpc_w
 from envoy_data_plane.envoy.extensions.filters.http.header_mutation import v3 as header_mutation
 from envoy_data_plane.envoy.extensions.filters.http.jwt_authn import v3 as jwt_authn
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit import v3 as local_ratelimit
+from envoy_data_plane.envoy.extensions.filters.http.lua import v3 as lua
 from envoy_data_plane.envoy.extensions.filters.http.ratelimit import v3 as ratelimit_filter
 from envoy_data_plane.envoy.extensions.filters.http.router import v3 as router_filter
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import v3 as hcm_v3
+from envoy_data_plane.envoy.extensions.formatter.req_without_query import v3 as req_without_query
+from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation import v3 as early_mutation
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections import v3 as downstream
-from envoy_data_plane.envoy.extensions.transport_sockets.tls import v3 as tls
+from envoy_data_plane.envoy.extensions.transport_sockets.tls import v3 as tls_v3
 from envoy_data_plane.envoy.extensions.upstreams.http import v3 as upstream_http
 from envoy_data_plane.envoy.type import v3 as type_v3
 from envoy_data_plane.envoy.type.matcher import v3 as matcher
@@ -48,25 +67,118 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
 from gateway import keys
-from services.runtime import config
+from services.runtime import config, identity, tls
 
 PUBLIC_PREFIXES = ("/tiermesh.router.v1.RouterService/",)
 UNARY_PATHS = ("/tiermesh.router.v1.RouterService/Route",)
-IDENTITY_HEADERS = ("x-tiermesh-user", "x-tiermesh-segment")
-GRPC_WEB_HEADERS = "content-type,x-grpc-web,x-user-agent,grpc-timeout,authorization,x-request-id,traceparent"
-EXPOSED_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin"
+IDENTITY_HEADERS = (identity.USER, identity.SEGMENT)
+JWT_PAYLOAD = "jwt_payload"  # where jwt_authn puts the verified claims, in dynamic metadata
+DEADLINE_HEADER = "x-tiermesh-grpc-timeout"
+# The largest request the edge buffers to check its frame: a whole conversation at the contract's
+# limits (64 messages of 32,000 code points) is at most ~8 MB, the services' own limit.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024 + 1024
+GRPC_WEB_HEADERS = (
+    "content-type,x-grpc-web,x-user-agent,grpc-timeout,authorization,x-request-id,x-client-request-id,traceparent"
+)
+EXPOSED_HEADERS = (
+    "grpc-status,grpc-message,grpc-status-details-bin,x-request-id,"
+    "x-ratelimit-limit,x-ratelimit-remaining,x-ratelimit-reset"
+)
+# gRPC and gRPC-Web, binary and text (the route may be chosen before or after the gRPC-Web filter
+# has turned a gRPC-Web request into gRPC).
+SERVED_CONTENT_TYPES = r"^application/grpc(-web(-text)?)?(\+proto)?(;.*)?$"
+UNSERVED_PROTOCOL = (
+    "tiermesh serves gRPC (application/grpc) and gRPC-Web (application/grpc-web, application/grpc-web-text); "
+    "this request is neither (Connect and JSON encodings are not served)"
+)
+# A sub is any string of 1 to 256 characters without control characters (it becomes a header).
+SUB_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"
+
+# gRPC-Web clients expect every answer as HTTP 200 with grpc-status; Envoy's local replies to
+# them (a refused token, no upstream) keep their HTTP status once the gRPC-Web filter has turned
+# them into grpc-status / grpc-message. First in the chain, this runs last on the way out.
+_GRPC_WEB_STATUS_LUA = """
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  if headers:get(":status") ~= "200" and headers:get("grpc-status") ~= nil then
+    local content_type = headers:get("content-type") or ""
+    if string.sub(content_type, 1, 20) == "application/grpc-web" then
+      headers:replace(":status", "200")
+    end
+  end
+end
+"""
+
+# The gRPC status of every response, read where it is still in the trailers (before the gRPC-Web
+# filter moves them into the body), for the access log.
+_GRPC_STATUS_LUA = """
+function envoy_on_response(handle)
+  local status = handle:headers():get("grpc-status")
+  if status == nil then
+    for _ in handle:bodyChunks() do end
+    local trailers = handle:trailers()
+    if trailers ~= nil then status = trailers:get("grpc-status") end
+  end
+  if status ~= nil then
+    handle:streamInfo():dynamicMetadata():set("tiermesh", "grpc_status", status)
+  end
+end
+"""
+
+# Every request the edge serves is one gRPC message (the RPCs take no request streams): the body
+# must be exactly one uncompressed, complete frame. Checked here, once the body is in (it is small
+# and arrives at once), so a malformed one is refused at once with INVALID_ARGUMENT instead of
+# reaching a service: gRPC itself would answer a compressed flag without an encoding as INTERNAL
+# and wait forever for the rest of a truncated frame.
+_FRAME_LUA = """
+local function refuse(handle, message)
+  handle:respond({[":status"] = "200", ["content-type"] = "application/grpc", ["grpc-status"] = "3",
+                  ["grpc-message"] = message}, "")
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local content_type = headers:get("content-type") or ""
+  if headers:get(":method") ~= "POST" or string.sub(content_type, 1, 16) ~= "application/grpc" then
+    return
+  end
+  local body = handle:body()
+  local size = 0
+  if body ~= nil then size = body:length() end
+  if size < 5 then
+    refuse(handle, "the request holds no gRPC message: send one length-prefixed message")
+    return
+  end
+  local head = body:getBytes(0, 5)
+  local b1, b2, b3, b4, b5 = string.byte(head, 1, 5)
+  if b1 ~= 0 then
+    refuse(handle, "compressed or flagged gRPC messages are not accepted: send the message uncompressed")
+    return
+  end
+  local length = ((b2 * 256 + b3) * 256 + b4) * 256 + b5
+  if length ~= size - 5 then
+    refuse(handle, string.format("the gRPC frame announces %d bytes but %d arrived: send exactly one whole message",
+                                 length, size - 5))
+  end
+end
+"""
 
 _ACCESS_LOG_FORMAT = {
     "ts": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
-    "path": "%REQ(:PATH)%",
+    # Without the query string: a token sent as ?access_token= never reaches the log.
+    "path": "%REQ_WITHOUT_QUERY(:PATH)%",
     "protocol": "%PROTOCOL%",
+    "content_type": "%REQ(CONTENT-TYPE)%",
     "status": "%RESPONSE_CODE%",
-    "grpc_status": "%GRPC_STATUS(NUMBER)%",
+    "grpc_status": "%DYNAMIC_METADATA(tiermesh:grpc_status)%",
     "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
     "duration_ms": "%DURATION%",
     "upstream": "%UPSTREAM_HOST%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
     "request_id": "%REQ(X-REQUEST-ID)%",
+    "client_request_id": "%REQ(X-CLIENT-REQUEST-ID)%",
     "user_agent": "%REQ(USER-AGENT)%",
 }
 ALWAYS = core.RuntimeFractionalPercent(
@@ -93,30 +205,64 @@ def _http_filter(name: str, message: Any) -> hcm_v3.HttpFilter:
     return hcm_v3.HttpFilter(name=name, typed_config=AnyMessage.pack(message))
 
 
+def _lua(code: str) -> hcm_v3.HttpFilter:
+    return _http_filter("envoy.filters.http.lua", lua.Lua(default_source_code=core.DataSource(inline_string=code)))
+
+
 def _rate_limits() -> list[route.RateLimit]:
+    """One call to the RateLimit service per request (after the token is verified) with two
+    descriptors: the client's address, and the verified user within their segment."""
     return [
-        # stage 0, after jwt_authn: per verified user, limited by segment
+        route.RateLimit(stage=0, actions=[route.RateLimitAction(remote_address=route.RateLimitActionRemoteAddress())]),
         route.RateLimit(
             stage=0,
             actions=[
                 route.RateLimitAction(
                     request_headers=route.RateLimitActionRequestHeaders(
-                        header_name="x-tiermesh-segment", descriptor_key="segment"
+                        header_name=identity.SEGMENT, descriptor_key="segment"
                     )
                 ),
                 route.RateLimitAction(
                     request_headers=route.RateLimitActionRequestHeaders(
-                        header_name="x-tiermesh-user", descriptor_key="user"
+                        header_name=identity.USER, descriptor_key="user"
                     )
                 ),
             ],
         ),
-        # stage 1, before jwt_authn: per client address, with or without a token
-        route.RateLimit(stage=1, actions=[route.RateLimitAction(remote_address=route.RateLimitActionRemoteAddress())]),
     ]
 
 
-def _cluster(name: str, host: str, port: int, health_service: str | None = None) -> cluster_v3.Cluster:
+def _upstream_tls(tree: Mapping[str, Any], name: str) -> core.TransportSocket:
+    """Mutual TLS to service `name`: the edge's certificate, and the service's checked against the
+    mesh CA and its name."""
+    s = tls.settings(tree, tls.EDGE)
+    context = tls_v3.UpstreamTlsContext(
+        sni=name,
+        common_tls_context=tls_v3.CommonTlsContext(
+            alpn_protocols=["h2"],
+            tls_certificates=[
+                tls_v3.TlsCertificate(
+                    certificate_chain=core.DataSource(filename=str(s.cert_file)),
+                    private_key=core.DataSource(filename=str(s.key_file)),
+                )
+            ],
+            validation_context=tls_v3.CertificateValidationContext(
+                trusted_ca=core.DataSource(filename=str(s.ca_file)),
+                match_typed_subject_alt_names=[
+                    tls_v3.SubjectAltNameMatcher(
+                        san_type=tls_v3.SubjectAltNameMatcherSanType.DNS, matcher=matcher.StringMatcher(exact=name)
+                    )
+                ],
+            ),
+        ),
+    )
+    return core.TransportSocket(name="envoy.transport_sockets.tls", typed_config=AnyMessage.pack(context))
+
+
+def _cluster(
+    tree: Mapping[str, Any], name: str, health_service: str | None = None, outlier_detection: bool = True
+) -> cluster_v3.Cluster:
+    host, port = config.endpoint(tree, name)
     http2 = upstream_http.HttpProtocolOptions(
         explicit_http_config=upstream_http.HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=core.Http2ProtocolOptions()
@@ -148,18 +294,21 @@ def _cluster(name: str, host: str, port: int, health_service: str | None = None)
                 )
             ]
         ),
-        outlier_detection=cluster_v3.OutlierDetection(
-            consecutive_5xx=5,
-            consecutive_gateway_failure=5,
-            interval=timedelta(seconds=5),
-            base_ejection_time=timedelta(seconds=10),
-            max_ejection_percent=50,
-        ),
         # gRPC needs HTTP/2 to the upstream; Envoy's default is HTTP/1.1.
         typed_extension_protocol_options={
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": AnyMessage.pack(http2)
         },
     )
+    if outlier_detection:
+        cluster.outlier_detection = cluster_v3.OutlierDetection(
+            consecutive_5xx=5,
+            consecutive_gateway_failure=5,
+            interval=timedelta(seconds=5),
+            base_ejection_time=timedelta(seconds=10),
+            max_ejection_percent=50,
+        )
+    if tls.enabled(tree):
+        cluster.transport_socket = _upstream_tls(tree, name)
     if health_service is not None:
         # Active grpc.health.v1 checks: an instance that says NOT_SERVING (draining) gets no new calls.
         cluster.health_checks = [
@@ -175,18 +324,25 @@ def _cluster(name: str, host: str, port: int, health_service: str | None = None)
 
 
 def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> hcm_v3.HttpFilter:
-    """jwt_authn: every route requires a valid token (RS256/ES256 against the JWKS), read from the
-    Authorization header only (never the query string); `sub` and `segment` become identity headers."""
+    """jwt_authn: every route requires a valid token (RS256/ES256 against the JWKS) with an `exp`,
+    read from the Authorization header only (never the query string). `sub` and `segment` become
+    identity headers, and the whole payload goes to dynamic metadata, where the routes check that
+    both claims are there and well formed (see `_claim_routes`)."""
     auth = keys.settings(tree)
     provider = jwt_authn.JwtProvider(
         issuer=auth.issuer,
         audiences=[auth.audience],
         from_headers=[jwt_authn.JwtHeader(name="authorization", value_prefix="Bearer ")],
         forward=False,
+        require_expiration=True,
+        payload_in_metadata=JWT_PAYLOAD,
         claim_to_headers=[
-            jwt_authn.JwtClaimToHeader(header_name="x-tiermesh-user", claim_name="sub"),
-            jwt_authn.JwtClaimToHeader(header_name="x-tiermesh-segment", claim_name="segment"),
+            jwt_authn.JwtClaimToHeader(header_name=identity.USER, claim_name="sub"),
+            jwt_authn.JwtClaimToHeader(header_name=identity.SEGMENT, claim_name="segment"),
         ],
+        # The route is chosen again once the claims are known: a token whose claims are not
+        # acceptable matches a route that refuses it.
+        clear_route_cache=True,
         clock_skew_seconds=30,
     )
     if auth.jwks_uri:
@@ -212,19 +368,21 @@ def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> hcm_v3.HttpF
     )
 
 
-def _ratelimit_filter(tree: Mapping[str, Any], stage: int) -> hcm_v3.HttpFilter:
-    """Envoy's global rate limit filter calling our RateLimit service; denials are
-    RESOURCE_EXHAUSTED with x-ratelimit-* headers saying when to retry."""
+def _ratelimit_filter(tree: Mapping[str, Any]) -> hcm_v3.HttpFilter:
+    """Envoy's global rate limit filter calling our RateLimit service once per request; denials
+    are RESOURCE_EXHAUSTED with x-ratelimit-* headers saying when to retry. A verdict later than
+    `ratelimit.timeout_ms` (or an error) follows `failure_mode_deny`: an outage fails open by
+    default, which is why the service must answer a burst well within that time."""
     node = config.section(tree, "ratelimit")
     domain = str(config.section(node, "config").get("domain", "tiermesh"))
-    timeout_ms = config.get_int(node, "timeout_ms", 20, where="ratelimit", lo=1, hi=10_000)
+    timeout_ms = config.get_int(node, "timeout_ms", 100, where="ratelimit", lo=1, hi=10_000)
     return _http_filter(
         "envoy.filters.http.ratelimit",
         ratelimit_filter.RateLimit(
             domain=domain,
-            stage=stage,
+            stage=0,
             timeout=timedelta(milliseconds=timeout_ms),
-            failure_mode_deny=bool(node.get("failure_mode_deny", False)),
+            failure_mode_deny=config.get_bool(node, "failure_mode_deny", False, where="ratelimit"),
             rate_limited_as_resource_exhausted=True,
             enable_x_ratelimit_headers=ratelimit_filter.RateLimitXRateLimitHeadersRfcVersion.DRAFT_VERSION_03,
             rate_limit_service=ratelimit_config.RateLimitServiceConfig(
@@ -277,12 +435,101 @@ def _jwks_cluster(uri: str) -> cluster_v3.Cluster:
     if parsed.scheme == "https":
         cluster.transport_socket = core.TransportSocket(
             name="envoy.transport_sockets.tls",
-            typed_config=AnyMessage.pack(tls.UpstreamTlsContext(sni=parsed.hostname)),
+            typed_config=AnyMessage.pack(tls_v3.UpstreamTlsContext(sni=parsed.hostname)),
         )
     return cluster
 
 
-def _routes(max_stream: timedelta) -> list[route.Route]:
+def _jwt_claim(name: str) -> list[matcher.MetadataMatcherPathSegment]:
+    return [matcher.MetadataMatcherPathSegment(key=JWT_PAYLOAD), matcher.MetadataMatcherPathSegment(key=name)]
+
+
+def _refuse(name: str, match: route.RouteMatch, status: int, message: str) -> route.Route:
+    return route.Route(
+        name=name,
+        match=match,
+        direct_response=route.DirectResponseAction(status=status, body=core.DataSource(inline_string=message)),
+    )
+
+
+def _verified(claim: str, value: matcher.ValueMatcher) -> list[matcher.MetadataMatcher]:
+    """Matchers for a verified token (jwt_authn put its payload in metadata) whose `claim` does
+    not match `value` (missing, another type, another value). Before the token is checked there
+    is no payload, so a request is never refused here before jwt_authn has had its say (and CORS,
+    which looks at the route first, sees the route that will serve the request)."""
+    where = "envoy.filters.http.jwt_authn"
+    return [
+        matcher.MetadataMatcher(
+            filter=where,
+            path=[matcher.MetadataMatcherPathSegment(key=JWT_PAYLOAD)],
+            value=matcher.ValueMatcher(present_match=True),
+        ),
+        matcher.MetadataMatcher(filter=where, path=_jwt_claim(claim), value=value, invert=True),
+    ]
+
+
+def _guard_routes() -> list[route.Route]:
+    """Routes that refuse a request before any service sees it: a protocol the edge does not
+    serve, and a verified token whose `sub` or `segment` claim is missing or not acceptable."""
+    segments = ", ".join(identity.SEGMENTS)
+    return [
+        _refuse(
+            "unserved-protocol",
+            route.RouteMatch(
+                prefix="/",
+                headers=[
+                    route.HeaderMatcher(
+                        name="content-type",
+                        string_match=matcher.StringMatcher(safe_regex=matcher.RegexMatcher(regex=SERVED_CONTENT_TYPES)),
+                        invert_match=True,
+                        treat_missing_header_as_empty=True,
+                    ),
+                    # A browser's CORS preflight has no body and no content type: CORS answers it.
+                    route.HeaderMatcher(
+                        name=":method", string_match=matcher.StringMatcher(exact="OPTIONS"), invert_match=True
+                    ),
+                ],
+            ),
+            415,
+            UNSERVED_PROTOCOL,
+        ),
+        _refuse(
+            "bad-sub-claim",
+            route.RouteMatch(
+                prefix="/",
+                dynamic_metadata=_verified(
+                    "sub",
+                    matcher.ValueMatcher(
+                        string_match=matcher.StringMatcher(safe_regex=matcher.RegexMatcher(regex=SUB_PATTERN))
+                    ),
+                ),
+            ),
+            401,
+            "the token's 'sub' claim must be a string of 1 to 256 characters without control characters",
+        ),
+        _refuse(
+            "bad-segment-claim",
+            route.RouteMatch(
+                prefix="/",
+                dynamic_metadata=_verified(
+                    "segment",
+                    matcher.ValueMatcher(
+                        or_match=matcher.OrMatcher(
+                            value_matchers=[
+                                matcher.ValueMatcher(string_match=matcher.StringMatcher(exact=s))
+                                for s in identity.SEGMENTS
+                            ]
+                        )
+                    ),
+                ),
+            ),
+            401,
+            f"the token's 'segment' claim must be exactly one of {segments} (lower case, a string)",
+        ),
+    ]
+
+
+def _routes(max_stream: timedelta, response_start: timedelta) -> list[route.Route]:
     # Route is unary and idempotent: Envoy may retry it (and only it; streams never are), within the
     # cluster's retry budget. Inference retries provider calls itself.
     unary_retry = route.RetryPolicy(
@@ -295,28 +542,37 @@ def _routes(max_stream: timedelta) -> list[route.Route]:
     )
     unary = [
         route.Route(
+            name="route",
             match=route.RouteMatch(path=path),
             route=route.RouteAction(
                 cluster="router", timeout=timedelta(seconds=10), retry_policy=unary_retry, rate_limits=_rate_limits()
             ),
+            request_body_buffer_limit=MAX_REQUEST_BYTES,
         )
         for path in UNARY_PATHS
     ]
+    # A stream is never retried and never cut by a route timeout; but an answer that has not even
+    # started within `response_start` (the upstream never got the whole request, or hangs) is
+    # ended: once the first byte went to the client the per-try timeout no longer applies.
+    no_retry = route.RetryPolicy(retry_on="", num_retries=0, per_try_timeout=response_start)
     streaming = [
         route.Route(
+            name="stream",
             match=route.RouteMatch(prefix=prefix),
             route=route.RouteAction(
                 cluster="router",
                 timeout=timedelta(0),
-                max_stream_duration=route.RouteActionMaxStreamDuration(
-                    max_stream_duration=max_stream, grpc_timeout_header_max=max_stream
-                ),
+                retry_policy=no_retry,
+                # The client's grpc-timeout is not Envoy's to enforce (it would reset the stream):
+                # the Router ends the stream at that deadline with a status.
+                max_stream_duration=route.RouteActionMaxStreamDuration(max_stream_duration=max_stream),
                 rate_limits=_rate_limits(),
             ),
+            request_body_buffer_limit=MAX_REQUEST_BYTES,
         )
         for prefix in PUBLIC_PREFIXES
     ]
-    return unary + streaming
+    return [*_guard_routes(), *unary, *streaming]
 
 
 def _status_is(code: int, key: str) -> accesslog.AccessLogFilter:
@@ -327,6 +583,116 @@ def _status_is(code: int, key: str) -> accesslog.AccessLogFilter:
             )
         )
     )
+
+
+def _set_header(key: str, value: str) -> core.HeaderValueOption:
+    return core.HeaderValueOption(
+        header=core.HeaderValue(key=key, value=value),
+        append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _as_grpc(code: int, key: str, grpc_status: int, message: str) -> hcm_v3.ResponseMapper:
+    """A local reply with HTTP status `code` to a gRPC or gRPC-Web request (by then both carry
+    application/grpc; gRPC-Web's +json does not convert, but starts the same), answered as an
+    empty HTTP 200 with grpc-status and grpc-message: a trailers-only response, which gRPC-Web
+    passes on untouched. For replies Envoy's own gRPC mapping gets wrong (429, 408, 415)."""
+    return hcm_v3.ResponseMapper(
+        filter=accesslog.AccessLogFilter(
+            and_filter=accesslog.AndFilter(
+                filters=[
+                    _status_is(code, key),
+                    accesslog.AccessLogFilter(
+                        header_filter=accesslog.HeaderFilter(
+                            header=route.HeaderMatcher(
+                                name="content-type", string_match=matcher.StringMatcher(prefix="application/grpc")
+                            )
+                        )
+                    ),
+                ]
+            )
+        ),
+        status_code=200,
+        headers_to_add=[_set_header("grpc-status", str(grpc_status)), _set_header("grpc-message", message)],
+        body_format_override=core.SubstitutionFormatString(
+            text_format_source=core.DataSource(inline_string=""), content_type="application/grpc"
+        ),
+    )
+
+
+def _local_replies() -> hcm_v3.LocalReplyConfig:
+    """Envoy answers a gRPC request's local reply as gRPC itself (grpc-status from the HTTP
+    status, grpc-message from the body), and the gRPC-Web filter does the same for gRPC-Web
+    (then `_GRPC_WEB_STATUS_LUA` makes its HTTP status 200). These mappers fix what that mapping
+    would get wrong."""
+    return hcm_v3.LocalReplyConfig(
+        mappers=[
+            # jwt_authn answers a token for another audience with 403; a token that is not for us is
+            # no identity at all, so it is UNAUTHENTICATED. (No other filter makes local 403s.)
+            hcm_v3.ResponseMapper(filter=_status_is(403, "edge.reply_403"), status_code=401),
+            # Every 429 the edge makes is a rate-limit denial: RESOURCE_EXHAUSTED, not UNAVAILABLE.
+            _as_grpc(429, "edge.reply_429", 8, "rate limit exceeded"),
+            # The request did not arrive whole within envoy.request_timeout_s.
+            _as_grpc(408, "edge.reply_408", 4, "the request did not arrive whole in time"),
+            # A gRPC-Web body that is not valid base64 (the gRPC-Web filter's only local reply).
+            _as_grpc(400, "edge.reply_400", 3, "the request could not be decoded: gRPC-Web text must be base64"),
+            # An encoding the edge does not serve (gRPC with JSON, gRPC-Web with JSON).
+            _as_grpc(415, "edge.reply_415", 3, UNSERVED_PROTOCOL),
+        ]
+    )
+
+
+def _edge_headers() -> list[hcm_v3.HttpFilter]:
+    """What the edge does to headers once a request has arrived: before the token is checked,
+    every `x-tiermesh-*` copy a client sent goes (so the only ones a service sees are those
+    jwt_authn writes from the verified claims), and every `x-envoy-*` one; then the client's
+    grpc-timeout is handed on as a header Envoy does not enforce (the Router does, ending the
+    stream with a status)."""
+    mutations = [
+        *(
+            mutation_rules.HeaderMutation(
+                remove_on_match=mutation_rules.HeaderMutationRemoveOnMatch(
+                    key_matcher=matcher.StringMatcher(prefix=prefix, ignore_case=True)
+                )
+            )
+            for prefix in ("x-tiermesh-", "x-envoy-")
+        ),
+        mutation_rules.HeaderMutation(
+            append=core.HeaderValueOption(
+                header=core.HeaderValue(key=DEADLINE_HEADER, value="%REQ(grpc-timeout)%"),
+                append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+                keep_empty_value=False,
+            )
+        ),
+        mutation_rules.HeaderMutation(remove="grpc-timeout"),
+    ]
+    return [
+        _http_filter(
+            "envoy.filters.http.header_mutation",
+            header_mutation.HeaderMutation(mutations=header_mutation.Mutations(request_mutations=mutations)),
+        )
+    ]
+
+
+def _early_mutations() -> list[core.TypedExtensionConfig]:
+    """Before Envoy makes its own request id (it never keeps a client's: billing is keyed by it),
+    a client's `x-request-id` is kept as `x-client-request-id`, for correlation only."""
+    copy = early_mutation.HeaderMutation(
+        mutations=[
+            mutation_rules.HeaderMutation(
+                append=core.HeaderValueOption(
+                    header=core.HeaderValue(key=identity.CLIENT_REQUEST_ID, value="%REQ(x-request-id)%"),
+                    append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+                    keep_empty_value=False,
+                )
+            )
+        ]
+    )
+    return [
+        core.TypedExtensionConfig(
+            name="envoy.http.early_header_mutation.header_mutation", typed_config=AnyMessage.pack(copy)
+        )
+    ]
 
 
 def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.Bootstrap:
@@ -341,6 +707,11 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.B
     if admin_host not in ("127.0.0.1", "::1", "localhost"):
         raise config.ConfigError("services.envoy_admin.host: the admin interface must stay on loopback")
     max_conns = config.get_int(edge, "max_connections", 50_000, where="envoy", lo=1, hi=10_000_000)
+    # How many proxies in front of Envoy may say (in X-Forwarded-For) who the client is; with 0 the
+    # client is the address connected to Envoy, and X-Forwarded-For is never believed.
+    trusted_hops = config.get_int(edge, "trusted_proxy_hops", 0, where="envoy", lo=0, hi=10)
+    request_timeout = config.get_float(edge, "request_timeout_s", 10.0, where="envoy", lo=0.1, hi=3600)
+    response_start = config.get_float(edge, "response_start_timeout_s", 10.0, where="envoy", lo=0.1, hi=3600)
     auth = keys.settings(tree)
     cors_policy = cors.CorsPolicy(
         allow_origin_string_match=[matcher.StringMatcher(exact=o) for o in origins],
@@ -352,83 +723,90 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.B
     hcm = hcm_v3.HttpConnectionManager(
         stat_prefix="edge",
         codec_type=hcm_v3.HttpConnectionManagerCodecType.AUTO,
+        # Every client is external: its x-request-id and x-envoy-* headers are not believed.
+        use_remote_address=True,
+        xff_num_trusted_hops=trusted_hops,
+        # No client address is internal, loopback included (an empty list would mean Envoy's
+        # defaults, under which a loopback or private-network client could set x-envoy-* and keep
+        # its own request id): only the unspecified addresses are listed, which never connect.
+        internal_address_config=hcm_v3.HttpConnectionManagerInternalAddressConfig(
+            unix_sockets=False,
+            cidr_ranges=[
+                core.CidrRange(address_prefix="0.0.0.0", prefix_len=32),  # noqa: S104 - matched, not bound
+                core.CidrRange(address_prefix="::", prefix_len=128),
+            ],
+        ),
         generate_request_id=True,
+        preserve_external_request_id=False,
+        always_set_request_id_in_response=True,
+        early_header_mutation_extensions=_early_mutations(),
         stream_idle_timeout=max_stream,
+        request_timeout=timedelta(seconds=request_timeout),
         access_log=[
             accesslog.AccessLog(
                 name="envoy.access_loggers.stdout",
                 typed_config=AnyMessage.pack(
                     stream_log.StdoutAccessLog(
-                        log_format=core.SubstitutionFormatString(json_format=Struct.from_dict(_ACCESS_LOG_FORMAT))
+                        log_format=core.SubstitutionFormatString(
+                            json_format=Struct.from_dict(_ACCESS_LOG_FORMAT),
+                            formatters=[
+                                core.TypedExtensionConfig(
+                                    name="envoy.formatter.req_without_query",
+                                    typed_config=AnyMessage.pack(req_without_query.ReqWithoutQuery()),
+                                )
+                            ],
+                        )
                     )
                 ),
             )
         ],
-        # jwt_authn answers a token for another audience with 403; a token that is not for us is no
-        # identity at all, so the edge answers such a local 403 as 401 (UNAUTHENTICATED).
-        # (No other filter here makes local 403s.)
-        local_reply_config=hcm_v3.LocalReplyConfig(
-            mappers=[
-                hcm_v3.ResponseMapper(filter=_status_is(403, "edge.jwt_403"), status_code=401),
-                # Envoy decides whether a local reply is gRPC from the request as it arrived, so a
-                # gRPC-Web caller's denial would be a bare HTTP 429, which gRPC-Web clients read as
-                # UNAVAILABLE. Every 429 the edge makes is a rate-limit denial: answer it as a
-                # trailers-only RESOURCE_EXHAUSTED (what gRPC callers get anyway).
-                hcm_v3.ResponseMapper(
-                    filter=_status_is(429, "edge.rl_429"),
-                    status_code=200,
-                    headers_to_add=[
-                        core.HeaderValueOption(
-                            header=core.HeaderValue(key="grpc-status", value="8"),
-                            append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
-                        ),
-                        core.HeaderValueOption(
-                            header=core.HeaderValue(key="grpc-message", value="rate limit exceeded"),
-                            append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
-                        ),
-                    ],
-                ),
-            ]
-        ),
+        local_reply_config=_local_replies(),
         route_config=route.RouteConfiguration(
             name="edge",
             virtual_hosts=[
                 route.VirtualHost(
                     name="tiermesh",
                     domains=["*"],
-                    routes=_routes(max_stream),
+                    routes=_routes(max_stream, timedelta(seconds=response_start)),
                     typed_per_filter_config={"envoy.filters.http.cors": AnyMessage.pack(cors_policy)},
                 )
             ],
         ),
         http_filters=[
+            _lua(_GRPC_WEB_STATUS_LUA),
             _http_filter("envoy.filters.http.grpc_web", grpc_web.GrpcWeb()),
+            # After gRPC-Web in the chain, so on the way out it sees the trailers before gRPC-Web
+            # moves them into the body: the access log's grpc_status is right for every protocol.
+            _http_filter(
+                "envoy.filters.http.lua", lua.Lua(default_source_code=core.DataSource(inline_string=_GRPC_STATUS_LUA))
+            ),
             _http_filter("envoy.filters.http.cors", cors.Cors()),
             _local_backstop(tree),
-            _ratelimit_filter(tree, stage=1),
-            # Client-sent identity headers go before the token is checked, so the only copies that
-            # reach a service are the ones jwt_authn writes from the verified claims.
-            _http_filter(
-                "envoy.filters.http.header_mutation",
-                header_mutation.HeaderMutation(
-                    mutations=header_mutation.Mutations(
-                        request_mutations=[mutation_rules.HeaderMutation(remove=h) for h in IDENTITY_HEADERS]
-                    )
-                ),
-            ),
+            *_edge_headers(),
             _jwt_filter(tree, jwks_path),
-            _ratelimit_filter(tree, stage=0),
+            _ratelimit_filter(tree),
+            _lua(_FRAME_LUA),
             _http_filter("envoy.filters.http.router", router_filter.Router()),
         ],
     )
     clusters = [
-        _cluster("router", *config.endpoint(tree, "router"), health_service="tiermesh.router.v1.RouterService"),
-        _cluster("ratelimit", *config.endpoint(tree, "ratelimit")),
+        _cluster(tree, "router", health_service="tiermesh.router.v1.RouterService"),
+        # A slow verdict is a reason to make the service faster, not to stop asking it.
+        _cluster(tree, "ratelimit", outlier_detection=False),
     ]
     if auth.jwks_uri:
         clusters.append(_jwks_cluster(auth.jwks_uri))
     return bootstrap.Bootstrap(
         admin=bootstrap.Admin(address=_address(admin_host, admin_port)),
+        # RE2 refuses patterns above a program size of 100 by default; the `sub` check (256
+        # characters, no control characters) needs ~770.
+        layered_runtime=bootstrap.LayeredRuntime(
+            layers=[
+                bootstrap.RuntimeLayer(
+                    name="static", static_layer=Struct.from_dict({"re2.max_program_size.error_level": 1024})
+                )
+            ]
+        ),
         overload_manager=overload.OverloadManager(
             resource_monitors=[
                 overload.ResourceMonitor(
@@ -465,8 +843,10 @@ def write(tree: Mapping[str, Any], path: Path | None = None) -> Path:
     """Write the bootstrap as binary protobuf (`envoy.pb`, which Envoy loads by its extension)
     under the data dir; return its path. Binary keeps every field exactly as typed, with no JSON
     name mangling in between. Without a remote JWKS, the development key pair is created (once)
-    and its JWKS used."""
+    and its JWKS used; with TLS on and no explicit certificate files, so are the development
+    certificates."""
     jwks = None if keys.settings(tree).jwks_uri else keys.dev_keys(tree).jwks_path
+    tls.ensure_dev_certs(tree)  # the edge's certificate for mutual TLS to the services
     out = path or config.data_dir(tree) / "envoy.pb"
     out.write_bytes(bytes(build(tree, jwks)))
     return out
