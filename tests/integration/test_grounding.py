@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.knowledge.v1 import knowledge_service_pb2 as kpb
@@ -38,7 +38,7 @@ async def grounded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Me
     )
     docs, skipped = collect([str(HELPCENTER)], lambda _: None)
     assert len(docs) == 24 and skipped == 0
-    async with grpc.aio.insecure_channel(m.target("knowledge")) as channel:
+    async with m.channel("knowledge") as channel:
         n, chunks = await ingest_documents(channel, "default", docs, lambda _: None)
     assert n == 24 and chunks > 24
     yield m
@@ -46,7 +46,7 @@ async def grounded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Me
 
 
 async def chat(mesh: Mesh, text: str) -> list[pb.ChatResponse]:
-    async with grpc.aio.insecure_channel(mesh.target("envoy")) as channel:
+    async with mesh.edge() as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)], bypass_cache=True)
         return [e async for e in stub.Chat(request, timeout=30, metadata=mesh.auth())]
@@ -74,7 +74,7 @@ async def test_answer_streams_citations_before_tokens_and_the_prompt_holds_the_p
     assert not done.knowledge_unavailable
 
     # What the model was given: the retrieved passages, framed, just before the question.
-    async with grpc.aio.insecure_channel(grounded.target("knowledge")) as channel:
+    async with grounded.channel("knowledge") as channel:
         found = await kpb_grpc.KnowledgeServiceStub(channel).Search(
             kpb.SearchRequest(collection="default", query=PIX_QUESTION, top_k=4, min_score=0.45), timeout=10
         )
@@ -83,8 +83,11 @@ async def test_answer_streams_citations_before_tokens_and_the_prompt_holds_the_p
     assert messages[-1] == {"role": "user", "content": PIX_QUESTION}
     context = messages[-2]
     assert context["role"] == "system"
-    assert "<knowledge>" in context["content"] and "</knowledge>" in context["content"]
-    assert '<document index="1" id="pagamento-com-pix.pt" title="Pagamento com Pix">' in context["content"]
+    framed = re.search(r"<knowledge-([0-9a-f]{24})>", context["content"])
+    assert framed is not None, context["content"][:300]
+    b = framed.group(1)  # the frame's boundary: the passages' tags all carry it
+    assert f"</knowledge-{b}>" in context["content"]
+    assert f'<document-{b} index="1" id="pagamento-com-pix.pt" title="Pagamento com Pix">' in context["content"]
     assert found.chunks[0].chunk_id in citations[0].chunk_ids
     assert found.chunks[0].text in context["content"]
 
@@ -115,7 +118,7 @@ async def test_a_question_the_knowledge_base_does_not_cover_gets_no_citations(gr
     assert "citation" not in kinds(events)
     assert not events[-1].done.knowledge_unavailable
     record = await grounded.sim_record(events[0].decision.request_id)
-    assert "<knowledge>" not in str(record["messages"])
+    assert "<knowledge-" not in str(record["messages"])
 
 
 async def test_chats_keep_working_when_knowledge_stalls_or_stops(grounded: Mesh) -> None:
