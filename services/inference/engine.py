@@ -157,12 +157,13 @@ class Engine:
 
     def candidates(self, tier: int) -> list[Deployment]:
         """The tier's deployments in the order to try: usable ones (healthy, breaker not open)
-        cheapest first, then the rest (they may have recovered), each group cheapest first."""
+        cheapest first, then the rest (they may have recovered), each group cheapest first.
+        Reading the order changes no breaker: only a call (`allow`) moves one to half-open."""
         deps = list(self.cfg.tiers[tier])
 
         def key(d: Deployment) -> tuple[bool, int]:
             usable = (
-                self.healthy[d.name] and self.breakers[d.name].current_state() != OPEN and self.quotas[d.name].room()
+                self.healthy[d.name] and self.breakers[d.name].observed_state() != OPEN and self.quotas[d.name].room()
             )
             return (not usable, d.input_micro_usd_per_mtok + d.output_micro_usd_per_mtok)
 
@@ -173,7 +174,9 @@ class Engine:
         return limit if req.deadline is None else min(limit, req.deadline - self.clock())
 
     async def generate(self, req: GenerateInput) -> AsyncIterator[Event]:
-        started = time.perf_counter()  # wall time for the metrics; self.clock may be a test's
+        # Time to first token runs from the request, not the attempt, on the wall clock (the
+        # metrics' clock; self.clock, which paces breakers and retries, may be a test's).
+        request_started = time.perf_counter()
         tier = str(req.tier)
         first_token = True
         key = ""
@@ -220,7 +223,7 @@ class Engine:
                 if remaining <= 0:
                     breaker.release()
                     raise DeadlineExceeded(f"the deadline passed while calling tier {req.tier} ({'; '.join(failures)})")
-                started = self.clock()
+                attempt_started = self.clock()
                 quota.add_request()
                 text_parts: list[str] = []
                 finish = ""
@@ -244,7 +247,7 @@ class Engine:
                             emitted_chars += len(piece.text)
                             if first_token:
                                 first_token = False
-                                metrics.TIME_TO_FIRST_TOKEN.labels(tier).observe(time.perf_counter() - started)
+                                metrics.TIME_TO_FIRST_TOKEN.labels(tier).observe(time.perf_counter() - request_started)
                             yield Delta(piece.text)
                         if piece.finish_reason:
                             finish = piece.finish_reason
@@ -252,13 +255,13 @@ class Engine:
                             usage = (piece.prompt_tokens or 0, piece.completion_tokens)
                 except ContextTooLong as exc:
                     breaker.record(True)  # the deployment works; the request is too big for it
-                    attempts.append(self._attempt(d, exc.outcome, delay, started))
+                    attempts.append(self._attempt(d, exc.outcome, delay, attempt_started))
                     failures.append(str(exc))
                     min_window = max(min_window, d.context_window)
                     break
                 except ProviderError as exc:
                     breaker.record(False)
-                    attempts.append(self._attempt(d, exc.outcome, delay, started))
+                    attempts.append(self._attempt(d, exc.outcome, delay, attempt_started))
                     failures.append(str(exc))
                     if text_parts:  # partial answer: it was generated, so it is billed
                         restart_reason = str(exc)
@@ -282,7 +285,7 @@ class Engine:
                     breaker.release()  # cancelled: no outcome to report
                     raise
                 breaker.record(True)
-                attempts.append(self._attempt(d, "ok", delay, started))
+                attempts.append(self._attempt(d, "ok", delay, attempt_started))
                 p, c = self._count(d, messages, text_parts, usage)
                 quota.add_tokens(p + c)
                 prompt_total, completion_total = prompt_total + p, completion_total + c

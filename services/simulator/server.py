@@ -189,8 +189,11 @@ class Simulator:
             rec.state, rec.finished_at = "disconnected", time.time()
             raise
         except ConnectionError:
+            # The client left mid-answer (a cancelled chat): nothing is wrong here, and there is
+            # nobody left to answer.
             rec.state, rec.finished_at = "disconnected", time.time()
-            raise
+            log.debug("client left before the answer ended", extra={"id": rec.id})
+            return web.Response(status=499)
 
     async def _serve(self, request: web.Request, body: dict[str, Any], b: Behaviour, rec: Record) -> web.StreamResponse:
         if b.fault == "500":

@@ -15,6 +15,7 @@ from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 
 from tests.integration.mesh import Mesh, start_mesh
+from tests.integration.test_observability import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +108,10 @@ async def test_429_waits_for_retry_after_then_falls_back(faults: Mesh) -> None:
 
 
 async def test_hang_and_cut_before_first_token_fall_back(faults: Mesh) -> None:
+    ttft = "tiermesh_time_to_first_token_seconds"
+    before = await scrape(faults, "inference")
     events = await generate(faults, 3)
+    after = await scrape(faults, "inference")
     assert kinds(events) == ["model_selected:hangs", "model_selected:cut0", "model_selected:ok3", "delta", "done"]
     done = events[-1].done
     assert attempts(done) == [
@@ -119,6 +123,10 @@ async def test_hang_and_cut_before_first_token_fall_back(faults: Mesh) -> None:
     ]
     assert all(450 <= a.duration_ms < 2000 for a in done.attempts[:2])  # the first-token timeout, 0.5 s
     assert done.usage.completion_tokens == ANSWER_TOKENS  # nothing was billed for the failed calls
+    # Time to first token is what the caller waited: from the request, through the failed calls.
+    assert value(after, ttft + "_count", tier="3") == value(before, ttft + "_count", tier="3") + 1
+    waited = value(after, ttft + "_sum", tier="3") - value(before, ttft + "_sum", tier="3")
+    assert waited >= sum(a.duration_ms for a in done.attempts[:4]) / 1000
 
 
 async def test_cut_after_tokens_restarts_on_a_larger_window_fallback(faults: Mesh) -> None:

@@ -1,0 +1,43 @@
+"""Reading the model catalog changes nothing: only a call moves a breaker to half-open."""
+
+from __future__ import annotations
+
+from tiermesh.inference.v1 import inference_service_pb2 as ipb
+
+from services.inference import config as inference_config
+from services.inference.breaker import HALF_OPEN, OPEN
+from services.inference.engine import Engine
+from services.inference.provider import Provider
+from services.inference.servicer import InferenceServicer
+from services.runtime import config
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_listing_models_never_moves_a_breaker() -> None:
+    cfg = inference_config.load(config.load(environ={}), environ={})
+    clock = Clock()
+    provider = Provider(4)
+    try:
+        engine = Engine(cfg, provider, clock=clock)
+        breaker = engine.breakers["sim-fast"]
+        for _ in range(cfg.breaker.consecutive_failures):
+            assert breaker.allow()
+            breaker.record(False)
+        assert breaker.state == OPEN
+        clock.now += cfg.breaker.open_s + 1  # the open period is over: the next call may try
+        reply = await InferenceServicer(cfg, engine).ListModels(ipb.ListModelsRequest(), None)  # type: ignore[arg-type]
+        listed = next(m for m in reply.models if m.deployment == "sim-fast")
+        assert listed.breaker_state == HALF_OPEN  # what a call would find ...
+        assert breaker.state == OPEN and breaker.trials_in_flight == 0  # ... but reading moved nothing
+        engine.candidates(1)
+        assert breaker.state == OPEN
+        assert breaker.allow() and breaker.state == HALF_OPEN  # a call does
+    finally:
+        await provider.aclose()
