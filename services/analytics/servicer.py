@@ -36,7 +36,9 @@ def segment_name(value: int) -> str:
 
 
 def _clean(text: str) -> str:
-    return text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; keep the rest as sent
+    """Text as PostgreSQL can hold it (no NUL), the rest as sent; events are stored so, and
+    spend queries look for users so."""
+    return text.replace("\x00", "\ufffd")
 
 
 def to_row(e: pb.UsageEvent, i: int, now: datetime) -> db.Row:
@@ -120,12 +122,13 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         if any(g == pb.SPEND_DIMENSION_UNSPECIFIED for g in request.group_by):
             raise InvalidArgument("group_by: SPEND_DIMENSION_UNSPECIFIED is not a dimension")
         segment = segment_name(request.segment)
+        user = _clean(request.user)  # as users are stored
         pool = await self._db()
         try:
-            total = await db.totals(pool, start, end, request.user, segment)
+            total = await db.totals(pool, start, end, user, segment)
             out = pb.GetSpendResponse(totals=totals_pb(total))
             for dim in dict.fromkeys(request.group_by):
-                for key, t in await db.groups(pool, DIMENSIONS[dim], start, end, request.user, segment):
+                for key, t in await db.groups(pool, DIMENSIONS[dim], start, end, user, segment):
                     out.groups.append(pb.SpendGroup(dimension=dim, key=key, totals=totals_pb(t)))
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"the analytics database is unreachable: {exc}") from None
@@ -134,7 +137,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     async def WatchSpend(self, request: pb.WatchSpendRequest, context: Context) -> AsyncIterator[pb.WatchSpendResponse]:
         validate(request)
         segment = segment_name(request.segment)
-        sub = self.live.subscribe(request.user, segment)
+        user = _clean(request.user)  # as users are stored
+        sub = self.live.subscribe(user, segment)
         last: db.Totals | None = None
         try:
             while not self.draining.is_set():
@@ -142,7 +146,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 now = datetime.now(UTC)
                 pool = await self._db()
                 try:
-                    current = await db.totals(pool, month_start(now), None, request.user, segment)
+                    current = await db.totals(pool, month_start(now), None, user, segment)
                 except CONNECTION_ERRORS as exc:
                     raise Unavailable(f"the analytics database is unreachable: {exc}") from None
                 if current != last:

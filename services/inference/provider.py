@@ -28,6 +28,7 @@ import httpx
 import litellm
 import openai
 from litellm.exceptions import MidStreamFallbackError
+from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
 from services.inference.config import Deployment
 from services.runtime.errors import Unavailable
@@ -180,6 +181,7 @@ class Provider:
         await self.session.close()
         await self.http.aclose()
         # LiteLLM caches SDK clients built around our pool; none may outlive it.
+        await close_litellm_async_clients()  # type: ignore[no-untyped-call]
         litellm.in_memory_llm_clients_cache.flush_cache()  # type: ignore[no-untyped-call]
         if litellm.aclient_session is self.http:
             litellm.aclient_session = None

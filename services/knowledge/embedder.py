@@ -181,4 +181,9 @@ class LiteLLMEmbedder:
         return normalized
 
     async def close(self) -> None:
-        return None
+        import litellm
+        from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
+
+        # LiteLLM keeps the HTTP clients (and their aiohttp sessions) it made for our calls.
+        await close_litellm_async_clients()  # type: ignore[no-untyped-call]
+        litellm.in_memory_llm_clients_cache.flush_cache()  # type: ignore[no-untyped-call]
