@@ -9,7 +9,7 @@ What the edge does with a request, in order:
    `x-client-request-id` (correlation), and the edge makes the request id that keys billing.
    The client's `grpc-timeout` is handed on as `x-tiermesh-grpc-timeout`, so the Router ends a
    stream at its deadline itself, with DEADLINE_EXCEEDED and proper trailers.
-3. The JWT is verified (ES256/RS256 against the JWKS; `exp` required), and only a token with a
+3. The JWT is verified (ES256/RS256 against the JWKS), and only a token with an `exp`, a
    non-empty `sub` of at most 256 characters and a `segment` that is exactly one of the
    contract's segments gets through (otherwise UNAUTHENTICATED, naming the claim). Its claims
    become `x-tiermesh-user` / `x-tiermesh-segment`.
@@ -49,7 +49,6 @@ from envoy_data_plane.envoy.config.route import v3 as route
 from envoy_data_plane.envoy.extensions.access_loggers.stream import v3 as stream_log
 from envoy_data_plane.envoy.extensions.filters.http.cors import v3 as cors
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web import v3 as grpc_web
-from envoy_data_plane.envoy.extensions.filters.http.header_mutation import v3 as header_mutation
 from envoy_data_plane.envoy.extensions.filters.http.jwt_authn import v3 as jwt_authn
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit import v3 as local_ratelimit
 from envoy_data_plane.envoy.extensions.filters.http.lua import v3 as lua
@@ -334,7 +333,8 @@ def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> hcm_v3.HttpF
         audiences=[auth.audience],
         from_headers=[jwt_authn.JwtHeader(name="authorization", value_prefix="Bearer ")],
         forward=False,
-        require_expiration=True,
+        # `exp` is required, by a route that names it when it is missing (see _guard_routes); when
+        # present it is checked here.
         payload_in_metadata=JWT_PAYLOAD,
         claim_to_headers=[
             jwt_authn.JwtClaimToHeader(header_name=identity.USER, claim_name="sub"),
@@ -375,7 +375,7 @@ def _ratelimit_filter(tree: Mapping[str, Any]) -> hcm_v3.HttpFilter:
     default, which is why the service must answer a burst well within that time."""
     node = config.section(tree, "ratelimit")
     domain = str(config.section(node, "config").get("domain", "tiermesh"))
-    timeout_ms = config.get_int(node, "timeout_ms", 100, where="ratelimit", lo=1, hi=10_000)
+    timeout_ms = config.get_int(node, "timeout_ms", 200, where="ratelimit", lo=1, hi=10_000)
     return _http_filter(
         "envoy.filters.http.ratelimit",
         ratelimit_filter.RateLimit(
@@ -470,8 +470,10 @@ def _verified(claim: str, value: matcher.ValueMatcher) -> list[matcher.MetadataM
 
 def _guard_routes() -> list[route.Route]:
     """Routes that refuse a request before any service sees it: a protocol the edge does not
-    serve, and a verified token whose `sub` or `segment` claim is missing or not acceptable."""
+    serve, and a verified token without an `exp`, or whose `sub` or `segment` claim is missing or
+    not acceptable."""
     segments = ", ".join(identity.SEGMENTS)
+    number = matcher.ValueMatcher(double_match=matcher.DoubleMatcher(range=type_v3.DoubleRange(start=0, end=1e18)))
     return [
         _refuse(
             "unserved-protocol",
@@ -492,6 +494,12 @@ def _guard_routes() -> list[route.Route]:
             ),
             415,
             UNSERVED_PROTOCOL,
+        ),
+        _refuse(
+            "no-exp-claim",
+            route.RouteMatch(prefix="/", dynamic_metadata=_verified("exp", number)),
+            401,
+            "the token has no 'exp' claim: tokens must expire",
         ),
         _refuse(
             "bad-sub-claim",
@@ -642,55 +650,46 @@ def _local_replies() -> hcm_v3.LocalReplyConfig:
     )
 
 
-def _edge_headers() -> list[hcm_v3.HttpFilter]:
-    """What the edge does to headers once a request has arrived: before the token is checked,
-    every `x-tiermesh-*` copy a client sent goes (so the only ones a service sees are those
-    jwt_authn writes from the verified claims), and every `x-envoy-*` one; then the client's
-    grpc-timeout is handed on as a header Envoy does not enforce (the Router does, ending the
-    stream with a status)."""
-    mutations = [
-        *(
-            mutation_rules.HeaderMutation(
-                remove_on_match=mutation_rules.HeaderMutationRemoveOnMatch(
-                    key_matcher=matcher.StringMatcher(prefix=prefix, ignore_case=True)
-                )
-            )
-            for prefix in ("x-tiermesh-", "x-envoy-")
-        ),
-        mutation_rules.HeaderMutation(
+def _early_mutations() -> list[core.TypedExtensionConfig]:
+    """What the edge does to a request's headers as soon as they arrive, before anything reads
+    them (Envoy's own request id, the route, any filter):
+
+    - a client's `x-request-id` is kept as `x-client-request-id`, for correlation only: Envoy then
+      makes the request id that keys billing (it never keeps a client's);
+    - every `x-tiermesh-*` and `x-envoy-*` header a client sent goes, so the only identity
+      headers a service sees are those jwt_authn writes from the verified claims;
+    - the client's `grpc-timeout` is handed on as `x-tiermesh-grpc-timeout`, which Envoy does not
+      enforce (for gRPC it would replace the header with its own stream limit): the Router ends
+      the stream at that deadline itself, with a status and trailers."""
+
+    def copy(key: str, source: str) -> mutation_rules.HeaderMutation:
+        return mutation_rules.HeaderMutation(
             append=core.HeaderValueOption(
-                header=core.HeaderValue(key=DEADLINE_HEADER, value="%REQ(grpc-timeout)%"),
+                header=core.HeaderValue(key=key, value=f"%REQ({source})%"),
                 append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
                 keep_empty_value=False,
             )
-        ),
-        mutation_rules.HeaderMutation(remove="grpc-timeout"),
-    ]
-    return [
-        _http_filter(
-            "envoy.filters.http.header_mutation",
-            header_mutation.HeaderMutation(mutations=header_mutation.Mutations(request_mutations=mutations)),
         )
-    ]
 
-
-def _early_mutations() -> list[core.TypedExtensionConfig]:
-    """Before Envoy makes its own request id (it never keeps a client's: billing is keyed by it),
-    a client's `x-request-id` is kept as `x-client-request-id`, for correlation only."""
-    copy = early_mutation.HeaderMutation(
-        mutations=[
-            mutation_rules.HeaderMutation(
-                append=core.HeaderValueOption(
-                    header=core.HeaderValue(key=identity.CLIENT_REQUEST_ID, value="%REQ(x-request-id)%"),
-                    append_action=core.HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
-                    keep_empty_value=False,
-                )
+    def strip(prefix: str) -> mutation_rules.HeaderMutation:
+        return mutation_rules.HeaderMutation(
+            remove_on_match=mutation_rules.HeaderMutationRemoveOnMatch(
+                key_matcher=matcher.StringMatcher(prefix=prefix, ignore_case=True)
             )
+        )
+
+    mutations = early_mutation.HeaderMutation(
+        mutations=[
+            copy(identity.CLIENT_REQUEST_ID, "x-request-id"),
+            strip("x-tiermesh-"),
+            strip("x-envoy-"),
+            copy(DEADLINE_HEADER, "grpc-timeout"),
+            mutation_rules.HeaderMutation(remove="grpc-timeout"),
         ]
     )
     return [
         core.TypedExtensionConfig(
-            name="envoy.http.early_header_mutation.header_mutation", typed_config=AnyMessage.pack(copy)
+            name="envoy.http.early_header_mutation.header_mutation", typed_config=AnyMessage.pack(mutations)
         )
     ]
 
@@ -782,7 +781,6 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.B
             ),
             _http_filter("envoy.filters.http.cors", cors.Cors()),
             _local_backstop(tree),
-            *_edge_headers(),
             _jwt_filter(tree, jwks_path),
             _ratelimit_filter(tree),
             _lua(_FRAME_LUA),

@@ -62,8 +62,9 @@ _tracer = trace.get_tracer("tiermesh.runtime")
 # The client's deadline as Envoy passes it on (gRPC's `grpc-timeout` format: digits and a unit).
 EDGE_DEADLINE = "x-tiermesh-grpc-timeout"
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-# How long before gRPC's own deadline the service ends a call itself, so its DEADLINE_EXCEEDED
-# and trailers leave before the transport would reset the stream (a tenth of a short deadline).
+# How long before the deadline the service ends a call itself, so its DEADLINE_EXCEEDED and
+# trailers leave before gRPC's transport would reset the stream and before the client's own timer
+# fires (a tenth of a short deadline).
 DEADLINE_MARGIN_S = 0.05
 _deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
@@ -314,14 +315,18 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         candidates = []
         transport = context.time_remaining()
         if transport is not None:
-            candidates.append(max(0.0, transport - min(DEADLINE_MARGIN_S, transport * 0.1)))
+            candidates.append(transport)
         for key, value in metadata:
             if key == EDGE_DEADLINE and isinstance(value, str):
                 seconds = parse_grpc_timeout(value)
                 if seconds is not None and self._from_edge(context):
                     candidates.append(seconds)
                 break
-        return asyncio.get_running_loop().time() + min(candidates) if candidates else None
+        if not candidates:
+            return None
+        # End a little early, so the status reaches the client before its own timer gives up.
+        remaining = min(candidates)
+        return asyncio.get_running_loop().time() + max(0.0, remaining - min(DEADLINE_MARGIN_S, remaining * 0.1))
 
     def _from_edge(self, context: Context) -> bool:
         if not self.check_callers:

@@ -7,7 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from envoy_data_plane.envoy.extensions.filters.http.header_mutation import v3 as header_mutation
 from envoy_data_plane.envoy.extensions.filters.http.jwt_authn import v3 as jwt_authn
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import v3 as hcm_v3
 
@@ -45,7 +44,7 @@ def test_streams_are_never_cut_or_retried_and_unary_route_may_retry(tmp_path: Pa
     assert unary.route.retry_policy is not None and unary.route.retry_policy.num_retries == 2
     assert routes.index(unary) < routes.index(streaming[0])  # the exact path wins over the prefix
     guards = [r.name for r in routes if r.direct_response is not None]
-    assert guards == ["unserved-protocol", "bad-sub-claim", "bad-segment-claim"]
+    assert guards == ["unserved-protocol", "no-exp-claim", "bad-sub-claim", "bad-segment-claim"]
     assert max(routes.index(r) for r in routes if r.direct_response is not None) < routes.index(unary)
 
 
@@ -54,18 +53,21 @@ def test_identity_headers_are_stripped_before_the_token_is_checked(tmp_path: Pat
     filters = hcm.http_filters
     names = [f.name for f in filters]
     assert names[-1] == "envoy.filters.http.router"
-    strip = filters[names.index("envoy.filters.http.header_mutation")].typed_config.unpack()
-    assert isinstance(strip, header_mutation.HeaderMutation)
-    first = strip.mutations.request_mutations[0]
-    assert first.remove_on_match.key_matcher.prefix == "x-tiermesh-"  # every identity header a client sent
-    assert names.index("envoy.filters.http.header_mutation") < names.index("envoy.filters.http.jwt_authn")
+    # As soon as headers arrive (before any filter, the route or Envoy's request id): the client's
+    # request id is kept aside, its identity and Envoy headers go, its deadline is handed on.
+    (early,) = hcm.early_header_mutation_extensions
+    mutations = early.typed_config.unpack().mutations
+    assert mutations[0].append.header.key == "x-client-request-id"
+    stripped = [m.remove_on_match.key_matcher.prefix for m in mutations if m.remove_on_match]
+    assert stripped == ["x-tiermesh-", "x-envoy-"]
+    assert [m.remove for m in mutations if m.remove] == ["grpc-timeout"]
     jwt_cfg = filters[names.index("envoy.filters.http.jwt_authn")].typed_config.unpack()
     assert isinstance(jwt_cfg, jwt_authn.JwtAuthentication)
     assert [(r.match.prefix, r.requires.provider_name) for r in jwt_cfg.rules] == [("/", "tiermesh")]
     provider = jwt_cfg.providers["tiermesh"]
     assert [(h.name, h.value_prefix) for h in provider.from_headers] == [("authorization", "Bearer ")]
     assert not provider.from_params and provider.forward is False
-    assert provider.require_expiration and provider.clear_route_cache
+    assert provider.payload_in_metadata and provider.clear_route_cache  # the claims are checked by route
     # One call to the RateLimit service per request, after the token is checked.
     stages = [f.typed_config.unpack().stage for f in filters if f.name == "envoy.filters.http.ratelimit"]
     assert stages == [0]
