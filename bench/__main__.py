@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import analytics_throughput, inference_latency, knowledge_eval, mesh_latency, router_eval
+from bench import (
+    analytics_throughput,
+    inference_latency,
+    knowledge_eval,
+    mesh_latency,
+    ratelimit_burst,
+    router_eval,
+)
 
 
 def main() -> None:
@@ -17,6 +24,8 @@ def main() -> None:
     knowledge_eval.main()
     print()
     asyncio.run(analytics_throughput.main())
+    print()
+    asyncio.run(ratelimit_burst.main())
 
 
 if __name__ == "__main__":

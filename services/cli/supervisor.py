@@ -43,6 +43,7 @@ class Part:
     not_serving_ok_after_s: float | None = None
     proc: asyncio.subprocess.Process | None = None
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
+    total_lines: int = 0  # every line ever read (`lines` keeps the last ones)
     pump: asyncio.Task[None] | None = None
 
 
@@ -147,6 +148,7 @@ class Supervisor:
         async for raw in part.proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
             part.lines.append(line)
+            part.total_lines += 1
             if self.echo is not None:
                 self.echo(part.name, line)
 

@@ -8,7 +8,6 @@ hold the spans of Router, Inference and Analytics.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -40,7 +39,7 @@ from services.runtime import config, logs, observability
 from services.runtime.metrics import FORBIDDEN_LABELS
 from services.runtime.server import Service
 from tests.integration.conftest import MESH_PARTS
-from tests.integration.mesh import Mesh, start_mesh
+from tests.integration.mesh import Mesh, eventually, start_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -50,20 +49,6 @@ RECORD_USAGE = "/tiermesh.analytics.v1.AnalyticsService/RecordUsage"
 SHOULD_RATE_LIMIT = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail after `timeout_s`."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.05)
 
 
 def chat_request(text: str) -> pb.ChatRequest:

@@ -1,0 +1,105 @@
+"""Every RPC every service serves, with a valid example request: what the error and fuzz attacks
+go through one by one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+from tiermesh.analytics.v1 import analytics_service_pb2 as apb
+from tiermesh.common.v1 import common_pb2 as c
+from tiermesh.inference.v1 import inference_service_pb2 as ipb
+from tiermesh.knowledge.v1 import knowledge_service_pb2 as kpb
+from tiermesh.router.v1 import router_service_pb2 as pb
+from tiermesh_rls.v3 import rls_pb2 as rls
+
+
+def _messages() -> list[c.ChatMessage]:
+    return [c.ChatMessage(role=c.CHAT_ROLE_USER, content="hello")]
+
+
+def _usage() -> apb.RecordUsageRequest:
+    event = apb.UsageEvent(request_id="fuzz-example", user="fuzz", tier=c.TIER_FAST, model="m", deployment="d")
+    event.latency.FromMilliseconds(100)
+    return apb.RecordUsageRequest(events=[event])
+
+
+# Knowledge changes go to a collection of their own: the attacks never touch what chats search.
+FUZZ_COLLECTION = "fuzz"
+
+EXAMPLES: dict[str, Callable[[], Message]] = {
+    "tiermesh.router.v1.RouterService/Chat": lambda: pb.ChatRequest(messages=_messages(), bypass_cache=True),
+    "tiermesh.router.v1.RouterService/Route": lambda: pb.RouteRequest(messages=_messages()),
+    "tiermesh.inference.v1.InferenceService/Generate": lambda: ipb.GenerateRequest(messages=_messages(), tier=1),
+    "tiermesh.inference.v1.InferenceService/ListModels": lambda: ipb.ListModelsRequest(),
+    "tiermesh.knowledge.v1.KnowledgeService/UpsertDocuments": lambda: kpb.UpsertDocumentsRequest(
+        collection=FUZZ_COLLECTION, documents=[kpb.Document(id="a", title="A", text="Some text.")]
+    ),
+    "tiermesh.knowledge.v1.KnowledgeService/DeleteDocuments": lambda: kpb.DeleteDocumentsRequest(
+        collection=FUZZ_COLLECTION, document_ids=["a"]
+    ),
+    "tiermesh.knowledge.v1.KnowledgeService/Search": lambda: kpb.SearchRequest(collection=FUZZ_COLLECTION, query="x"),
+    "tiermesh.analytics.v1.AnalyticsService/RecordUsage": _usage,
+    "tiermesh.analytics.v1.AnalyticsService/GetSpend": lambda: apb.GetSpendRequest(user="fuzz"),
+    "tiermesh.analytics.v1.AnalyticsService/WatchSpend": lambda: apb.WatchSpendRequest(user="fuzz"),
+    "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit": lambda: rls.RateLimitRequest(
+        domain="fuzz",
+        descriptors=[rls.RateLimitDescriptor(entries=[rls.RateLimitDescriptor.Entry(key="k", value="v")])],
+    ),
+}
+PART_OF = {
+    "tiermesh.router.v1.RouterService": "router",
+    "tiermesh.inference.v1.InferenceService": "inference",
+    "tiermesh.knowledge.v1.KnowledgeService": "knowledge",
+    "tiermesh.analytics.v1.AnalyticsService": "analytics",
+    "envoy.service.ratelimit.v3.RateLimitService": "ratelimit",
+}
+SERVICES = tuple(PART_OF.values())
+_DESCRIPTORS = {
+    "tiermesh.router.v1.RouterService": pb.DESCRIPTOR,
+    "tiermesh.inference.v1.InferenceService": ipb.DESCRIPTOR,
+    "tiermesh.knowledge.v1.KnowledgeService": kpb.DESCRIPTOR,
+    "tiermesh.analytics.v1.AnalyticsService": apb.DESCRIPTOR,
+    "envoy.service.ratelimit.v3.RateLimitService": rls.DESCRIPTOR,
+}
+
+
+@dataclass(frozen=True)
+class Rpc:
+    part: str  # the service (mesh part) that serves it
+    path: str  # /package.Service/Method
+    streaming: bool  # server streaming
+    request: type[Message]
+    example: Callable[[], Message]
+
+    def call(self, channel: grpc.aio.Channel) -> Any:
+        """A raw callable: bytes in, bytes out (no (de)serialisation on the client side)."""
+        make = channel.unary_stream if self.streaming else channel.unary_unary
+        return make(self.path, request_serializer=None, response_deserializer=None)
+
+
+def _all() -> list[Rpc]:
+    out = []
+    for service, part in PART_OF.items():
+        descriptor = _DESCRIPTORS[service].services_by_name[service.rsplit(".", 1)[1]]
+        assert descriptor.full_name == service
+        for method in descriptor.methods:
+            key = f"{service}/{method.name}"
+            request = _DESCRIPTORS[service].message_types_by_name.get(method.input_type.name)
+            assert request is not None and key in EXAMPLES, f"no example for {key}: add one"
+            cls = type(EXAMPLES[key]())
+            out.append(Rpc(part, f"/{key}", method.server_streaming, cls, EXAMPLES[key]))
+        for name, streaming, cls, example in (
+            ("Check", False, health_pb2.HealthCheckRequest, lambda: health_pb2.HealthCheckRequest()),
+            ("List", False, health_pb2.HealthListRequest, lambda: health_pb2.HealthListRequest()),
+        ):
+            out.append(Rpc(part, f"/grpc.health.v1.Health/{name}", streaming, cls, example))
+    return out
+
+
+RPCS = _all()
+ROUTER_RPCS = [r for r in RPCS if r.part == "router" and not r.path.startswith("/grpc.health")]
