@@ -276,3 +276,41 @@ async def test_a_writer_that_cannot_write_says_so_in_health_and_a_metric(attack:
     finally:
         await conn.close()
     await still_writing(attack.mesh, attack.database_url)
+
+
+async def test_sums_of_cost_never_overflow_a_report(attack: Attack) -> None:
+    """However many events pile up, spend reports and rollups answer: a total beyond what a report
+    (int64) holds reads as the largest value, never an error. Sixteen rows stand for the ~9.2
+    million events at the contract's maximum cost it takes."""
+    user = f"whale-{uuid.uuid4().hex[:8]}"
+    per_event = int(limit_of(apb.UsageEvent, "usage.cost_micro_usd"))
+    needed = INT64_MAX // per_event + 2  # more maximal events than an int64 total can hold
+    conn = await asyncpg.connect(attack.database_url)
+    try:
+        # The rows straight into the table: sending ~9.2 million events through the API would prove
+        # nothing more than these do.
+        await conn.execute(
+            "INSERT INTO usage_events (request_id, user_id, segment, tier, prompt_tokens, completion_tokens,"
+            " cost_micro_usd, occurred_at) SELECT $1 || g, $2, 'enterprise', 4, $3, $3, $4, now()"
+            " FROM generate_series(1, $5) g",
+            f"{user}-",
+            user,
+            UINT32_MAX,
+            per_event * (needed // 16 + 1),
+            16,
+        )
+    finally:
+        await conn.close()
+    async with attack.mesh.channel("analytics") as channel:
+        spend = await apb_grpc.AnalyticsServiceStub(channel).GetSpend(
+            apb.GetSpendRequest(user=user, group_by=[apb.SPEND_DIMENSION_USER]), timeout=10
+        )
+    assert spend.totals.cost_micro_usd == INT64_MAX and spend.totals.requests == 16
+    assert spend.groups[0].totals.cost_micro_usd == INT64_MAX
+    conn = await asyncpg.connect(attack.database_url)
+    try:
+        await eventually(lambda: db.rollup(conn, lag_s=0))  # True once no other replica holds its lock
+        rolled = await conn.fetchval("SELECT max(cost_micro_usd) FROM spend_hour WHERE user_id = $1", user)
+        assert rolled == INT64_MAX
+    finally:
+        await conn.close()

@@ -121,3 +121,12 @@ def test_booleans_go_through_one_validator(raw: str, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"ratelimit\.failure_mode_deny: must be true or false"):
         envoy.build(tree)
+
+
+def test_the_router_ends_streams_before_the_edge_would_cut_them() -> None:
+    from services.router.server import max_deadline_s
+
+    assert max_deadline_s(config.load(environ={})) < 600
+    tree = config.load(environ={"TIERMESH_ROUTER__MAX_DEADLINE_S": "600"})
+    with pytest.raises(ConfigError, match=r"router\.max_deadline_s: 600 must be shorter than envoy\.max_stream"):
+        max_deadline_s(tree)
