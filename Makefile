@@ -45,14 +45,16 @@ proto: setup
 	  $(GATEWAY_PROTOS)
 	if [ -x web/node_modules/.bin/protoc-gen-es ]; then $(VENV)/bin/buf generate; fi
 
-## lint: buf lint + format check, ruff, mypy
+## lint: buf lint + format check, ruff, mypy, import contracts (the layers of the code)
 lint: setup
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
 	$(VENV)/bin/ruff check services gateway tests bench
 	$(VENV)/bin/ruff format --check services gateway tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
+## fmt: format the code and apply ruff's safe fixes
 fmt: setup
 	$(VENV)/bin/buf format -w
 	$(VENV)/bin/ruff format services gateway tests bench

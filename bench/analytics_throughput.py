@@ -20,7 +20,7 @@ from tiermesh.analytics.v1 import analytics_service_pb2 as pb
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 from tiermesh.common.v1 import common_pb2 as c
 
-from tests.integration.mesh import start_mesh
+from services.cli.mesh import start_mesh
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

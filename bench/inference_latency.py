@@ -18,16 +18,12 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 
-from tests.integration.mesh import start_mesh
+from bench.stats import percentile
+from services.cli.mesh import start_mesh
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 N = 200
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def run(once: Callable[[int], Awaitable[None]], concurrency: int, total: int) -> list[float]:
@@ -45,10 +41,10 @@ async def run(once: Callable[[int], Awaitable[None]], concurrency: int, total: i
 
 
 def line(name: str, times: list[float], base: list[float] | None = None) -> str:
-    out = f"  {name:<38} p50 {pct(times, 50) * 1000:7.2f} ms  p99 {pct(times, 99) * 1000:7.2f} ms"
+    out = f"  {name:<38} p50 {percentile(times, 50) * 1000:7.2f} ms  p99 {percentile(times, 99) * 1000:7.2f} ms"
     if base is not None:
-        added50 = (pct(times, 50) - pct(base, 50)) * 1000
-        added99 = (pct(times, 99) - pct(base, 99)) * 1000
+        added50 = (percentile(times, 50) - percentile(base, 50)) * 1000
+        added99 = (percentile(times, 99) - percentile(base, 99)) * 1000
         out += f"   added p50 {added50:+6.2f} ms  p99 {added99:+6.2f} ms"
     return out
 

@@ -26,7 +26,8 @@ from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from tests.integration.mesh import Mesh, start_mesh
+from bench.stats import percentile
+from services.cli.mesh import Mesh, start_mesh
 
 N = 200
 BENCH_LIMITS = (
@@ -38,11 +39,6 @@ MESSAGES = [c.ChatMessage(role=c.CHAT_ROLE_USER, content="hello there")]
 CALLER = {"router": "edge", "inference": "router"}
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 async def measure(name: str, once: Callable[[], Awaitable[tuple[float, float]]]) -> list[float]:
     for _ in range(20):
         await once()
@@ -51,9 +47,11 @@ async def measure(name: str, once: Callable[[], Awaitable[tuple[float, float]]])
         first, total = await once()
         firsts.append(first)
         totals.append(total)
+    first50, first99 = percentile(firsts, 50) * 1000, percentile(firsts, 99) * 1000
+    total50, total99 = percentile(totals, 50) * 1000, percentile(totals, 99) * 1000
     print(
-        f"  {name:<28} first token p50 {pct(firsts, 50) * 1000:7.2f} ms  p99 {pct(firsts, 99) * 1000:7.2f} ms"
-        f"   whole stream p50 {pct(totals, 50) * 1000:7.2f} ms  p99 {pct(totals, 99) * 1000:7.2f} ms"
+        f"  {name:<28} first token p50 {first50:7.2f} ms  p99 {first99:7.2f} ms"
+        f"   whole stream p50 {total50:7.2f} ms  p99 {total99:7.2f} ms"
     )
     return totals
 
@@ -173,8 +171,8 @@ async def _main(database: str) -> None:
                         ),
                     ),
                 )
-            added50 = (pct(chains["envoy"], 50) - pct(chains["router"], 50)) * 1000
-            added99 = (pct(chains["envoy"], 99) - pct(chains["router"], 99)) * 1000
+            added50 = (percentile(chains["envoy"], 50) - percentile(chains["router"], 50)) * 1000
+            added99 = (percentile(chains["envoy"], 99) - percentile(chains["router"], 99)) * 1000
             print(f"Envoy + JWT + rate limits over Router directly: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms")
             await cpu_per_chat(mesh)
         finally:

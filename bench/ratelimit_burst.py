@@ -21,8 +21,8 @@ from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from bench.mesh_latency import cpu_seconds
+from services.cli.mesh import Mesh, start_mesh
 from services.runtime import config
-from tests.integration.mesh import Mesh, start_mesh
 
 BURST = 64
 ROUNDS = 12

@@ -13,6 +13,7 @@ import os
 import time
 from collections import Counter
 
+from bench.stats import percentile
 from services.router.complexity import LEVELS
 from services.router.intent import INTENTS
 from services.router.policy import Router
@@ -40,10 +41,6 @@ def timed(router: Router, texts: list[str], reps: int) -> list[float]:
     finally:
         gc.enable()
     return sorted(out)
-
-
-def pct(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * p))]
 
 
 def main() -> None:
@@ -81,18 +78,18 @@ def main() -> None:
     cold = timed(fresh, texts, 1)
     print(
         f"\ndecision latency in-process, first pass ({len(cold)} decisions, cold word cache): "
-        f"p50 {pct(cold, 0.5) * 1e6:.0f} µs, p99 {pct(cold, 0.99) * 1e6:.0f} µs"
+        f"p50 {percentile(cold, 50) * 1e6:.0f} µs, p99 {percentile(cold, 99) * 1e6:.0f} µs"
     )
     trials = [timed(router, texts, 10) for _ in range(3)]
     for i, times in enumerate(trials, 1):
         print(
             f"decision latency in-process, steady trial {i} ({len(times)} decisions): "
-            f"p50 {pct(times, 0.5) * 1e6:.0f} µs, p99 {pct(times, 0.99) * 1e6:.0f} µs"
+            f"p50 {percentile(times, 50) * 1e6:.0f} µs, p99 {percentile(times, 99) * 1e6:.0f} µs"
         )
     merged = sorted(t for times in trials for t in times)
     print(
         f"decision latency in-process, steady ({len(merged)} decisions): "
-        f"p50 {pct(merged, 0.5) * 1e6:.0f} µs, p99 {pct(merged, 0.99) * 1e6:.0f} µs"
+        f"p50 {percentile(merged, 50) * 1e6:.0f} µs, p99 {percentile(merged, 99) * 1e6:.0f} µs"
     )
 
 

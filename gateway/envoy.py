@@ -683,7 +683,7 @@ def _early_mutations() -> list[core.TypedExtensionConfig]:
             copy(identity.CLIENT_REQUEST_ID, "x-request-id"),
             strip("x-tiermesh-"),
             strip("x-envoy-"),
-            copy(DEADLINE_HEADER, "grpc-timeout"),
+            copy(identity.DEADLINE, "grpc-timeout"),
             mutation_rules.HeaderMutation(remove="grpc-timeout"),
         ]
     )

@@ -22,8 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.runtime import config
-
-SEGMENTS = ("standard", "vip", "enterprise")
+from services.runtime.identity import SEGMENTS
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,15 @@
-"""Analytics settings: the database, the write buffer, background jobs and monthly budgets."""
+"""Analytics settings: the database, the write buffer and background jobs."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from services.runtime import config
 from services.runtime.config import ConfigError
-
-BUDGET_ACTIONS = ("downgrade", "refuse")
-SEGMENTS = ("standard", "vip", "enterprise")
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """Monthly budgets (calendar month, UTC) in micro-dollars. A user's own budget overrides the
-    per-user budget of their segment; a segment's total caps all its users together."""
-
-    action: str = "downgrade"
-    users: Mapping[str, int] = field(default_factory=dict)
-    per_user_by_segment: Mapping[str, int] = field(default_factory=dict)
-    segments: Mapping[str, int] = field(default_factory=dict)
-    cache_s: float = 5.0
-
-    @property
-    def any(self) -> bool:
-        return bool(self.users or self.per_user_by_segment or self.segments)
 
 
 @dataclass(frozen=True)
@@ -47,7 +28,6 @@ class AnalyticsConfig:
     retention_days_events: int = 90
     retention_days_minute: int = 14
     retention_days_hour: int = 800
-    budgets: Budgets = field(default_factory=Budgets)
 
 
 def redact_url(url: str) -> str:
@@ -56,34 +36,6 @@ def redact_url(url: str) -> str:
     if parts.password:
         return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
     return url
-
-
-def _amounts(node: Any, where: str, keys: tuple[str, ...] | None = None) -> dict[str, int]:
-    if node is None:
-        return {}
-    if not isinstance(node, Mapping):
-        raise ConfigError(f"{where}: must be a mapping of name to USD per month")
-    out = {}
-    for key, value in node.items():
-        if keys is not None and key not in keys:
-            raise ConfigError(f"{where}: unknown segment {key!r}; segments are {', '.join(keys)}")
-        out[str(key)] = config.usd_to_micro(value, f"{where}.{key}")
-    return out
-
-
-def load_budgets(tree: Mapping[str, Any]) -> Budgets:
-    node = config.section(tree, "analytics", "budgets")
-    where = "analytics.budgets"
-    action = config.get_str(node, "action", "downgrade", where=where)
-    if action not in BUDGET_ACTIONS:
-        raise ConfigError(f"{where}.action: must be one of {', '.join(BUDGET_ACTIONS)}, got {action!r}")
-    return Budgets(
-        action=action,
-        users=_amounts(node.get("users"), f"{where}.users"),
-        per_user_by_segment=_amounts(node.get("per_user_by_segment"), f"{where}.per_user_by_segment", SEGMENTS),
-        segments=_amounts(node.get("segments"), f"{where}.segments", SEGMENTS),
-        cache_s=config.get_float(node, "cache_s", 5.0, where=where, lo=0, hi=3600),
-    )
 
 
 def _under(tree: Mapping[str, Any], path: str) -> str:
@@ -118,5 +70,4 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> A
         retention_days_events=config.get_int(retention, "events", 90, where=f"{where}.retention_days", lo=1),
         retention_days_minute=config.get_int(retention, "minute", 14, where=f"{where}.retention_days", lo=1),
         retention_days_hour=config.get_int(retention, "hour", 800, where=f"{where}.retention_days", lo=1),
-        budgets=load_budgets(tree),
     )

@@ -23,6 +23,7 @@ from services.analytics.live import Live
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.writer import CONNECTION_ERRORS, UsageWriter, load_spill
 from services.runtime import config, logs, observability, tls
+from services.runtime.backoff import Backoff
 from services.runtime.server import Service, serve
 
 log = logging.getLogger("tiermesh.analytics")
@@ -106,7 +107,8 @@ async def main() -> None:
 
     async def watch(service: Service) -> None:
         """Connect (and migrate), then keep the health status on what the writer can do."""
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
+        attempt = 0
         while True:
             try:
                 await database.pool()
@@ -115,8 +117,8 @@ async def main() -> None:
                     "not serving: PostgreSQL is unreachable; usage is buffered until it is",
                     extra={"reason": database.error},
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                attempt += 1
+                await asyncio.sleep(backoff.delay(attempt))
                 continue
             break
         log_.info("database ready", extra={"database": db.redact_url(cfg.database_url)})

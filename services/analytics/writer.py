@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +34,7 @@ import asyncpg
 from services.analytics import db
 from services.analytics import metrics as m
 from services.runtime import spill as spill_file
+from services.runtime.backoff import Backoff
 from services.runtime.errors import ResourceExhausted
 
 log = logging.getLogger("tiermesh.analytics")
@@ -89,7 +89,7 @@ class UsageWriter:
         self.capacity = capacity
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
-        self.retry_max_s = retry_max_s
+        self.backoff = Backoff(0.05, retry_max_s)
         self.on_written = on_written
         self.dead_letter_path = dead_letter_path or "analytics-rejected.jsonl"
         self.stall_after_s = stall_after_s
@@ -195,8 +195,7 @@ class UsageWriter:
             else:  # reachable, but refusing writes for a reason of its own (permissions, disk, locks)
                 log.warning("database refuses usage writes; buffering and retrying", extra={"error": reason})
         self.database_error = reason
-        delay = min(self.retry_max_s, 0.05 * 2**failures)
-        await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter, not security
+        await asyncio.sleep(self.backoff.delay(failures))
 
     def _dead_letter(self, refused: Sequence[tuple[db.Row, str]]) -> None:
         dead_letter(

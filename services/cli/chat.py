@@ -15,6 +15,7 @@ from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.runtime import config
+from services.runtime.money import usd
 
 TIER_NAMES = {1: "fast", 2: "balanced", 3: "advanced", 4: "premium"}
 
@@ -39,7 +40,7 @@ def describe_done(d: pb.ChatDone, first_token_s: float | None, total_s: float) -
     parts = [
         f"{d.deployment} ({d.model})",
         f"{d.usage.prompt_tokens} in / {d.usage.completion_tokens} out tokens",
-        f"${d.usage.cost_micro_usd / 1_000_000:.6f}",
+        usd(d.usage.cost_micro_usd),
     ]
     if d.cached:
         parts.append("cached")

@@ -17,7 +17,6 @@ import grpc
 from tiermesh.knowledge.v1 import knowledge_service_pb2 as pb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as pb_grpc
 
-from services.knowledge.config import default_collection
 from services.knowledge.documents import SkippedFile, SourceDocument, discover, read_document
 from services.runtime import config, tls
 
@@ -94,7 +93,7 @@ def _target(tree: dict[str, object], override: str | None) -> str:
 
 async def ingest(paths: Sequence[str], collection: str | None, target: str | None, timeout_s: float) -> int:
     tree = config.load()
-    collection = collection or default_collection(tree)
+    collection = collection or config.default_collection(tree)
     addr = _target(tree, target)
     docs, skipped = collect(paths, print)
     if not docs:
@@ -123,7 +122,7 @@ async def ingest(paths: Sequence[str], collection: str | None, target: str | Non
 
 async def search(query: str, top_k: int, collection: str | None, target: str | None, as_json: bool) -> int:
     tree = config.load()
-    collection = collection or default_collection(tree)
+    collection = collection or config.default_collection(tree)
     addr = _target(tree, target)
     async with tls.channel(tree, "knowledge", tls.OPERATOR, target=addr) as channel:
         try:

@@ -9,6 +9,7 @@ from tiermesh.inference.v1 import inference_service_pb2 as pb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from services.runtime import config, tls
+from services.runtime.money import usd
 
 
 async def models(as_json: bool) -> int:
@@ -38,13 +39,13 @@ async def models(as_json: bool) -> int:
         print(json.dumps(rows))
         return 0
     print(
-        f"{'tier':<5}{'deployment':<16}{'model':<30}{'provider':<11}{'$/Mtok in':>10}{'$/Mtok out':>11}"
+        f"{'tier':<5}{'deployment':<16}{'model':<30}{'provider':<11}{'$/Mtok in':>12}{'$/Mtok out':>13}"
         f"{'context':>10}  {'health':<8}breaker"
     )
-    for r in rows:
+    for m in reply.models:
         print(
-            f"{r['tier']:<5}{r['deployment']:<16}{r['model']:<30}{r['provider']:<11}{r['input_usd_per_mtok']:>10.2f}"
-            f"{r['output_usd_per_mtok']:>11.2f}{r['context_window']:>10}  {'ok' if r['healthy'] else 'DOWN':<8}"
-            f"{r['breaker']}"
+            f"{m.tier:<5}{m.deployment:<16}{m.model:<30}{m.provider:<11}{usd(m.input_micro_usd_per_mtok):>12}"
+            f"{usd(m.output_micro_usd_per_mtok):>13}{m.context_window:>10}  {'ok' if m.healthy else 'DOWN':<8}"
+            f"{m.breaker_state}"
         )
     return 0

@@ -15,6 +15,7 @@ from tiermesh.common.v1 import common_pb2 as c
 
 from services.runtime import config, tls
 from services.runtime.enums import value_of
+from services.runtime.money import usd
 
 _SINCE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -31,10 +32,6 @@ def parse_since(raw: str) -> timedelta:
     if not m or int(m.group(1)) == 0:
         raise ValueError(f"--since {raw!r}: use a number and a unit, e.g. 30m, 24h, 7d, 4w")
     return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-
-
-def usd(micro: int) -> str:
-    return f"${micro / 1_000_000:,.6f}"
 
 
 def _row(name: str, t: pb.SpendTotals) -> str:

@@ -22,9 +22,8 @@ async def _ingest(tree: dict[str, object], paths: list[str]) -> bool:
     import grpc
 
     from services.cli.knowledge import collect, ingest_documents
-    from services.knowledge.config import default_collection
 
-    collection = default_collection(tree)
+    collection = config.default_collection(tree)
     docs, _ = collect(paths, print)
     print(f"ingesting {len(docs)} documents into the knowledge base (collection {collection!r})", flush=True)
     async with tls.channel(tree, "knowledge", tls.OPERATOR) as channel:

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from services.inference.metrics import CACHE_REQUESTS
+from services.runtime.pause import FailurePause
 
 log = logging.getLogger("tiermesh.inference.cache")
 
@@ -63,26 +63,21 @@ class AnswerCache:
     ) -> None:
         self.ttl_s = ttl_s
         self.namespace = f"{namespace}:" if namespace else ""
-        self.pause_s = pause_s
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
         )
-        self._down_until = 0.0
-        self._warned = False
+        self.pause = FailurePause(1, pause_s)  # one failure and Redis is left alone for pause_s
 
     def _available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return not self.pause.paused
 
     def _failed(self, exc: Exception) -> None:
-        self._down_until = time.monotonic() + self.pause_s
-        if not self._warned:
+        if self.pause.failed():
             log.warning("answer cache unavailable; serving uncached", extra={"error": f"{type(exc).__name__}: {exc}"})
-            self._warned = True
 
     def _recovered(self) -> None:
-        if self._warned:
+        if self.pause.succeeded():
             log.info("answer cache available again")
-            self._warned = False
 
     async def get(self, key: str) -> CachedAnswer | None:
         if not self._available():

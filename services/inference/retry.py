@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from services.runtime import backoff
+
 
 @dataclass(frozen=True)
 class RetrySettings:
@@ -38,15 +40,13 @@ class RetryBudget:
         return False
 
 
-class Backoff:
-    """How long to wait before retry number `retry` (1 for the first retry)."""
+class Backoff(backoff.Backoff):
+    """The runtime's backoff with the retry settings: how long to wait before retry number
+    `retry` (1 for the first), never sooner than the provider's Retry-After."""
 
     def __init__(self, settings: RetrySettings, rng: random.Random | None = None) -> None:
+        super().__init__(settings.base_delay_s, settings.max_delay_s, rng)
         self.settings = settings
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
 
     def delay(self, retry: int, retry_after_s: float | None = None) -> float:
-        cap = min(self.settings.max_delay_s, self.settings.base_delay_s * 2 ** (retry - 1))
-        jittered = self.rng.uniform(0, cap)
-        # The provider said when to come back: never sooner than that.
-        return max(jittered, retry_after_s) if retry_after_s is not None else jittered
+        return super().delay(retry, floor_s=retry_after_s)

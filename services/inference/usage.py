@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import random
 from collections import deque
 from typing import Any
 
@@ -26,6 +25,7 @@ from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 
 from services.runtime import metrics
 from services.runtime import spill as spill_file
+from services.runtime.backoff import Backoff
 
 log = logging.getLogger("tiermesh.inference")
 
@@ -46,7 +46,7 @@ class UsageReporter:
         self.spill_path = spill_path
         self.failing = False
         self.capacity = capacity
-        self.retry_max_s = retry_max_s
+        self.backoff = Backoff(0.1, retry_max_s)
         self.queue: deque[tuple[apb.UsageEvent, Any]] = deque()
         self.dropped = 0
         self.sent = 0
@@ -94,8 +94,7 @@ class UsageReporter:
                 self.failing = True
                 if failures == 1:
                     log.warning("analytics unavailable; usage queued", extra={"code": exc.code().name})
-                delay = min(self.retry_max_s, 0.1 * 2**failures)
-                await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter
+                await asyncio.sleep(self.backoff.delay(failures))
                 continue
             finally:
                 otel_context.detach(token)

@@ -45,14 +45,6 @@ def _path(raw: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def default_collection(tree: Mapping[str, Any]) -> str:
-    """The collection chats search and `tiermesh ingest/search` use when none is named."""
-    collection = config.get_str(config.section(tree, "knowledge"), "default_collection", "default", where="knowledge")
-    if not 1 <= len(collection) <= 128:
-        raise ConfigError(f"knowledge.default_collection: must be 1 to 128 characters, got {collection!r}")
-    return collection
-
-
 def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> KnowledgeConfig:
     env = os.environ if environ is None else environ
     node = config.section(tree, "knowledge")
@@ -77,7 +69,7 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> K
     key_env = config.get_str(qdrant, "api_key_env", "QDRANT_API_KEY", where=f"{where}.qdrant")
     synonyms = config.get_str(node, "synonyms_path", "config/synonyms.yaml", where=where)
     return KnowledgeConfig(
-        default_collection=default_collection(tree),
+        default_collection=config.default_collection(tree),
         qdrant_path=None
         if url
         else _path(config.get_str(qdrant, "path", "qdrant", where=f"{where}.qdrant"), config.data_dir(tree)),

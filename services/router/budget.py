@@ -9,23 +9,72 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import grpc
 from tiermesh.analytics.v1 import analytics_service_pb2 as apb
 from tiermesh.common.v1 import common_pb2 as c
 
-from services.analytics.config import Budgets
+from services.runtime import config
+from services.runtime.config import ConfigError
 from services.runtime.enums import value_of
 from services.runtime.errors import ResourceExhausted
+from services.runtime.identity import SEGMENTS
+from services.runtime.money import usd
 
 log = logging.getLogger("tiermesh.router")
 
 
 Action = Literal["allow", "downgrade", "refuse"]
+BUDGET_ACTIONS = ("downgrade", "refuse")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Monthly budgets (calendar month, UTC) in micro-dollars, from `analytics.budgets`. A user's
+    own budget overrides the per-user budget of their segment; a segment's total caps all its
+    users together."""
+
+    action: str = "downgrade"
+    users: Mapping[str, int] = field(default_factory=dict)
+    per_user_by_segment: Mapping[str, int] = field(default_factory=dict)
+    segments: Mapping[str, int] = field(default_factory=dict)
+    cache_s: float = 5.0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.users or self.per_user_by_segment or self.segments)
+
+
+def _amounts(node: Any, where: str, keys: tuple[str, ...] | None = None) -> dict[str, int]:
+    if node is None:
+        return {}
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{where}: must be a mapping of name to USD per month")
+    out = {}
+    for key, value in node.items():
+        if keys is not None and key not in keys:
+            raise ConfigError(f"{where}: unknown segment {key!r}; segments are {', '.join(keys)}")
+        out[str(key)] = config.usd_to_micro(value, f"{where}.{key}")
+    return out
+
+
+def load_budgets(tree: Mapping[str, Any]) -> Budgets:
+    node = config.section(tree, "analytics", "budgets")
+    where = "analytics.budgets"
+    action = config.get_str(node, "action", "downgrade", where=where)
+    if action not in BUDGET_ACTIONS:
+        raise ConfigError(f"{where}.action: must be one of {', '.join(BUDGET_ACTIONS)}, got {action!r}")
+    return Budgets(
+        action=action,
+        users=_amounts(node.get("users"), f"{where}.users"),
+        per_user_by_segment=_amounts(node.get("per_user_by_segment"), f"{where}.per_user_by_segment", SEGMENTS),
+        segments=_amounts(node.get("segments"), f"{where}.segments", SEGMENTS),
+        cache_s=config.get_float(node, "cache_s", 5.0, where=where, lo=0, hi=3600),
+    )
 
 
 @dataclass(frozen=True)
@@ -59,10 +108,6 @@ def apply(tier: int, status: BudgetStatus, reasons: list[str]) -> int:
 
 
 SpendCall = Callable[..., Awaitable[apb.GetSpendResponse]]
-
-
-def _usd(micro: int) -> str:
-    return f"${micro / 1_000_000:,.2f}" if micro >= 10_000 else f"${micro / 1_000_000:.6f}"
 
 
 class SpendBudgets:
@@ -107,7 +152,7 @@ class SpendBudgets:
             if spent is not None and spent >= user_limit:
                 return BudgetStatus(
                     b.action,  # type: ignore[arg-type]
-                    f"monthly budget spent: {_usd(spent)} of {_usd(user_limit)} this month",
+                    f"monthly budget spent: {usd(spent)} of {usd(user_limit)} this month",
                 )
         segment_limit = b.segments.get(segment)
         if segment_limit is not None:
@@ -115,6 +160,6 @@ class SpendBudgets:
             if spent is not None and spent >= segment_limit:
                 return BudgetStatus(
                     b.action,  # type: ignore[arg-type]
-                    f"the {segment} segment's monthly budget is spent: {_usd(spent)} of {_usd(segment_limit)}",
+                    f"the {segment} segment's monthly budget is spent: {usd(spent)} of {usd(segment_limit)}",
                 )
         return ALLOW

@@ -29,11 +29,11 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.knowledge.v1 import knowledge_service_pb2 as kpb
 from tiermesh.router.v1 import router_service_pb2 as pb
 
-from services.knowledge.config import default_collection
 from services.router.intent import INTENTS
 from services.router.metrics import KNOWLEDGE_SEARCHES
-from services.runtime import config
+from services.runtime import config, identity
 from services.runtime.config import ConfigError
+from services.runtime.pause import FailurePause
 
 log = logging.getLogger("tiermesh.router")
 
@@ -71,7 +71,7 @@ class GroundingSettings:
         intents = node.get("intents", sorted(cls.intents))
         if not isinstance(intents, list) or any(i not in INTENTS for i in intents):
             raise ConfigError(f"{where}.intents: must be a list of {', '.join(INTENTS)}, got {intents!r}")
-        collection = config.get_str(node, "collection", "", where=where) or default_collection(tree)
+        collection = config.get_str(node, "collection", "", where=where) or config.default_collection(tree)
         return cls(
             enabled=enabled,
             intents=frozenset(intents),
@@ -163,9 +163,7 @@ class Grounding:
     ) -> None:
         self.settings = settings
         self.search = search
-        self.clock = clock
-        self.failures = 0
-        self.paused_until = 0.0
+        self.pause = FailurePause(settings.failures_to_pause, settings.pause_s, clock)
 
     def wanted(self, intent: str) -> bool:
         return self.settings.enabled and self.search is not None and intent in self.settings.intents
@@ -173,7 +171,7 @@ class Grounding:
     async def retrieve(self, question: str, request_id: str, remaining_s: float | None) -> Grounded:
         assert self.search is not None
         s = self.settings
-        if self.failures >= s.failures_to_pause and self.clock() < self.paused_until:
+        if self.pause.paused:
             KNOWLEDGE_SEARCHES.labels("skipped").inc()
             return Grounded(unavailable=True)
         timeout = s.deadline_s if remaining_s is None else max(0.001, min(s.deadline_s, remaining_s))
@@ -181,19 +179,16 @@ class Grounding:
             collection=s.collection, query=question.strip()[:MAX_QUERY_CHARS], top_k=s.top_k, min_score=s.min_score
         )
         try:
-            response = await self.search(request, timeout=timeout, metadata=(("x-request-id", request_id),))
+            response = await self.search(request, timeout=timeout, metadata=((identity.REQUEST_ID, request_id),))
         except grpc.aio.AioRpcError as exc:
-            reason = exc.code().name
-            self.failures += 1
-            if self.failures >= s.failures_to_pause:
-                self.paused_until = self.clock() + s.pause_s
+            self.pause.failed()
             log.warning(
                 "knowledge unavailable; answering without it",
-                extra={"reason": reason, "failures_in_a_row": self.failures},
+                extra={"reason": exc.code().name, "failures_in_a_row": self.pause.failures},
             )
             KNOWLEDGE_SEARCHES.labels("unavailable").inc()
             return Grounded(unavailable=True)
-        self.failures = 0
+        self.pause.succeeded()
         grounded = frame(response.chunks, s.max_context_chars)
         KNOWLEDGE_SEARCHES.labels("grounded" if grounded.citations else "no_match").inc()
         return grounded

@@ -19,9 +19,9 @@ from services.router.features import analyse
 from services.router.intent import INTENTS, IntentClassifier
 from services.runtime.config import REPO_ROOT, ConfigError, check_keys
 from services.runtime.errors import PermissionDenied
+from services.runtime.identity import SEGMENTS
 
 POLICY_PATH = REPO_ROOT / "config" / "routing.yaml"
-SEGMENTS = ("standard", "vip", "enterprise")
 TIER_NAMES = {1: "fast", 2: "balanced", 3: "advanced", 4: "premium"}
 
 

@@ -9,8 +9,7 @@ from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as kpb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 
-from services.analytics.config import load_budgets
-from services.router.budget import SpendBudgets
+from services.router.budget import SpendBudgets, load_budgets
 from services.router.grounding import Grounding, GroundingSettings
 from services.router.policy import Router
 from services.router.servicer import RouterServicer, register

@@ -17,9 +17,10 @@ from services.router.budget import BudgetCheck, NoBudgets
 from services.router.complexity import LEVELS
 from services.router.grounding import Grounded, Grounding, GroundingSettings, with_context
 from services.router.intent import INTENTS
-from services.router.policy import SEGMENTS, Decision, Router
+from services.router.policy import Decision, Router
 from services.runtime import identity, logs, tls
 from services.runtime.errors import DeadlineExceeded, TiermeshError
+from services.runtime.identity import SEGMENTS
 from services.runtime.server import Context, time_remaining
 from services.runtime.validation import validate
 

@@ -366,6 +366,15 @@ def health_endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
     return _port_of(tree, name, "health_port", HEALTH_DEFAULT_PORTS[name], lo=1)
 
 
+def default_collection(tree: Mapping[str, Any]) -> str:
+    """The knowledge collection chats search and `tiermesh ingest/search` use when none is named
+    (`knowledge.default_collection`)."""
+    collection = get_str(section(tree, "knowledge"), "default_collection", "default", where="knowledge")
+    if not 1 <= len(collection) <= 128:
+        raise ConfigError(f"knowledge.default_collection: must be 1 to 128 characters, got {collection!r}")
+    return collection
+
+
 # Channels to parts that may come and go (Knowledge, Analytics): reconnect soon after they are
 # back rather than after gRPC's default backoff of up to two minutes.
 QUICK_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000))

@@ -24,6 +24,9 @@ COMPLEXITY = "x-tiermesh-complexity"
 REQUEST_ID = "x-request-id"
 # The id a client gave its request: kept for correlation, never used as a key.
 CLIENT_REQUEST_ID = "x-client-request-id"
+# The client's deadline as the edge hands it on (gRPC's `grpc-timeout` format), for the Router to
+# end the stream at; Envoy does not enforce it.
+DEADLINE = "x-tiermesh-grpc-timeout"
 # Every header an edge client could send to pose as someone; Envoy removes them on arrival.
 EDGE_ONLY = (USER, USER_BIN, SEGMENT, INTENT, COMPLEXITY, CLIENT_REQUEST_ID)
 

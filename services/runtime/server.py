@@ -46,7 +46,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.runtime import logs, metrics
+from services.runtime import identity, logs, metrics
 from services.runtime.errors import DeadlineExceeded, TiermeshError
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -59,8 +59,6 @@ _SERVER_FAULTS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "IN
 log = logging.getLogger("tiermesh.runtime")
 _tracer = trace.get_tracer("tiermesh.runtime")
 
-# The client's deadline as Envoy passes it on (gRPC's `grpc-timeout` format: digits and a unit).
-EDGE_DEADLINE = "x-tiermesh-grpc-timeout"
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # How long before the deadline the service ends a call itself, so its DEADLINE_EXCEEDED and
 # trailers leave before gRPC's transport would reset the stream and before the client's own timer
@@ -77,7 +75,7 @@ def parse_grpc_timeout(text: str) -> float | None:
 
 
 def _has_edge_deadline(metadata: Sequence[tuple[str, Any]]) -> bool:
-    return any(key == EDGE_DEADLINE for key, _ in metadata)
+    return any(key == identity.DEADLINE for key, _ in metadata)
 
 
 def time_remaining(context: Any) -> float | None:
@@ -317,7 +315,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if transport is not None:
             candidates.append(transport)
         for key, value in metadata:
-            if key == EDGE_DEADLINE and isinstance(value, str):
+            if key == identity.DEADLINE and isinstance(value, str):
                 seconds = parse_grpc_timeout(value)
                 if seconds is not None and self._from_edge(context):
                     candidates.append(seconds)

@@ -1,21 +1,30 @@
-"""Runs real mesh processes on free ports for a test, through the same supervisor as `tiermesh up`."""
+"""Test helpers over the mesh launcher (services.cli.mesh): waiting for a condition, and gRPC-Web
+framing as a browser's client speaks it."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import grpc
 import httpx
 
-from services.cli.supervisor import StartError, Supervisor, parts_for
-from services.runtime import config, tls
+from services.cli.mesh import HEALTH_PARTS, METRICS_PARTS, PARTS, Mesh, free_port, mesh_env, start_mesh
+
+__all__ = [
+    "HEALTH_PARTS",
+    "METRICS_PARTS",
+    "PARTS",
+    "Mesh",
+    "eventually",
+    "free_port",
+    "grpc_web_frame",
+    "grpc_web_frames",
+    "mesh_env",
+    "parse_trailers",
+    "start_mesh",
+]
 
 
 async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
@@ -30,116 +39,6 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-PARTS = ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin")
-# The parts that also serve Prometheus metrics (services.<name>.metrics_port) and plaintext health.
-METRICS_PARTS = tuple(config.METRICS_DEFAULT_PORTS)
-HEALTH_PARTS = tuple(config.HEALTH_DEFAULT_PORTS)
-
-
-def mesh_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """TIERMESH_* overrides that put every part (and every metrics endpoint) on its own free port
-    and data dir."""
-    env = {
-        "TIERMESH_DATA_DIR": str(data_dir),
-        "TIERMESH_LOG_LEVEL": "info",
-        # Each test mesh caches in its own namespace: no answer from an earlier run can leak in.
-        "TIERMESH_INFERENCE__CACHE__NAMESPACE": f"test-{uuid.uuid4().hex}",
-        # ... and counts rate limits in its own domain.
-        "TIERMESH_RATELIMIT__CONFIG__DOMAIN": f"test-{uuid.uuid4().hex}",
-    }
-    held = []
-    try:  # hold every socket until all are chosen, so no two parts get the same port
-        keys = [f"TIERMESH_SERVICES__{name.upper()}__PORT" for name in PARTS]
-        keys += [f"TIERMESH_SERVICES__{name.upper()}__METRICS_PORT" for name in METRICS_PARTS]
-        keys += [f"TIERMESH_SERVICES__{name.upper()}__HEALTH_PORT" for name in HEALTH_PARTS]
-        for key in keys:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            held.append(s)
-            env[key] = str(s.getsockname()[1])
-    finally:
-        for s in held:
-            s.close()
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Mesh:
-    env: dict[str, str]
-    tree: dict[str, Any]
-    sup: Supervisor
-
-    def target(self, name: str) -> str:
-        return config.target(self.tree, name)
-
-    def channel(self, name: str, role: str = tls.OPERATOR, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-        """A channel to service `name` with the certificate of `role` (an operator by default):
-        services take calls only over mutual TLS from the mesh's own parts."""
-        return tls.channel(self.tree, name, role, options)
-
-    def edge(self) -> grpc.aio.Channel:
-        """A channel to the edge, as any client opens one."""
-        return grpc.aio.insecure_channel(self.target("envoy"))
-
-    def metrics_url(self, name: str) -> str:
-        host, port = config.metrics_endpoint(self.tree, name)
-        return f"http://{host}:{port}/metrics"
-
-    @property
-    def sim_url(self) -> str:
-        host, port = config.endpoint(self.tree, "simulator")
-        return f"http://{host}:{port}"
-
-    async def sim_records(self) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient() as client:
-            resp = await client.get(self.sim_url + "/_sim/requests")
-            resp.raise_for_status()
-            records: list[dict[str, Any]] = resp.json()
-            return records
-
-    async def sim_record(self, request_id: str) -> dict[str, Any]:
-        matches = [r for r in await self.sim_records() if r["request_id"] == request_id]
-        assert len(matches) == 1, f"simulator saw {len(matches)} requests with id {request_id}"
-        return matches[0]
-
-    def logs(self, name: str) -> list[str]:
-        return list(self.sup[name].lines)
-
-    def token(self, user: str = "", segment: str = "standard", ttl_s: int = 600) -> str:
-        """A valid development token; by default for a fresh user, so tests never share a
-        rate-limit bucket unless they mean to."""
-        from gateway import keys
-
-        return keys.mint(self.tree, user or f"tester-{uuid.uuid4().hex[:12]}", segment, ttl_s)
-
-    def auth(self, user: str = "", segment: str = "standard") -> tuple[tuple[str, str], ...]:
-        """gRPC metadata with a valid development token."""
-        return (("authorization", f"Bearer {self.token(user, segment)}"),)
-
-
-async def start_mesh(data_dir: Path, parts: Sequence[str] | None = None, **overrides: str) -> Mesh:
-    """Start the parts on fresh free ports; once more on new ports if one was taken meanwhile."""
-    for attempt in (1, 2):
-        env = mesh_env(data_dir, **overrides)
-        tree = config.load(environ=env)
-        sup = Supervisor(parts_for(tree, parts), env=env)
-        try:
-            await sup.start(timeout_s=60)
-        except StartError as exc:
-            if attempt == 2 or "in use" not in str(exc).lower():
-                raise
-            continue
-        return Mesh(env, tree, sup)
-    raise AssertionError("unreachable")
 
 
 # gRPC-Web framing: 1 flag byte (0x80 = trailers) + 4-byte big-endian length + payload.
