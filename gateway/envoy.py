@@ -66,13 +66,17 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
 from gateway import keys
-from services.runtime import config, identity, tls
+from services.runtime import config, identity, reflection, tls
 
 PUBLIC_PREFIXES = ("/tiermesh.router.v1.RouterService/",)
 UNARY_PATHS = ("/tiermesh.router.v1.RouterService/Route",)
+# Server reflection, for an authenticated caller: buf curl, grpcurl and Postman then need no
+# proto files. Answered by the Router (it describes RouterService); a stream of requests, so the
+# one-message frame check does not apply.
+REFLECTION_PREFIXES = tuple(f"/{name}/" for name in reflection.SERVICES)
+FRAME_CHECK = "tiermesh.frame_check"
 IDENTITY_HEADERS = (identity.USER, identity.SEGMENT)
 JWT_PAYLOAD = "jwt_payload"  # where jwt_authn puts the verified claims, in dynamic metadata
-DEADLINE_HEADER = "x-tiermesh-grpc-timeout"
 # The largest request the edge buffers to check its frame: a whole conversation at the contract's
 # limits (64 messages of 32,000 code points) is at most ~8 MB, the services' own limit.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024 + 1024
@@ -204,8 +208,9 @@ def _http_filter(name: str, message: Any) -> hcm_v3.HttpFilter:
     return hcm_v3.HttpFilter(name=name, typed_config=AnyMessage.pack(message))
 
 
-def _lua(code: str) -> hcm_v3.HttpFilter:
-    return _http_filter("envoy.filters.http.lua", lua.Lua(default_source_code=core.DataSource(inline_string=code)))
+def _lua(name: str, code: str) -> hcm_v3.HttpFilter:
+    """A Lua filter; each has a name of its own, so a route can turn one off."""
+    return _http_filter(name, lua.Lua(default_source_code=core.DataSource(inline_string=code)))
 
 
 def _rate_limits() -> list[route.RateLimit]:
@@ -563,9 +568,10 @@ def _routes(max_stream: timedelta, response_start: timedelta) -> list[route.Rout
     # started within `response_start` (the upstream never got the whole request, or hangs) is
     # ended: once the first byte went to the client the per-try timeout no longer applies.
     no_retry = route.RetryPolicy(retry_on="", num_retries=0, per_try_timeout=response_start)
-    streaming = [
-        route.Route(
-            name="stream",
+
+    def stream(name: str, prefix: str) -> route.Route:
+        return route.Route(
+            name=name,
             match=route.RouteMatch(prefix=prefix),
             route=route.RouteAction(
                 cluster="router",
@@ -576,11 +582,19 @@ def _routes(max_stream: timedelta, response_start: timedelta) -> list[route.Rout
                 max_stream_duration=route.RouteActionMaxStreamDuration(max_stream_duration=max_stream),
                 rate_limits=_rate_limits(),
             ),
-            request_body_buffer_limit=MAX_REQUEST_BYTES,
         )
-        for prefix in PUBLIC_PREFIXES
-    ]
-    return [*_guard_routes(), *unary, *streaming]
+
+    streaming = []
+    for prefix in PUBLIC_PREFIXES:
+        public = stream("stream", prefix)
+        public.request_body_buffer_limit = MAX_REQUEST_BYTES
+        streaming.append(public)
+    reflect = []
+    for prefix in REFLECTION_PREFIXES:
+        reflection_route = stream("reflection", prefix)
+        reflection_route.typed_per_filter_config = {FRAME_CHECK: AnyMessage.pack(lua.LuaPerRoute(disabled=True))}
+        reflect.append(reflection_route)
+    return [*_guard_routes(), *unary, *streaming, *reflect]
 
 
 def _status_is(code: int, key: str) -> accesslog.AccessLogFilter:
@@ -772,18 +786,16 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.B
             ],
         ),
         http_filters=[
-            _lua(_GRPC_WEB_STATUS_LUA),
+            _lua("tiermesh.grpc_web_status", _GRPC_WEB_STATUS_LUA),
             _http_filter("envoy.filters.http.grpc_web", grpc_web.GrpcWeb()),
             # After gRPC-Web in the chain, so on the way out it sees the trailers before gRPC-Web
             # moves them into the body: the access log's grpc_status is right for every protocol.
-            _http_filter(
-                "envoy.filters.http.lua", lua.Lua(default_source_code=core.DataSource(inline_string=_GRPC_STATUS_LUA))
-            ),
+            _lua("tiermesh.grpc_status", _GRPC_STATUS_LUA),
             _http_filter("envoy.filters.http.cors", cors.Cors()),
             _local_backstop(tree),
             _jwt_filter(tree, jwks_path),
             _ratelimit_filter(tree),
-            _lua(_FRAME_LUA),
+            _lua(FRAME_CHECK, _FRAME_LUA),
             _http_filter("envoy.filters.http.router", router_filter.Router()),
         ],
     )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from tiermesh_rls.v3 import rls_pb2 as pb
-from tiermesh_rls.v3 import rls_pb2_grpc as pb_grpc
 
 from gateway.ratelimit import config as rl_config
 from gateway.ratelimit.limiter import FixedWindow
 from gateway.ratelimit.servicer import RateLimitServicer
-from services.runtime import config, logs, observability, tls
+from services.runtime import config, contract, logs, observability, tls
 from services.runtime.server import run, serve
 
 
@@ -28,15 +27,14 @@ async def main() -> None:
         fail_open=not config.get_bool(node, "failure_mode_deny", False, where="ratelimit"),
         max_hits_addend=config.get_int(node, "max_hits_addend", 1000, where="ratelimit", lo=1, hi=1_000_000),
     )
-    name = pb.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+    served = contract.served(pb.DESCRIPTOR.services_by_name["RateLimitService"], servicer)
     await serve(
         "ratelimit",
         tree,
         log,
-        service_names=[pb.DESCRIPTOR.services_by_name["RateLimitService"].full_name],
-        register=lambda server: pb_grpc.add_RateLimitServiceServicer_to_server(servicer, server),
+        served,
         # Only the edge counts requests: anyone else could lock a user out with a large hits_addend.
-        callers={f"/{name}/ShouldRateLimit": (tls.EDGE, tls.OPERATOR)},
+        callers={served.path("ShouldRateLimit"): (tls.EDGE, tls.OPERATOR)},
         on_stop=counters.aclose,
         # Each request waits for this verdict: no span or request id per call (each would cost
         # a sizeable share of the ~0.2 ms a verdict takes).

@@ -14,7 +14,6 @@ import logging
 
 import asyncpg
 from tiermesh.analytics.v1 import analytics_service_pb2 as pb
-from tiermesh.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 
 from services.analytics import config as analytics_config
 from services.analytics import db
@@ -22,7 +21,7 @@ from services.analytics.config import AnalyticsConfig
 from services.analytics.live import Live
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.writer import CONNECTION_ERRORS, UsageWriter, load_spill
-from services.runtime import config, logs, observability, tls
+from services.runtime import config, contract, logs, observability, tls
 from services.runtime.backoff import Backoff
 from services.runtime.server import Service, serve
 
@@ -159,13 +158,12 @@ async def main() -> None:
         with contextlib.suppress(Exception):
             await database.close()
 
-    name = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
+    served = contract.served(pb.DESCRIPTOR.services_by_name["AnalyticsService"], servicer)
     await serve(
         "analytics",
         tree,
         log_,
-        service_names=[pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name],
-        register=lambda server: pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server),
+        served,
         ready=ready,
         on_start=on_start,
         on_drain=on_drain,
@@ -173,8 +171,8 @@ async def main() -> None:
         # Usage comes from Inference (or an operator replaying it); spend is read by the Router
         # for budgets and by operators.
         callers={
-            f"/{name}/RecordUsage": (tls.INFERENCE, tls.OPERATOR),
-            f"/{name}/GetSpend": (tls.ROUTER, tls.OPERATOR),
-            f"/{name}/WatchSpend": (tls.ROUTER, tls.OPERATOR),
+            served.path("RecordUsage"): (tls.INFERENCE, tls.OPERATOR),
+            served.path("GetSpend"): (tls.ROUTER, tls.OPERATOR),
+            served.path("WatchSpend"): (tls.ROUTER, tls.OPERATOR),
         },
     )

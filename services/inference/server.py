@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from tiermesh.inference.v1 import inference_service_pb2 as pb
-from tiermesh.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from services.inference import config as inference_config
 from services.inference.cache import AnswerCache
@@ -13,7 +12,7 @@ from services.inference.engine import Engine
 from services.inference.provider import Provider
 from services.inference.servicer import InferenceServicer
 from services.inference.usage import UsageReporter
-from services.runtime import config, logs, observability, tls
+from services.runtime import config, contract, logs, observability, tls
 from services.runtime.server import serve
 
 
@@ -45,16 +44,15 @@ async def main() -> None:
         if usage is not None:
             await usage.stop()
 
-    name = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+    served = contract.served(pb.DESCRIPTOR.services_by_name["InferenceService"], servicer)
     await serve(
         "inference",
         tree,
         log,
-        service_names=[pb.DESCRIPTOR.services_by_name["InferenceService"].full_name],
-        register=lambda server: pb_grpc.add_InferenceServiceServicer_to_server(servicer, server),
+        served,
         ready=provider.warm_up,
         on_stop=stop,
         # Only the Router asks for answers (an operator may, as an anonymous caller); anyone
         # with a mesh certificate may read the catalog.
-        callers={f"/{name}/Generate": (tls.ROUTER, tls.OPERATOR)},
+        callers={served.path("Generate"): (tls.ROUTER, tls.OPERATOR)},
     )

@@ -7,7 +7,6 @@ Qdrant collection is open; calls before that get UNAVAILABLE.
 from __future__ import annotations
 
 from tiermesh.knowledge.v1 import knowledge_service_pb2 as pb
-from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as pb_grpc
 
 from services.knowledge import config as knowledge_config
 from services.knowledge.config import KnowledgeConfig
@@ -15,7 +14,7 @@ from services.knowledge.embedder import Embedder, LiteLLMEmbedder, LocalEmbedder
 from services.knowledge.keywords import Synonyms
 from services.knowledge.servicer import KnowledgeServicer
 from services.knowledge.store import KnowledgeStore
-from services.runtime import config, logs, observability, tls
+from services.runtime import config, contract, logs, observability, tls
 from services.runtime.config import ConfigError
 from services.runtime.server import serve
 
@@ -52,21 +51,20 @@ async def main() -> None:
         log.info("knowledge store open", extra={"qdrant": where, "embedding": store.embedder.name})
         return True
 
-    name = pb.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
+    served = contract.served(pb.DESCRIPTOR.services_by_name["KnowledgeService"], KnowledgeServicer(store))
     await serve(
         "knowledge",
         tree,
         log,
-        service_names=[pb.DESCRIPTOR.services_by_name["KnowledgeService"].full_name],
-        register=lambda server: pb_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(store), server),
+        served,
         ready=ready,
         on_stop=store.close,
         # A document may hold 2,000,000 code points (up to 8 MB of UTF-8 on its own).
         max_message_bytes=MAX_MESSAGE_BYTES,
         # Chats search (the Router); only an operator changes what is in the knowledge base.
         callers={
-            f"/{name}/Search": (tls.ROUTER, tls.OPERATOR),
-            f"/{name}/UpsertDocuments": (tls.OPERATOR,),
-            f"/{name}/DeleteDocuments": (tls.OPERATOR,),
+            served.path("Search"): (tls.ROUTER, tls.OPERATOR),
+            served.path("UpsertDocuments"): (tls.OPERATOR,),
+            served.path("DeleteDocuments"): (tls.OPERATOR,),
         },
     )

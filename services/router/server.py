@@ -12,8 +12,8 @@ from tiermesh.router.v1 import router_service_pb2 as pb
 from services.router.budget import SpendBudgets, load_budgets
 from services.router.grounding import Grounding, GroundingSettings
 from services.router.policy import Router
-from services.router.servicer import RouterServicer, register
-from services.runtime import config, logs, observability, tls
+from services.router.servicer import RouterServicer, serialize_chat
+from services.runtime import config, contract, logs, observability, tls
 from services.runtime.config import ConfigError
 from services.runtime.server import serve
 
@@ -70,13 +70,13 @@ async def main() -> None:
         await knowledge_channel.close(None)
         await analytics_channel.close(None)
 
-    name = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+    # Chat's encoder lets the events relayed from Inference through as they came, pre-encoded.
+    served = contract.served(pb.DESCRIPTOR.services_by_name["RouterService"], servicer, {"Chat": serialize_chat})
     await serve(
         "router",
         tree,
         log,
-        service_names=[pb.DESCRIPTOR.services_by_name["RouterService"].full_name],
-        register=lambda server: register(servicer, server),
+        served,
         on_stop=stop,
-        callers={f"/{name}/Chat": CALLERS, f"/{name}/Route": CALLERS},
+        callers={served.path("Chat"): CALLERS, served.path("Route"): CALLERS},
     )

@@ -71,8 +71,28 @@ def decision_pb(d: Decision, request_id: str) -> pb.RouteDecision:
     )
 
 
-# The first byte of an encoded GenerateResponse names its event (field number << 3 | wire type 2).
-_DELTA_TAG, _DONE_TAG, _RESTART_TAG = 0x12, 0x1A, 0x22
+def relay_tag(field: str) -> int:
+    """The first byte of a GenerateResponse whose event is `field`: its key, (number << 3) | 2.
+
+    Text and restart events are relayed to the client as they came from Inference, undecoded:
+    that is only right while ChatResponse holds the same message under the same field number,
+    and the number fits the one-byte key read here. Checked at import, so a contract change that
+    breaks it stops the Router at start instead of garbling answers."""
+    ours = ipb.GenerateResponse.DESCRIPTOR.fields_by_name[field]
+    theirs = pb.ChatResponse.DESCRIPTOR.fields_by_name.get(field)
+    if ours.message_type is None or not 0 < ours.number < 16:
+        raise TypeError(f"GenerateResponse.{field} must be a message field numbered 1 to 15 to be relayed raw")
+    if field != "done" and (
+        theirs is None
+        or theirs.number != ours.number
+        or theirs.message_type is None
+        or theirs.message_type.full_name != ours.message_type.full_name
+    ):
+        raise TypeError(f"ChatResponse.{field} must match GenerateResponse.{field} (number and type) to be relayed raw")
+    return ours.number << 3 | 2
+
+
+_DELTA_TAG, _DONE_TAG, _RESTART_TAG = relay_tag("delta"), relay_tag("done"), relay_tag("restart")
 
 RawGenerate = Callable[..., Any]
 
@@ -80,22 +100,6 @@ RawGenerate = Callable[..., Any]
 def serialize_chat(message: pb.ChatResponse | bytes) -> bytes:
     """ChatResponse encoder that lets pre-encoded events through unchanged."""
     return message if isinstance(message, bytes) else message.SerializeToString()
-
-
-def register(servicer: RouterServicer, server: grpc.aio.Server) -> None:
-    """Register RouterService with the Chat encoder that accepts relayed, pre-encoded events."""
-    handlers = {
-        "Chat": grpc.unary_stream_rpc_method_handler(
-            servicer.Chat, request_deserializer=pb.ChatRequest.FromString, response_serializer=serialize_chat
-        ),
-        "Route": grpc.unary_unary_rpc_method_handler(
-            servicer.Route,
-            request_deserializer=pb.RouteRequest.FromString,
-            response_serializer=pb.RouteResponse.SerializeToString,
-        ),
-    }
-    name = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
 
 class RouterServicer:

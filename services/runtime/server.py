@@ -6,7 +6,7 @@ What every service gets:
   the roles allowed to call each method (PERMISSION_DENIED for anyone else);
 - grpc.health.v1 health (SERVING only once `ready()` says so; Check, Watch and List) on the same
   port and, without TLS, on `services.<name>.health_port` for probes, which serves nothing else;
-- server reflection;
+- server reflection (grpc.reflection.v1 and v1alpha);
 - a request id per call (from `x-request-id` or new) in every log line, and a span per call that
   continues the caller's trace (`traceparent`);
 - RPC metrics (`tiermesh_grpc_*`, see services.runtime.metrics), DEADLINE_EXCEEDED counted as such;
@@ -41,16 +41,15 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.runtime import identity, logs, metrics
+from services.runtime import identity, logs, metrics, reflection
+from services.runtime.contract import Served
 from services.runtime.errors import DeadlineExceeded, TiermeshError
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
-REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 _UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Statuses that mean the server failed (OpenTelemetry's rule for server spans); the rest are the
 # caller's doing and leave the span's status unset.
@@ -349,8 +348,18 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return "CANCELLED"  # the client went away
 
     def _unary(self, behavior: Any, method: str) -> Any:
+        return self._guarded(behavior, method, streaming=False)
+
+    def _stream(self, behavior: Any, method: str) -> Any:
+        return self._guarded(behavior, method, streaming=True)
+
+    def _guarded(self, behavior: Any, method: str, streaming: bool) -> Any:
+        """The handler gRPC calls for a counted method: input, caller and drain checks, the
+        deadline, metrics, the server span and the status. `behavior` answers: a coroutine, or
+        when `streaming` an async iterator of messages that the runtime writes."""
         method_metrics = _MethodMetrics(self.service, method)
         traced = self.traced
+        late = "the deadline passed before the " + ("stream ended" if streaming else "answer was ready")
 
         async def wrapper(request: Any, context: Context) -> Any:
             metadata: Sequence[tuple[str, Any]] = tuple(context.invocation_metadata() or ())
@@ -358,66 +367,32 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 logs.request_id_var.set(request_id_from(metadata))
             call = _Call(method_metrics, method, metadata, traced)
             code, message = "UNKNOWN", ""
+            result = None
             try:
                 await self._enter(request, context, method)
                 # gRPC ends a unary call at its own deadline cleanly; only a deadline the edge
-                # passed on (which gRPC does not know) needs the runtime's timer.
-                deadline = self._deadline(context, metadata) if _has_edge_deadline(metadata) else None
+                # passed on (which gRPC does not know) needs the runtime's timer. A stream always
+                # runs under it, so its generator is closed, and what it holds released, in time.
+                timed = streaming or _has_edge_deadline(metadata)
+                deadline = self._deadline(context, metadata) if timed else None
                 _deadline_var.set(deadline)
                 self.drain.enter()
                 try:
-                    if deadline is None:
-                        result = await behavior(request, context)
-                    else:
-                        timer = asyncio.timeout_at(deadline)
-                        try:
-                            async with timer:
-                                result = await behavior(request, context)
-                        except TimeoutError:
-                            if not timer.expired():
-                                raise
-                            raise DeadlineExceeded("the deadline passed before the answer was ready") from None
-                    code = _status_name(context, "OK")
-                    return result
-                except Exception as exc:
-                    code, message = _failure_code(context, exc), str(exc)
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await self._fail(context, exc, method)
-                finally:
-                    self.drain.leave()
-            except BaseException as exc:
-                code = self._ended(context, exc, code)
-                raise
-            finally:
-                call.finish(code, message)
-
-        return wrapper
-
-    def _stream(self, behavior: Any, method: str) -> Any:
-        method_metrics = _MethodMetrics(self.service, method)
-
-        async def wrapper(request: Any, context: Context) -> None:
-            metadata: Sequence[tuple[str, Any]] = tuple(context.invocation_metadata() or ())
-            logs.request_id_var.set(request_id_from(metadata))
-            call = _Call(method_metrics, method, metadata)
-            code, message = "UNKNOWN", ""
-            try:
-                await self._enter(request, context, method)
-                deadline = self._deadline(context, metadata)
-                _deadline_var.set(deadline)
-                self.drain.enter()
-                try:
-                    timer = asyncio.timeout_at(deadline)
+                    timer = asyncio.timeout_at(deadline)  # no deadline: no timer
                     try:
-                        async with timer, contextlib.aclosing(behavior(request, context)) as events:
-                            async for item in events:
-                                await context.write(item)
+                        async with timer:
+                            if streaming:
+                                async with contextlib.aclosing(behavior(request, context)) as events:
+                                    async for item in events:
+                                        await context.write(item)
+                            else:
+                                result = await behavior(request, context)
                     except TimeoutError:
                         if not timer.expired():
                             raise
-                        raise DeadlineExceeded("the deadline passed before the stream ended") from None
+                        raise DeadlineExceeded(late) from None
                     code = _status_name(context, "OK")
+                    return result
                 except Exception as exc:
                     code, message = _failure_code(context, exc), str(exc)
                     if isinstance(exc, grpc.aio.AbortError):
@@ -535,7 +510,7 @@ class Service:
         )
         register(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection([*self.service_names, HEALTH_SERVICE, REFLECTION_SERVICE], self.server)
+        reflection.enable(self.server, [*self.service_names, HEALTH_SERVICE])
         # Health alone, without TLS, for probes that cannot present a certificate.
         self.health_server: grpc.aio.Server | None = None
         if health_port is not None:
@@ -627,9 +602,8 @@ async def serve(
     name: str,
     tree: Mapping[str, Any],
     logger: logging.Logger,
+    contract: Served,
     *,
-    service_names: Iterable[str],
-    register: Registrar,
     ready: Callable[[], Awaitable[bool]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     on_drain: Callable[[], Awaitable[None]] | None = None,
@@ -638,18 +612,18 @@ async def serve(
     callers: Mapping[str, Collection[str]] | None = None,
     traced: bool = True,
 ) -> None:
-    """Run service `name` where the config says it listens (with its certificate when TLS is on),
-    until SIGTERM/SIGINT and its drain. `callers` maps a full method name to the roles allowed to
-    call it (checked only with TLS, where a role is proven). `traced=False` is for a service on
-    every request's hot path that answers in microseconds (RateLimit): no span or request id per
-    call, whose cost would be a large share of its own."""
+    """Run service `name`, serving `contract`, where the config says it listens (with its
+    certificate when TLS is on), until SIGTERM/SIGINT and its drain. `callers` maps a full
+    method name to the roles allowed to call it (checked only with TLS, where a role is proven).
+    `traced=False` is for a service on every request's hot path that answers in microseconds
+    (RateLimit): no span or request id per call, whose cost would be a large share of its own."""
     from services.runtime import config, tls
 
     host, port = config.endpoint(tree, name)
     service = Service(
         name,
-        service_names=service_names,
-        register=register,
+        service_names=[contract.name],
+        register=contract.register,
         host=host,
         port=port,
         grace_s=config.get_float(tree, "shutdown_grace_s", 20.0, where="", hi=3600),

@@ -35,7 +35,7 @@ from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from services.runtime import config, logs, observability
+from services.runtime import config, contract, logs, observability
 from services.runtime.metrics import FORBIDDEN_LABELS
 from services.runtime.server import Service
 from tests.integration.conftest import MESH_PARTS
@@ -258,7 +258,7 @@ async def in_process(tmp_path: Path) -> AsyncIterator[InProcess]:
     from services.inference.servicer import InferenceServicer
     from services.inference.usage import UsageReporter
     from services.router.policy import Router
-    from services.router.servicer import RouterServicer, register
+    from services.router.servicer import RouterServicer, serialize_chat
     from services.simulator.faults import Behaviour
     from services.simulator.server import Simulator
 
@@ -314,11 +314,8 @@ async def in_process(tmp_path: Path) -> AsyncIterator[InProcess]:
         GENERATE, request_serializer=ipb.GenerateRequest.SerializeToString, response_deserializer=None
     )
     router_servicer = RouterServicer(Router.load(config.REPO_ROOT / "config" / "routing.yaml"), generate_raw, 30.0)
-    router = _service(
-        "router",
-        pb.DESCRIPTOR.services_by_name["RouterService"].full_name,
-        lambda server: register(router_servicer, server),
-    )
+    served = contract.served(pb.DESCRIPTOR.services_by_name["RouterService"], router_servicer, {"Chat": serialize_chat})
+    router = _service("router", served.name, served.register)
     await router.start()
     try:
         yield InProcess(f"127.0.0.1:{router.port}", exporter, lines, lambda: reporter.sent)

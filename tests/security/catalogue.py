@@ -81,6 +81,22 @@ class Rpc:
         make = channel.unary_stream if self.streaming else channel.unary_unary
         return make(self.path, request_serializer=None, response_deserializer=None)
 
+    async def send(
+        self, channel: grpc.aio.Channel, payload: bytes, first_only: bool = False
+    ) -> grpc.aio.AioRpcError | None:
+        """Call with raw bytes; the error the call ended with, if any. A stream is read to the
+        end, or to its first message with `first_only` (a live one never ends)."""
+        try:
+            if self.streaming:
+                async for _ in self.call(channel)(payload, timeout=10):
+                    if first_only:
+                        break
+            else:
+                await self.call(channel)(payload, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+        return None
+
 
 def _all() -> list[Rpc]:
     out = []

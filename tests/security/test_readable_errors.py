@@ -72,15 +72,7 @@ CORRUPT = {
 
 async def call(attack: Attack, rpc: Rpc, payload: bytes) -> grpc.aio.AioRpcError | None:
     async with attack.mesh.channel(rpc.part) as channel:
-        try:
-            if rpc.streaming:
-                async for _ in rpc.call(channel)(payload, timeout=10):
-                    pass
-            else:
-                await rpc.call(channel)(payload, timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            return exc
-    return None
+        return await rpc.send(channel, payload)
 
 
 @pytest.mark.parametrize("rpc", [r for r in RPCS if r.request.DESCRIPTOR.fields], ids=lambda r: f"{r.part}{r.path}")
