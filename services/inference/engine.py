@@ -131,6 +131,69 @@ class Quota:
             self.token_total += n
 
 
+@dataclass
+class _Answer:
+    """What one call of a deployment sent: its text, how it finished, the usage it reported
+    (and, once it answered, the tokens billed for it)."""
+
+    parts: list[str] = field(default_factory=list)
+    finish: str = ""
+    usage: tuple[int, int] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def cached(self, d: Deployment) -> CachedAnswer:
+        return CachedAnswer(self.parts, d.model, d.name, self.prompt_tokens, self.completion_tokens, self.finish)
+
+
+@dataclass
+class _Run:
+    """One request on its way through the tier's deployments: what was tried and why it failed,
+    what was billed, and the text the client holds from a deployment that later failed."""
+
+    req: GenerateInput
+    messages: list[dict[str, str]]
+    # Time to first token runs from the request, not the attempt, on the wall clock (the
+    # metrics' clock; Engine.clock, which paces breakers and retries, may be a test's).
+    started: float = field(default_factory=time.perf_counter)
+    first_token: bool = True
+    path: list[str] = field(default_factory=list)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    min_window: int = 0  # a deployment with a window this small or smaller cannot take it
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_micro_usd: int = 0
+    emitter: str = ""  # the deployment whose text the client holds
+    emitted_chars: int = 0  # characters the client holds from a deployment that later failed
+    restart_reason: str = ""
+    answer: _Answer | None = None
+
+    def failed(self, attempt: AttemptRecord, why: str) -> None:
+        self.attempts.append(attempt)
+        self.failures.append(why)
+
+    def bill(self, d: Deployment, prompt_tokens: int, completion_tokens: int) -> None:
+        cost = d.cost_micro_usd(prompt_tokens, completion_tokens)
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_micro_usd += cost
+        metrics.billed(d.name, prompt_tokens, completion_tokens, cost)
+
+    def done(self, d: Deployment) -> Done:
+        assert self.answer is not None
+        return Done(
+            model=d.model,
+            deployment=d.name,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost_micro_usd=self.cost_micro_usd,
+            finish_reason=self.answer.finish,
+            fallback_path=self.path,
+            attempts=self.attempts,
+        )
+
+
 class Engine:
     def __init__(
         self,
@@ -174,149 +237,150 @@ class Engine:
         return limit if req.deadline is None else min(limit, req.deadline - self.clock())
 
     async def generate(self, req: GenerateInput) -> AsyncIterator[Event]:
-        # Time to first token runs from the request, not the attempt, on the wall clock (the
-        # metrics' clock; self.clock, which paces breakers and retries, may be a test's).
-        request_started = time.perf_counter()
-        tier = str(req.tier)
-        first_token = True
-        key = ""
-        if self.cache is not None:
-            params = {"max_tokens": req.max_tokens or None, "temperature": req.temperature}
-            key = cache_key(req.tier, req.messages, params, req.context_id)
-            if not req.bypass_cache:
-                hit = await self.cache.get(key)
-                if hit is not None:
-                    async for event in self._replay(hit, req.tier):
-                        yield event
-                    return
+        """The events of one answer: a cached one replayed, or the first deployment (in
+        `candidates` order) that answers, else the default response or UNAVAILABLE."""
+        key = self._cache_key(req)
+        if key and not req.bypass_cache:
+            assert self.cache is not None
+            hit = await self.cache.get(key)
+            if hit is not None:
+                async for event in self._replay(hit, req.tier):
+                    yield event
+                return
         self.budget.deposit()
-        messages = [{"role": role, "content": content} for role, content in req.messages]
-        attempts: list[AttemptRecord] = []
-        path: list[str] = []
-        failures: list[str] = []
-        prompt_total = completion_total = cost_total = 0
-        emitted_chars = 0  # characters the client holds from a deployment that later failed
-        emitter = restart_reason = ""
-        min_window = 0
+        run = _Run(req, [{"role": role, "content": content} for role, content in req.messages])
         for d in self.candidates(req.tier):
-            if d.context_window <= min_window:
-                failures.append(f"{d.name}: context window too small")
+            if not self._may_call(run, d):
                 continue
-            quota = self.quotas[d.name]
-            if not quota.room():
-                attempts.append(AttemptRecord(d.name, "quota full", 0, 0))
-                failures.append(f"{d.name}: its requests or tokens per minute are used up")
-                continue
-            breaker = self.breakers[d.name]
-            if not breaker.allow():
-                attempts.append(AttemptRecord(d.name, "breaker open", 0, 0))
-                failures.append(f"{d.name}: circuit open for {breaker.seconds_until_retry():.1f} s")
-                continue
-            if path:
-                metrics.FALLBACKS.labels(tier).inc()
-            path.append(d.name)
+            if run.path:
+                metrics.FALLBACKS.labels(str(req.tier)).inc()
+            run.path.append(d.name)
             yield Selected(d)
-            retry = 0
-            delay = 0.0
-            while True:
-                remaining = self._remaining(req)
-                if remaining <= 0:
-                    breaker.release()
-                    raise DeadlineExceeded(f"the deadline passed while calling tier {req.tier} ({'; '.join(failures)})")
-                attempt_started = self.clock()
-                quota.add_request()
-                text_parts: list[str] = []
-                finish = ""
-                usage: tuple[int, int] | None = None
-                try:
-                    stream = self.provider.stream(
-                        d,
-                        messages,
-                        max_tokens=req.max_tokens,
-                        temperature=req.temperature,
-                        timeout_s=min(remaining, self.cfg.first_token_timeout_s),
-                        request_id=req.request_id,
-                    )
-                    async for piece in stream:
-                        if piece.text:
-                            if not text_parts and emitted_chars:
-                                yield Restart(emitter, restart_reason, emitted_chars)
-                                emitted_chars = 0
-                            emitter = d.name
-                            text_parts.append(piece.text)
-                            emitted_chars += len(piece.text)
-                            if first_token:
-                                first_token = False
-                                metrics.TIME_TO_FIRST_TOKEN.labels(tier).observe(time.perf_counter() - request_started)
-                            yield Delta(piece.text)
-                        if piece.finish_reason:
-                            finish = piece.finish_reason
-                        if piece.completion_tokens is not None:
-                            usage = (piece.prompt_tokens or 0, piece.completion_tokens)
-                except ContextTooLong as exc:
-                    breaker.record(True)  # the deployment works; the request is too big for it
-                    attempts.append(self._attempt(d, exc.outcome, delay, attempt_started))
-                    failures.append(str(exc))
-                    min_window = max(min_window, d.context_window)
-                    break
-                except ProviderError as exc:
-                    breaker.record(False)
-                    attempts.append(self._attempt(d, exc.outcome, delay, attempt_started))
-                    failures.append(str(exc))
-                    if text_parts:  # partial answer: it was generated, so it is billed
-                        restart_reason = str(exc)
-                        p, c = self._count(d, messages, text_parts, None)
-                        prompt_total, completion_total = prompt_total + p, completion_total + c
-                        cost_total += d.cost_micro_usd(p, c)
-                        metrics.billed(d.name, p, c, d.cost_micro_usd(p, c))
-                        break  # never retried in place once text reached the client
-                    retry += 1
-                    if not exc.retryable or retry >= self.cfg.retry.max_attempts or breaker.current_state() == OPEN:
-                        break
-                    delay = self.backoff.delay(retry, exc.retry_after_s)
-                    if delay >= self._remaining(req) or not self.budget.withdraw():
-                        break
-                    await self.sleep(delay)
-                    if not breaker.allow():
-                        break
-                    metrics.RETRIES.labels(d.name).inc()
-                    continue
-                except BaseException:
-                    breaker.release()  # cancelled: no outcome to report
-                    raise
-                breaker.record(True)
-                attempts.append(self._attempt(d, "ok", delay, attempt_started))
-                p, c = self._count(d, messages, text_parts, usage)
-                quota.add_tokens(p + c)
-                prompt_total, completion_total = prompt_total + p, completion_total + c
-                cost_total += d.cost_micro_usd(p, c)
-                metrics.billed(d.name, p, c, d.cost_micro_usd(p, c))
-                done = Done(
-                    model=d.model,
-                    deployment=d.name,
-                    prompt_tokens=prompt_total,
-                    completion_tokens=completion_total,
-                    cost_micro_usd=cost_total,
-                    finish_reason=finish,
-                    fallback_path=path,
-                    attempts=attempts,
-                )
-                if self.cache is not None and finish in ("stop", "length"):
-                    await self.cache.put(key, CachedAnswer(text_parts, d.model, d.name, p, c, finish))
+            async for event in self._call(run, d):
+                yield event
+            if run.answer is not None:
+                done = run.done(d)
+                if self.cache is not None and done.finish_reason in ("stop", "length"):
+                    await self.cache.put(key, run.answer.cached(d))
                 _annotate(req.tier, done)
                 yield done
                 return
-        async for event in self._give_up(
-            req,
-            emitter,
-            restart_reason,
-            path,
-            attempts,
-            failures,
-            emitted_chars,
-            (prompt_total, completion_total, cost_total),
-        ):
+        async for event in self._give_up(run):
             yield event
+
+    def _cache_key(self, req: GenerateInput) -> str:
+        if self.cache is None:
+            return ""
+        params = {"max_tokens": req.max_tokens or None, "temperature": req.temperature}
+        return cache_key(req.tier, req.messages, params, req.context_id)
+
+    def _may_call(self, run: _Run, d: Deployment) -> bool:
+        """Whether `d` can be called for this request now; if not, why goes on the record."""
+        if d.context_window <= run.min_window:
+            run.failures.append(f"{d.name}: context window too small")
+            return False
+        if not self.quotas[d.name].room():
+            used_up = f"{d.name}: its requests or tokens per minute are used up"
+            run.failed(AttemptRecord(d.name, "quota full", 0, 0), used_up)
+            return False
+        breaker = self.breakers[d.name]
+        if not breaker.allow():
+            run.failed(
+                AttemptRecord(d.name, "breaker open", 0, 0),
+                f"{d.name}: circuit open for {breaker.seconds_until_retry():.1f} s",
+            )
+            return False
+        return True
+
+    async def _call(self, run: _Run, d: Deployment) -> AsyncIterator[Event]:
+        """Call `d`, again while a retry can help; sets `run.answer` when it answered."""
+        breaker = self.breakers[d.name]
+        retry, delay = 0, 0.0
+        while True:
+            remaining = self._remaining(run.req)
+            if remaining <= 0:
+                breaker.release()
+                summary = "; ".join(run.failures)
+                raise DeadlineExceeded(f"the deadline passed while calling tier {run.req.tier} ({summary})")
+            started = self.clock()
+            self.quotas[d.name].add_request()
+            answer = _Answer()
+            try:
+                async for event in self._stream(run, d, answer, remaining):
+                    yield event
+            except ContextTooLong as exc:
+                breaker.record(True)  # the deployment works; the request is too big for it
+                run.failed(self._attempt(d, exc.outcome, delay, started), str(exc))
+                run.min_window = max(run.min_window, d.context_window)
+                return
+            except ProviderError as exc:
+                breaker.record(False)
+                run.failed(self._attempt(d, exc.outcome, delay, started), str(exc))
+                if answer.parts:  # partial answer: it was generated, so it is billed ...
+                    run.restart_reason = str(exc)
+                    run.bill(d, *self._count(d, run.messages, answer.parts, None))
+                    return  # ... and never retried in place once text reached the client
+                retry += 1
+                waited = await self._wait_to_retry(run.req, d, exc, retry)
+                if waited is None:
+                    return
+                delay = waited
+                continue
+            except BaseException:
+                breaker.release()  # cancelled: no outcome to report
+                raise
+            breaker.record(True)
+            run.attempts.append(self._attempt(d, "ok", delay, started))
+            p, c = self._count(d, run.messages, answer.parts, answer.usage)
+            self.quotas[d.name].add_tokens(p + c)
+            run.bill(d, p, c)
+            answer.prompt_tokens, answer.completion_tokens = p, c
+            run.answer = answer
+            return
+
+    async def _stream(self, run: _Run, d: Deployment, answer: _Answer, remaining: float) -> AsyncIterator[Event]:
+        """One call of `d`: its text as deltas (after a restart event when the client holds text
+        from a deployment that failed), its finish reason and usage into `answer`."""
+        stream = self.provider.stream(
+            d,
+            run.messages,
+            max_tokens=run.req.max_tokens,
+            temperature=run.req.temperature,
+            timeout_s=min(remaining, self.cfg.first_token_timeout_s),
+            request_id=run.req.request_id,
+        )
+        async for piece in stream:
+            if piece.text:
+                if not answer.parts and run.emitted_chars:
+                    yield Restart(run.emitter, run.restart_reason, run.emitted_chars)
+                    run.emitted_chars = 0
+                run.emitter = d.name
+                answer.parts.append(piece.text)
+                run.emitted_chars += len(piece.text)
+                if run.first_token:
+                    run.first_token = False
+                    elapsed = time.perf_counter() - run.started
+                    metrics.TIME_TO_FIRST_TOKEN.labels(str(run.req.tier)).observe(elapsed)
+                yield Delta(piece.text)
+            if piece.finish_reason:
+                answer.finish = piece.finish_reason
+            if piece.completion_tokens is not None:
+                answer.usage = (piece.prompt_tokens or 0, piece.completion_tokens)
+
+    async def _wait_to_retry(self, req: GenerateInput, d: Deployment, exc: ProviderError, retry: int) -> float | None:
+        """Wait before calling `d` again and return how long, or None when another call cannot
+        help (not retryable, attempts used up, breaker open) or is not allowed (deadline, budget)."""
+        breaker = self.breakers[d.name]
+        if not exc.retryable or retry >= self.cfg.retry.max_attempts or breaker.current_state() == OPEN:
+            return None
+        delay = self.backoff.delay(retry, exc.retry_after_s)
+        if delay >= self._remaining(req) or not self.budget.withdraw():
+            return None
+        await self.sleep(delay)
+        if not breaker.allow():
+            return None
+        metrics.RETRIES.labels(d.name).inc()
+        return delay
 
     def _attempt(self, d: Deployment, outcome: str, delay: float, started: float) -> AttemptRecord:
         return AttemptRecord(d.name, outcome, round(delay * 1000), round((self.clock() - started) * 1000))
@@ -347,38 +411,29 @@ class Engine:
         _annotate(tier, done)
         yield done
 
-    async def _give_up(
-        self,
-        req: GenerateInput,
-        emitter: str,
-        restart_reason: str,
-        path: list[str],
-        attempts: list[AttemptRecord],
-        failures: list[str],
-        emitted_chars: int,
-        totals: tuple[int, int, int],
-    ) -> AsyncIterator[Event]:
-        summary = "; ".join(failures) or "no deployment is configured"
+    async def _give_up(self, run: _Run) -> AsyncIterator[Event]:
+        req = run.req
+        summary = "; ".join(run.failures) or "no deployment is configured"
         log.warning("every deployment failed", extra={"tier": req.tier, "failures": summary})
         if self.cfg.default_response is None:
             metrics.UNANSWERED.labels(str(req.tier)).inc()
             raise Unavailable(f"no model of tier {req.tier} could answer: {summary}")
-        if path:
+        if run.path:
             metrics.FALLBACKS.labels(str(req.tier)).inc()
         metrics.DEFAULT_RESPONSES.labels(str(req.tier)).inc()
-        if emitted_chars:
-            yield Restart(emitter, restart_reason, emitted_chars)
+        if run.emitted_chars:
+            yield Restart(run.emitter, run.restart_reason, run.emitted_chars)
         yield Delta(self.cfg.default_response)
         done = Done(
             model="",
             deployment=DEFAULT_DEPLOYMENT,
-            prompt_tokens=totals[0],
-            completion_tokens=totals[1],
-            cost_micro_usd=totals[2],
+            prompt_tokens=run.prompt_tokens,
+            completion_tokens=run.completion_tokens,
+            cost_micro_usd=run.cost_micro_usd,
             finish_reason="stop",
             degraded=True,
-            fallback_path=[*path, DEFAULT_DEPLOYMENT],
-            attempts=attempts,
+            fallback_path=[*run.path, DEFAULT_DEPLOYMENT],
+            attempts=run.attempts,
         )
         _annotate(req.tier, done)
         yield done
