@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade 'pip>=24'
 	# torch first, pinned: the CPU build (a file on this machine's disk); a resolver left to pick
-	# torch for sentence-transformers could pull a multi-GB CUDA build.
+	# torch for the embedding libraries could pull a multi-GB CUDA build.
 	$(PY) -m pip install -q 'torch==2.13.0'
 	$(PY) -m pip install -q -e '.[dev,knowledge]'
 	touch $@

