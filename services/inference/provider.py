@@ -8,36 +8,27 @@ Two paths behind one interface, with identical behaviour (pieces, usage, errors)
 - Every other provider (Anthropic, Gemini, Bedrock ...) goes through LiteLLM, which translates.
 
 Each path has one shared connection pool. Nothing here retries: retrying is the engine's job.
-LiteLLM is imported once at start (its local cost map: no network) and also counts tokens when a
-provider sends no usage.
+LiteLLM (~180 MB and ~2.5 s to import) is loaded only when a deployment needs it: at start when
+one is configured, or on the first call otherwise (services/inference/litellm_path.py). Tokens of
+an answer whose provider sent no usage are counted with the model's tokenizer
+(services/inference/tokens.py on the lean path).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import httpx
-import litellm
-import openai
-from litellm.exceptions import MidStreamFallbackError
-from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
+from services.inference import tokens
 from services.inference.config import Deployment
 from services.runtime.errors import Unavailable
 
-log = logging.getLogger("tiermesh.inference.provider")
-
-litellm.telemetry = False
-litellm.suppress_debug_info = True
-litellm.drop_params = True
+if TYPE_CHECKING:
+    from services.inference.litellm_path import LiteLLMPath
 
 LEAN_PROVIDERS = ("simulator", "openai", "openai_compatible")
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -51,6 +42,18 @@ class Piece:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a deployment's model, as either path makes it."""
+
+    deployment: Deployment
+    messages: Sequence[dict[str, str]]
+    max_tokens: int
+    temperature: float | None
+    timeout_s: float
+    request_id: str
 
 
 class ProviderError(Unavailable):
@@ -82,7 +85,29 @@ class ContextTooLong(ProviderError):
     """The conversation does not fit the deployment's context window: only a larger one can help."""
 
 
-def _retry_after(headers: Any) -> float | None:
+# The failures both paths name the same way.
+def too_long(name: str, status: int | None = None) -> ContextTooLong:
+    return ContextTooLong(
+        f"{name}: the conversation is longer than its context window",
+        outcome="context too long",
+        status=status,
+        retryable=False,
+    )
+
+
+def timed_out(name: str, timeout_s: float, sent: int) -> ProviderError:
+    return ProviderError(f"{name} did not answer within {timeout_s:.1f} s", outcome="timeout", tokens_sent=sent)
+
+
+def cut_short(name: str, sent: int, how: str) -> ProviderError:
+    return ProviderError(f"{name} failed: {how}", outcome=f"stream cut after {sent} tokens", tokens_sent=sent)
+
+
+def broken(name: str, exc: BaseException, sent: int, outcome: str = "connection error") -> ProviderError:
+    return ProviderError(f"{name} failed: {type(exc).__name__}: {exc}", outcome=outcome, tokens_sent=sent)
+
+
+def retry_after(headers: Any) -> float | None:
     raw = (headers or {}).get("retry-after")
     try:
         return max(0.0, float(raw)) if raw is not None else None
@@ -90,7 +115,7 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
-def _status_error(name: str, status: int, body: str, retry_after: float | None, sent: int) -> ProviderError:
+def status_error(name: str, status: int, body: str, retry_after: float | None, sent: int) -> ProviderError:
     code = message = ""
     try:
         err = json.loads(body).get("error", {})
@@ -98,12 +123,7 @@ def _status_error(name: str, status: int, body: str, retry_after: float | None, 
     except (ValueError, AttributeError):
         message = body[:200]
     if code == "context_length_exceeded" or "context length" in message.lower():
-        return ContextTooLong(
-            f"{name}: the conversation is longer than its context window",
-            outcome="context too long",
-            status=status,
-            retryable=False,
-        )
+        return too_long(name, status)
     retryable = status == 429 or status >= 500 or status == 408
     return ProviderError(
         f"{name} failed: HTTP {status}: {message or 'no detail'}",
@@ -115,7 +135,7 @@ def _status_error(name: str, status: int, body: str, retry_after: float | None, 
     )
 
 
-def _chat_body(
+def chat_body(
     model: str, messages: Sequence[dict[str, str]], max_tokens: int, temperature: float | None
 ) -> dict[str, Any]:
     """The OpenAI chat-completions request both paths send (LiteLLM takes the same names)."""
@@ -133,58 +153,43 @@ def _chat_body(
 
 
 class Provider:
-    """One shared HTTP pool for every deployment; picks the lean or the LiteLLM path."""
+    """One shared HTTP pool for every deployment; picks the lean or the LiteLLM path.
 
-    def __init__(self, max_connections: int) -> None:
+    `litellm`: whether a configured deployment takes the LiteLLM path; if so LiteLLM is loaded
+    and warmed up by `warm_up`, before the service reports healthy, not on a user's first call.
+    """
+
+    def __init__(self, max_connections: int, litellm: bool = False) -> None:
         # The lean path's pool: aiohttp parses HTTP in C (~0.8 ms of CPU per 48-token stream here,
-        # against ~2.3 ms with httpx). LiteLLM keeps its httpx pool, shared by all its calls.
+        # against ~2.3 ms with httpx).
+        self.max_connections = max_connections
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections),
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=10.0),
-        )
-        litellm.aclient_session = self.http
+        self.wants_litellm = litellm
+        self._litellm_path: LiteLLMPath | None = None
+
+    def litellm_path(self) -> LiteLLMPath:
+        """The LiteLLM path, loaded on first use."""
+        if self._litellm_path is None:
+            from services.inference.litellm_path import LiteLLMPath
+
+            self._litellm_path = LiteLLMPath(self.max_connections)
+        return self._litellm_path
 
     async def warm_up(self) -> bool:
-        """Run LiteLLM's lazy imports and client set-up now, not on a user's first request.
-
-        Uses a mock response and a refused loopback port: nothing leaves the machine, no
-        provider is billed. Cuts a first LiteLLM call from ~0.6 s to ~30 ms here.
-        """
-        messages = [{"role": "user", "content": "warm-up"}]
-        response = await litellm.acompletion(
-            model="openai/warm-up", messages=messages, stream=True, mock_response="ok", api_key="warm-up"
-        )
-        async for _ in response:
-            pass
-        try:
-            response = await litellm.acompletion(
-                model="openai/warm-up",
-                messages=messages,
-                stream=True,
-                api_key="warm-up",
-                api_base="http://127.0.0.1:9/v1",  # discard port: refused at once
-                max_retries=0,
-                timeout=2,
-            )
-            async for _ in response:
-                pass
-        except (openai.APIError, httpx.HTTPError):
-            pass
-        litellm.token_counter(model="gpt-4o", text="warm-up")
+        """Load what the configured deployments need before the first request: the lean path's
+        tokenizer always, LiteLLM (and its lazy imports and clients) when a deployment takes it."""
+        tokens.count_text(tokens.DEFAULT_MODEL, "warm-up")
+        if self.wants_litellm:
+            await self.litellm_path().warm_up()
         return True
 
     async def aclose(self) -> None:
         await self.session.close()
-        await self.http.aclose()
-        # LiteLLM caches SDK clients built around our pool; none may outlive it.
-        await close_litellm_async_clients()  # type: ignore[no-untyped-call]
-        litellm.in_memory_llm_clients_cache.flush_cache()  # type: ignore[no-untyped-call]
-        if litellm.aclient_session is self.http:
-            litellm.aclient_session = None
+        if self._litellm_path is not None:
+            await self._litellm_path.aclose()
 
     async def check(self, d: Deployment) -> bool:
         """A cheap health probe: GET {api_base}/models answers 200."""
@@ -197,11 +202,13 @@ class Provider:
             return False
 
     def count_tokens(self, deployment: Deployment, messages: Sequence[dict[str, str]] | None, text: str | None) -> int:
-        """Tokens by the model's tokenizer (LiteLLM's counter), for providers that send no usage."""
-        model = deployment.model if deployment.provider not in ("simulator", "openai_compatible") else "gpt-4o"
+        """Tokens by the model's tokenizer, for providers that send no usage."""
+        if deployment.provider not in LEAN_PROVIDERS:
+            return self.litellm_path().count_tokens(deployment.model, messages, text)
+        model = deployment.model if deployment.provider == "openai" else tokens.DEFAULT_MODEL
         if text is not None:
-            return int(litellm.token_counter(model=model, text=text))
-        return int(litellm.token_counter(model=model, messages=list(messages or [])))
+            return tokens.count_text(model, text)
+        return tokens.count_messages(model, list(messages or []))
 
     def stream(
         self,
@@ -213,22 +220,15 @@ class Provider:
         timeout_s: float,
         request_id: str,
     ) -> AsyncIterator[Piece]:
-        args = (deployment, messages, max_tokens, temperature, timeout_s, request_id)
+        call = Call(deployment, messages, max_tokens, temperature, timeout_s, request_id)
         if deployment.provider in LEAN_PROVIDERS:
-            return self._lean(*args)
-        return self._litellm(*args)
+            return self._lean(call)
+        return self._litellm(call)
 
-    async def _lean(
-        self,
-        d: Deployment,
-        messages: Sequence[dict[str, str]],
-        max_tokens: int,
-        temperature: float | None,
-        timeout_s: float,
-        request_id: str,
-    ) -> AsyncIterator[Piece]:
-        body = _chat_body(d.model, messages, max_tokens, temperature)
-        headers = {"x-request-id": request_id}
+    async def _lean(self, call: Call) -> AsyncIterator[Piece]:
+        d, timeout_s = call.deployment, call.timeout_s
+        body = chat_body(d.model, call.messages, call.max_tokens, call.temperature)
+        headers = {"x-request-id": call.request_id}
         key = d.api_key
         if key:
             headers["authorization"] = f"Bearer {key}"
@@ -241,7 +241,7 @@ class Provider:
             async with self.session.post(url, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status >= 400:
                     text = await resp.text(errors="replace")
-                    raise _status_error(d.name, resp.status, text, _retry_after(resp.headers), 0)
+                    raise status_error(d.name, resp.status, text, retry_after(resp.headers), 0)
                 done = False
                 buffer = b""
                 # Whatever arrived in one read is parsed together and its text leaves as one
@@ -285,104 +285,18 @@ class Provider:
                     if done:
                         break
                 if not done:
-                    raise ProviderError(
-                        f"{d.name} failed: the stream ended without [DONE] after {sent} tokens",
-                        outcome=f"stream cut after {sent} tokens",
-                        tokens_sent=sent,
-                    )
+                    raise cut_short(d.name, sent, f"the stream ended without [DONE] after {sent} tokens")
         except (aiohttp.ServerTimeoutError, TimeoutError):
-            raise ProviderError(
-                f"{d.name} did not answer within {timeout_s:.1f} s", outcome="timeout", tokens_sent=sent
-            ) from None
+            raise timed_out(d.name, timeout_s, sent) from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise ProviderError(
-                f"{d.name} failed: the stream was cut after {sent} tokens ({type(exc).__name__})",
-                outcome=f"stream cut after {sent} tokens",
-                tokens_sent=sent,
-            ) from None
+            raise cut_short(d.name, sent, f"the stream was cut after {sent} tokens ({type(exc).__name__})") from None
         except aiohttp.ClientError as exc:
-            raise ProviderError(
-                f"{d.name} failed: {type(exc).__name__}: {exc}", outcome="connection error", tokens_sent=sent
-            ) from None
+            raise broken(d.name, exc, sent) from None
         except ValueError:  # json.JSONDecodeError and friends
             raise ProviderError(
                 f"{d.name} sent a malformed stream chunk", outcome="malformed stream", tokens_sent=sent
             ) from None
 
-    async def _litellm(
-        self,
-        d: Deployment,
-        messages: Sequence[dict[str, str]],
-        max_tokens: int,
-        temperature: float | None,
-        timeout_s: float,
-        request_id: str,
-    ) -> AsyncIterator[Piece]:
-        kwargs = _chat_body(d.litellm_model, messages, max_tokens, temperature)
-        kwargs.update(timeout=timeout_s, max_retries=0, api_key=d.api_key, extra_headers={"x-request-id": request_id})
-        if d.api_base:
-            kwargs["api_base"] = d.api_base
-        sent = 0
-        response: Any = None
-        try:
-            response = await litellm.acompletion(**kwargs)
-            async for chunk in response:
-                usage = getattr(chunk, "usage", None)
-                for choice in chunk.choices or ():
-                    text = getattr(choice.delta, "content", None) or ""
-                    if text:
-                        sent += 1
-                        yield Piece(text=text)
-                    if choice.finish_reason:
-                        yield Piece(finish_reason=str(choice.finish_reason))
-                if usage is not None and getattr(usage, "completion_tokens", None) is not None:
-                    yield Piece(
-                        prompt_tokens=int(usage.prompt_tokens or 0), completion_tokens=int(usage.completion_tokens or 0)
-                    )
-        except litellm.ContextWindowExceededError:  # type: ignore[attr-defined]
-            raise ContextTooLong(
-                f"{d.name}: the conversation is longer than its context window",
-                outcome="context too long",
-                retryable=False,
-            ) from None
-        except openai.APITimeoutError:
-            raise ProviderError(
-                f"{d.name} did not answer within {timeout_s:.1f} s", outcome="timeout", tokens_sent=sent
-            ) from None
-        except MidStreamFallbackError:  # LiteLLM's name for a stream that broke off
-            raise ProviderError(
-                f"{d.name} failed: the stream was cut after {sent} tokens",
-                outcome=f"stream cut after {sent} tokens",
-                tokens_sent=sent,
-            ) from None
-        except openai.APIStatusError as exc:
-            retry_after = None
-            for headers in (
-                getattr(exc, "litellm_response_headers", None),
-                getattr(exc, "headers", None),
-                getattr(exc.response, "headers", None),
-            ):
-                retry_after = retry_after if retry_after is not None else _retry_after(headers)
-            raise _status_error(d.name, exc.status_code, exc.message, retry_after, sent) from None
-        except (httpx.HTTPError, openai.APIError) as exc:
-            outcome = f"stream cut after {sent} tokens" if sent else "connection error"
-            raise ProviderError(
-                f"{d.name} failed: {type(exc).__name__}: {exc}", outcome=outcome, tokens_sent=sent
-            ) from None
-        finally:
-            await _close(response)
-
-
-async def _close(response: Any) -> None:
-    """Close the provider stream so a cancelled call releases the provider's connection at once."""
-    stream = getattr(response, "completion_stream", None)
-    for obj in (stream, getattr(stream, "response", None)):
-        closer = getattr(obj, "aclose", None) or getattr(obj, "close", None)
-        if closer is not None:
-            try:
-                result = closer()
-                if hasattr(result, "__await__"):
-                    await result
-            except Exception:  # closing is best effort; the call is over either way
-                log.debug("closing the provider stream failed", exc_info=True)
-            return
+    def _litellm(self, call: Call) -> AsyncIterator[Piece]:
+        # The LiteLLM path's own generator, not a wrapper: closing it closes the provider stream.
+        return self.litellm_path().stream(call)

@@ -9,11 +9,17 @@ from tiermesh.inference.v1 import inference_service_pb2 as pb
 from services.inference import config as inference_config
 from services.inference.cache import AnswerCache
 from services.inference.engine import Engine
-from services.inference.provider import Provider
+from services.inference.provider import LEAN_PROVIDERS, Provider
 from services.inference.servicer import InferenceServicer
 from services.inference.usage import UsageReporter
 from services.runtime import config, contract, logs, observability, tls
 from services.runtime.server import serve
+
+
+def build_provider(cfg: inference_config.InferenceConfig) -> Provider:
+    """The provider pool, with LiteLLM loaded at start only if a deployment takes its path."""
+    deployments = [d for deps in cfg.tiers.values() for d in deps]
+    return Provider(cfg.max_connections, litellm=any(d.provider not in LEAN_PROVIDERS for d in deployments))
 
 
 async def main() -> None:
@@ -21,7 +27,7 @@ async def main() -> None:
     log = logs.setup("inference", config.get_str(tree, "log_level", "info", where=""))
     observability.setup("inference", tree)
     cfg = inference_config.load(tree)
-    provider = Provider(cfg.max_connections)
+    provider = build_provider(cfg)
     cache = AnswerCache(cfg.cache_url, cfg.cache_ttl_s, cfg.cache_namespace) if cfg.cache_url else None
     engine = Engine(cfg, provider, cache)
     analytics = config.section(tree, "inference", "analytics")

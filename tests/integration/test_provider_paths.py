@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.inference.config import Deployment
-from services.inference.provider import ContextTooLong, Piece, Provider, ProviderError
+from services.inference.provider import Call, ContextTooLong, Piece, Provider, ProviderError
 from tests.integration.mesh import Mesh, start_mesh
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,8 @@ def deployment(sim: Mesh, model: str) -> Deployment:
 
 
 async def collect(provider: Provider, path: str, d: Deployment, max_tokens: int = 0) -> list[Piece]:
-    stream = getattr(provider, path)(d, [{"role": "user", "content": "compare paths"}], max_tokens, None, 10, "rid")
+    call = Call(d, [{"role": "user", "content": "compare paths"}], max_tokens, None, 10, "rid")
+    stream = getattr(provider, path)(call)
     return [piece async for piece in stream]
 
 
@@ -89,7 +90,7 @@ async def test_a_cut_stream_reports_the_tokens_sent_on_both_paths(sim: Mesh, pro
         pieces: list[Piece] = []
         with pytest.raises(ProviderError) as info:
             async for piece in getattr(provider, path)(
-                deployment(sim, "sim:fault=cut:4"), [{"role": "user", "content": "x"}], 0, None, 10, "rid"
+                Call(deployment(sim, "sim:fault=cut:4"), [{"role": "user", "content": "x"}], 0, None, 10, "rid")
             ):
                 pieces.append(piece)
         assert info.value.outcome.startswith("stream cut after"), path
