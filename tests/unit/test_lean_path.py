@@ -90,3 +90,29 @@ def test_inference_loads_litellm_only_when_a_deployment_needs_it(tier1: str, loa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == str(loads_litellm)
+
+
+async def test_the_shipped_self_hosted_llama_deployment_turns_on_with_its_key() -> None:
+    """config/tiermesh.yaml ships a commented Llama deployment: uncommented, it answers tier 1
+    (on the lean path, no LiteLLM) once LLAMA_API_KEY is set, and is inert without it."""
+    import yaml
+
+    from services.inference import config as ic
+    from services.inference.server import build_provider
+    from services.runtime import config
+
+    text = (config.REPO_ROOT / "config" / "tiermesh.yaml").read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("# - {name: llama-local"))
+    for i in (start, start + 1):
+        lines[i] = lines[i].replace("# ", "", 1)  # as a user uncomments it
+    tree = yaml.safe_load("\n".join(lines))
+    off = ic.load(tree, environ={})
+    assert [d.name for d in off.tiers[1]] == ["sim-fast"]
+    on = ic.load(tree, environ={"LLAMA_API_KEY": "ollama"})
+    (llama,) = on.tiers[1]
+    assert (llama.name, llama.provider, llama.model) == ("llama-local", "openai_compatible", "llama3.2")
+    assert llama.api_base == "http://127.0.0.1:11434/v1" and llama.cost_micro_usd(1000, 1000) == 0
+    provider = build_provider(on)
+    assert not provider.wants_litellm
+    await provider.aclose()
