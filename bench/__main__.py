@@ -11,10 +11,13 @@ from bench import (
     mesh_latency,
     ratelimit_burst,
     router_eval,
+    startup,
 )
 
 
 def main() -> None:
+    startup.main([])
+    print()
     asyncio.run(mesh_latency.main())
     print()
     asyncio.run(inference_latency.main())
