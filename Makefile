@@ -13,7 +13,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PROTOS := $(shell find proto -name '*.proto' | sort)
 GATEWAY_PROTOS := $(shell find gateway/proto -name '*.proto' | sort)
 
-.PHONY: run test setup proto lint fmt unit integration bench bench-knowledge bench-router train-router clean
+.PHONY: help run test setup proto lint fmt unit integration bench bench-knowledge bench-router bench-startup train-router clean
+
+## help: list these targets
+help:
+	@awk -F': ' '/^## / { sub(/^## /, ""); printf "  make %-16s %s\n", $$1, substr($$0, length($$1) + 3) }' $(MAKEFILE_LIST)
 
 ## setup: create .venv and install tiermesh with its dev tools (re-runs when pyproject.toml changes)
 setup: $(VENV)/.installed
@@ -64,11 +68,13 @@ fmt: setup
 test: setup lint
 	$(PY) -m pytest
 
+## unit: the fast tests: units and contracts (no service runs)
 unit: setup
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit tests/contract
 
+## integration: the tests on real parts: meshes, PostgreSQL, Redis, Qdrant, Envoy, the attack suite
 integration: setup
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest tests/integration tests/analytics tests/knowledge tests/security
 
 ## bench: benchmarks that print figures
 bench: setup
@@ -82,9 +88,14 @@ bench-knowledge: setup
 bench-router: setup
 	$(PY) -m bench.router_eval
 
+## bench-startup: seconds from `tiermesh up` to healthy (and to the help centre ingested), RSS per part
+bench-startup: setup
+	$(PY) -m bench.startup
+
 ## train-router: retrain the intent and complexity models from data/routing (weights are committed)
 train-router: setup
 	$(PY) -m services.router.train
 
+## clean: remove the virtualenv and tool caches
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

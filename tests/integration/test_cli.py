@@ -130,6 +130,21 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
         assert len(rows) == 2 and rows[0]["document_id"] == "boleto-bancario.pt"
         assert set(rows[0]) >= {"document_id", "chunk_id", "title", "score", "text", "start", "end"}
 
+        # `tiermesh search ... | head`: the reader goes away before the results are written.
+        piped = subprocess.Popen(
+            [*enter, TIERMESH, "search", "pix", "--top-k", "10"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert piped.stdout is not None and piped.stderr is not None
+        piped.stdout.close()
+        with piped.stderr:
+            err = piped.stderr.read()
+        assert piped.wait(timeout=30) == 141, err  # 128 + SIGPIPE, as `yes | head` ends
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
+
         listing = subprocess.run([*enter, TIERMESH, "models"], env=env, capture_output=True, text=True, timeout=30)
         assert listing.returncode == 0, listing.stdout
         lines = listing.stdout.splitlines()
