@@ -32,7 +32,11 @@ HARD = (
     "pipeline to event sourcing. Compare Kafka and RabbitMQ, list the risks, and give a step by step "
     "migration plan with a rollback strategy and how to test each stage."
 )
-POSING = (("x-tiermesh-segment", "enterprise"), ("x-tiermesh-user", "ceo"), ("x-tiermesh-user-bin", b"ceo"))
+POSING = (
+    ("x-tiermesh-segment", "enterprise"),
+    ("x-tiermesh-user", "posing-admin"),
+    ("x-tiermesh-user-bin", b"posing-admin"),
+)
 
 
 def route_request() -> pb.RouteRequest:
@@ -100,7 +104,7 @@ async def test_inference_takes_who_asked_only_from_the_router(attack: Attack) ->
 
     rows = await eventually(stored)
     assert rows[ids["operator"]] == ("", "")  # nobody said who asked
-    assert rows[ids["router"]] == ("ceo", "enterprise")
+    assert rows[ids["router"]] == ("posing-admin", "enterprise")
 
 
 async def test_each_role_may_call_only_what_it_needs(attack: Attack) -> None:
