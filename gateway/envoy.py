@@ -12,12 +12,16 @@ What the edge does with a request, in order:
 3. The JWT is verified (ES256/RS256 against the JWKS), and only a token with an `exp`, a
    non-empty `sub` of at most 256 characters and a `segment` that is exactly one of the
    contract's segments gets through (otherwise UNAUTHENTICATED, naming the claim). Its claims
-   become `x-tiermesh-user` / `x-tiermesh-segment`.
+   become `x-tiermesh-user` / `x-tiermesh-segment`, and a `role` claim (only `operator`
+   exists) `x-tiermesh-role`.
 4. One call to the RateLimit service counts the request per client address (the downstream
    address, or the one `envoy.trusted_proxy_hops` proxies in front vouch for) and per user
    within the segment; a local token bucket is the backstop when that service is away.
 5. The request goes to the Router over mutual TLS, as the `edge` role: the only caller whose
-   identity headers the Router honours.
+   identity headers the Router honours. The read RPCs the web app needs go to their own
+   services the same way: Analytics' GetSpend and WatchSpend (a token reads only its own
+   user's spend unless it has the operator role; checked here on the message and again by
+   Analytics) and Inference's ListModels (operator role only).
 
 Local replies (auth, limits, timeouts) reach gRPC-Web callers as HTTP 200 with grpc-status, as
 gRPC-Web clients expect. Streams are never cut by a route timeout; a request whose answer has not
@@ -70,6 +74,15 @@ from services.runtime import config, identity, reflection, tls
 
 PUBLIC_PREFIXES = ("/tiermesh.router.v1.RouterService/",)
 UNARY_PATHS = ("/tiermesh.router.v1.RouterService/Route",)
+# The read RPCs served at the edge besides the Router's: path -> (cluster, streams?, guard), where
+# the guard (see _READER_LUA) is `own:N` (field N of the request names a user, who must be the
+# token's own unless it has the operator role) or `operator` (operator role only).
+READS = {
+    "/tiermesh.analytics.v1.AnalyticsService/GetSpend": ("analytics", False, "own:3"),
+    "/tiermesh.analytics.v1.AnalyticsService/WatchSpend": ("analytics", True, "own:1"),
+    "/tiermesh.inference.v1.InferenceService/ListModels": ("inference", False, "operator"),
+}
+READER = "tiermesh.reader"
 # Server reflection, for an authenticated caller: buf curl, grpcurl and Postman then need no
 # proto files. Answered by the Router (it describes RouterService); a stream of requests, so the
 # one-message frame check does not apply.
@@ -166,6 +179,82 @@ function envoy_on_request(handle)
 end
 """
 
+# Who may read what at the edge, before the request leaves Envoy (the service checks again). Per
+# route, by name: `operator` lets only a token with the operator role through; `own:N` reads the
+# request message's string field N (a user id; the last occurrence wins, as in protobuf) and
+# lets it through when it is empty or the token's own `sub`, or the token has the operator role.
+# The frame check has run: the body is one whole uncompressed message.
+_READER_LUA = """
+local function deny(handle, message)
+  handle:respond({[":status"] = "200", ["content-type"] = "application/grpc", ["grpc-status"] = "7",
+                  ["grpc-message"] = message}, "")
+end
+
+local function varint(bytes, i)
+  local value, scale = 0, 1
+  while i <= #bytes do
+    local b = string.byte(bytes, i)
+    i = i + 1
+    value = value + (b % 128) * scale
+    if b < 128 then return value, i end
+    scale = scale * 128
+    if scale > 2 ^ 63 then return nil, i end
+  end
+  return nil, i
+end
+
+-- The last value of string field `wanted` in a protobuf message, "" when absent; nil when the
+-- message cannot be read.
+local function string_field(bytes, wanted)
+  local i, found = 1, ""
+  while i <= #bytes do
+    local key
+    key, i = varint(bytes, i)
+    if key == nil then return nil end
+    local field, wire = math.floor(key / 8), key % 8
+    if wire == 0 then
+      local v
+      v, i = varint(bytes, i)
+      if v == nil then return nil end
+    elseif wire == 1 then i = i + 8
+    elseif wire == 5 then i = i + 4
+    elseif wire == 2 then
+      local n
+      n, i = varint(bytes, i)
+      if n == nil or i + n - 1 > #bytes then return nil end
+      if field == wanted then found = string.sub(bytes, i, i + n - 1) end
+      i = i + n
+    else return nil end
+  end
+  if i ~= #bytes + 1 then return nil end
+  return found
+end
+
+local function operator(handle)
+  return handle:headers():get("x-tiermesh-role") == "operator"
+end
+
+local function operator_only(handle)
+  if not operator(handle) then
+    deny(handle, "this needs a token with the operator role")
+  end
+end
+
+local function own_user(handle, field)
+  if operator(handle) then return end
+  local body = handle:body()
+  local size = body:length()
+  local user = string_field(body:getBytes(5, size - 5), field)
+  if user == nil then
+    handle:respond({[":status"] = "200", ["content-type"] = "application/grpc", ["grpc-status"] = "3",
+                    ["grpc-message"] = "the request message could not be decoded"}, "")
+  elseif user ~= "" and user ~= handle:headers():get("x-tiermesh-user") then
+    deny(handle, "user: a token may read only its own user's spend; leave user empty or set it to the " ..
+                 "token's 'sub' (reading another user's spend needs the operator role)")
+  end
+end
+"""
+
 _ACCESS_LOG_FORMAT = {
     "ts": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
@@ -211,6 +300,18 @@ def _http_filter(name: str, message: Any) -> hcm_v3.HttpFilter:
 def _lua(name: str, code: str) -> hcm_v3.HttpFilter:
     """A Lua filter; each has a name of its own, so a route can turn one off."""
     return _http_filter(name, lua.Lua(default_source_code=core.DataSource(inline_string=code)))
+
+
+def _reader_filter() -> hcm_v3.HttpFilter:
+    """The read guard: nothing by default; each read route names its check (see READS)."""
+    calls = {"operator": "operator_only(handle)"} | {
+        guard: f"own_user(handle, {guard.split(':')[1]})" for _, _, guard in READS.values() if guard.startswith("own:")
+    }
+    sources = {
+        guard: core.DataSource(inline_string=f"{_READER_LUA}\nfunction envoy_on_request(handle) {call} end\n")
+        for guard, call in calls.items()
+    }
+    return _http_filter(READER, lua.Lua(source_codes=sources))
 
 
 def _rate_limits() -> list[route.RateLimit]:
@@ -344,6 +445,7 @@ def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> hcm_v3.HttpF
         claim_to_headers=[
             jwt_authn.JwtClaimToHeader(header_name=identity.USER, claim_name="sub"),
             jwt_authn.JwtClaimToHeader(header_name=identity.SEGMENT, claim_name="segment"),
+            jwt_authn.JwtClaimToHeader(header_name=identity.ROLE, claim_name="role"),
         ],
         # The route is chosen again once the claims are known: a token whose claims are not
         # acceptable matches a route that refuses it.
@@ -539,6 +641,27 @@ def _guard_routes() -> list[route.Route]:
             401,
             f"the token's 'segment' claim must be exactly one of {segments} (lower case, a string)",
         ),
+        _refuse(
+            "bad-role-claim",
+            route.RouteMatch(
+                prefix="/",
+                dynamic_metadata=[
+                    matcher.MetadataMatcher(
+                        filter="envoy.filters.http.jwt_authn",
+                        path=_jwt_claim("role"),
+                        value=matcher.ValueMatcher(present_match=True),
+                    ),
+                    matcher.MetadataMatcher(
+                        filter="envoy.filters.http.jwt_authn",
+                        path=_jwt_claim("role"),
+                        value=matcher.ValueMatcher(string_match=matcher.StringMatcher(exact=identity.OPERATOR)),
+                        invert=True,
+                    ),
+                ],
+            ),
+            401,
+            f"the token's 'role' claim, when present, must be exactly '{identity.OPERATOR}'",
+        ),
     ]
 
 
@@ -553,28 +676,29 @@ def _routes(max_stream: timedelta, response_start: timedelta) -> list[route.Rout
             base_interval=timedelta(milliseconds=25), max_interval=timedelta(milliseconds=250)
         ),
     )
-    unary = [
-        route.Route(
-            name="route",
+
+    def unary_route(name: str, path: str, cluster: str) -> route.Route:
+        return route.Route(
+            name=name,
             match=route.RouteMatch(path=path),
             route=route.RouteAction(
-                cluster="router", timeout=timedelta(seconds=10), retry_policy=unary_retry, rate_limits=_rate_limits()
+                cluster=cluster, timeout=timedelta(seconds=10), retry_policy=unary_retry, rate_limits=_rate_limits()
             ),
             request_body_buffer_limit=MAX_REQUEST_BYTES,
         )
-        for path in UNARY_PATHS
-    ]
+
+    unary = [unary_route("route", path, "router") for path in UNARY_PATHS]
     # A stream is never retried and never cut by a route timeout; but an answer that has not even
     # started within `response_start` (the upstream never got the whole request, or hangs) is
     # ended: once the first byte went to the client the per-try timeout no longer applies.
     no_retry = route.RetryPolicy(retry_on="", num_retries=0, per_try_timeout=response_start)
 
-    def stream(name: str, prefix: str) -> route.Route:
+    def stream(name: str, prefix: str, cluster: str = "router") -> route.Route:
         return route.Route(
             name=name,
             match=route.RouteMatch(prefix=prefix),
             route=route.RouteAction(
-                cluster="router",
+                cluster=cluster,
                 timeout=timedelta(0),
                 retry_policy=no_retry,
                 # The client's grpc-timeout is not Envoy's to enforce (it would reset the stream):
@@ -594,7 +718,15 @@ def _routes(max_stream: timedelta, response_start: timedelta) -> list[route.Rout
         reflection_route = stream("reflection", prefix)
         reflection_route.typed_per_filter_config = {FRAME_CHECK: AnyMessage.pack(lua.LuaPerRoute(disabled=True))}
         reflect.append(reflection_route)
-    return [*_guard_routes(), *unary, *streaming, *reflect]
+    reads = []
+    for path, (cluster, streams, guard) in READS.items():
+        read = stream("read", path, cluster) if streams else unary_route("read", path, cluster)
+        if streams:
+            read.match = route.RouteMatch(path=path)
+            read.request_body_buffer_limit = MAX_REQUEST_BYTES
+        read.typed_per_filter_config = {READER: AnyMessage.pack(lua.LuaPerRoute(name=guard))}
+        reads.append(read)
+    return [*_guard_routes(), *unary, *streaming, *reads, *reflect]
 
 
 def _status_is(code: int, key: str) -> accesslog.AccessLogFilter:
@@ -796,11 +928,14 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.B
             _jwt_filter(tree, jwks_path),
             _ratelimit_filter(tree),
             _lua(FRAME_CHECK, _FRAME_LUA),
+            _reader_filter(),
             _http_filter("envoy.filters.http.router", router_filter.Router()),
         ],
     )
     clusters = [
         _cluster(tree, "router", health_service="tiermesh.router.v1.RouterService"),
+        _cluster(tree, "analytics", health_service="tiermesh.analytics.v1.AnalyticsService"),
+        _cluster(tree, "inference", health_service="tiermesh.inference.v1.InferenceService"),
         # A slow verdict is a reason to make the service faster, not to stop asking it.
         _cluster(tree, "ratelimit", outlier_detection=False),
     ]

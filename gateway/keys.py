@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.runtime import config
-from services.runtime.identity import SEGMENTS
+from services.runtime.identity import OPERATOR, SEGMENTS
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,11 @@ def parse_ttl(text: str) -> int:
     return value
 
 
-def mint(tree: Mapping[str, Any], user: str, segment: str, ttl_s: int, now: float | None = None) -> str:
-    """A development token for `user` in `segment`, signed with the dev key (ES256)."""
+def mint(tree: Mapping[str, Any], user: str, segment: str, ttl_s: int, now: float | None = None, role: str = "") -> str:
+    """A development token for `user` in `segment` (with the `role` claim when given: only
+    `operator` exists), signed with the dev key (ES256)."""
+    if role not in ("", OPERATOR):
+        raise ValueError(f"role must be {OPERATOR} or none")
     if segment not in SEGMENTS:
         raise ValueError(f"segment must be one of {', '.join(SEGMENTS)}")
     if not user or len(user) > 256:
@@ -122,4 +125,6 @@ def mint(tree: Mapping[str, Any], user: str, segment: str, ttl_s: int, now: floa
         "nbf": issued,
         "exp": issued + ttl_s,
     }
+    if role:
+        claims["role"] = role
     return jwt.encode(claims, keys.private_key, algorithm="ES256", headers={"kid": keys.kid})

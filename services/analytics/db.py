@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -189,6 +189,32 @@ async def groups(
         *args,
     )
     return [(str(r["key"]), _totals(r)) for r in rows]
+
+
+async def bucketed(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    bucket_s: int,
+    dimension: str | None,
+    start: datetime,
+    end: datetime | None,
+    user: str = "",
+    segment: str = "",
+    limit: int = 1000,
+) -> list[tuple[datetime, str, Totals]]:
+    """Spend per time bucket of `bucket_s` seconds aligned to `start` (and per value of
+    `dimension` within each, the `limit` costliest; the key is empty without a dimension)."""
+    where, args = _where(start, end, user, segment)
+    args.append(timedelta(seconds=bucket_s))
+    key = GROUP_COLUMNS[dimension] if dimension else "''"
+    rows = await conn.fetch(
+        f"SELECT at, key, requests, prompt_tokens, completion_tokens, cost_micro_usd FROM ("  # noqa: S608
+        f"SELECT date_bin(${len(args)}, occurred_at, $1) AS at, {key} AS key, {_SUMS}, "
+        f"row_number() OVER (PARTITION BY date_bin(${len(args)}, occurred_at, $1) "
+        f"ORDER BY coalesce(sum(cost_micro_usd), 0) DESC, {key}) AS rank "
+        f"FROM usage_events WHERE {where} GROUP BY 1, 2) ranked WHERE rank <= {int(limit)} ORDER BY at, rank",
+        *args,
+    )
+    return [(r["at"], str(r["key"]), _totals(r)) for r in rows]
 
 
 async def rollup(conn: asyncpg.Connection, lag_s: float = 10.0) -> bool:

@@ -169,10 +169,11 @@ async def main() -> None:
         on_drain=on_drain,
         on_stop=on_stop,
         # Usage comes from Inference (or an operator replaying it); spend is read by the Router
-        # for budgets and by operators.
+        # for budgets, by operators, and through the edge by a signed-in user (their own only,
+        # see servicer.spend_scope).
         callers={
             served.path("RecordUsage"): (tls.INFERENCE, tls.OPERATOR),
-            served.path("GetSpend"): (tls.ROUTER, tls.OPERATOR),
-            served.path("WatchSpend"): (tls.ROUTER, tls.OPERATOR),
+            served.path("GetSpend"): (tls.ROUTER, tls.OPERATOR, tls.EDGE),
+            served.path("WatchSpend"): (tls.ROUTER, tls.OPERATOR, tls.EDGE),
         },
     )

@@ -15,8 +15,9 @@ from tiermesh.common.v1 import common_pb2 as c
 from services.analytics import db
 from services.analytics.live import Live
 from services.analytics.writer import CONNECTION_ERRORS, UsageWriter
+from services.runtime import identity, tls
 from services.runtime.enums import name_of
-from services.runtime.errors import InvalidArgument, Unavailable
+from services.runtime.errors import InvalidArgument, PermissionDenied, Unavailable
 from services.runtime.server import Context
 from services.runtime.validation import validate
 
@@ -27,6 +28,8 @@ DIMENSIONS = {
     pb.SPEND_DIMENSION_MODEL: "model",
 }
 MAX_FUTURE = timedelta(days=1)
+MIN_BUCKET_S = 60
+MAX_BUCKETS = 1440
 REFRESH_S = 30.0  # watchers recompute at least this often (a new month starts from zero)
 DEBOUNCE_S = 0.05
 
@@ -39,6 +42,27 @@ def _clean(text: str) -> str:
     """Text as PostgreSQL can hold it (no NUL), the rest as sent; events are stored so, and
     spend queries look for users so."""
     return text.replace("\x00", "\ufffd")
+
+
+def spend_scope(requested: str, context: Context) -> str:
+    """The user whose spend a read may cover. Through the edge a token reads only its own user's
+    (an empty `user` means its own), unless it carries the operator role; a service or an
+    operator's tool with a certificate of its own reads what it asks for."""
+    requested = _clean(requested)  # as users are stored
+    who = identity.reader(tls.peer_role(context), tls.EDGE, identity.metadata_dict(context.invocation_metadata()))
+    if who is None:
+        return requested
+    user, operator = who
+    if operator:
+        return requested
+    if not user:
+        raise PermissionDenied("spend can be read only with a token that names a user (its 'sub' claim)")
+    if requested and requested != user:
+        raise PermissionDenied(
+            "user: a token may read only its own user's spend; leave user empty or set it to the token's 'sub' "
+            "(reading another user's spend needs the operator role)"
+        )
+    return user
 
 
 def to_row(e: pb.UsageEvent, i: int, now: datetime) -> db.Row:
@@ -121,15 +145,34 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             raise InvalidArgument("end_time: must be after start_time")
         if any(g == pb.SPEND_DIMENSION_UNSPECIFIED for g in request.group_by):
             raise InvalidArgument("group_by: SPEND_DIMENSION_UNSPECIFIED is not a dimension")
+        bucket = request.bucket_s
+        if bucket:
+            if bucket < MIN_BUCKET_S:
+                raise InvalidArgument(f"bucket_s: must be 0 (no buckets) or from {MIN_BUCKET_S} to 86400 seconds")
+            span = ((end or datetime.now(UTC)) - start).total_seconds()
+            if span / bucket > MAX_BUCKETS:
+                raise InvalidArgument(
+                    f"bucket_s: {bucket} s splits the range into {int(span // bucket) + 1} buckets, more than "
+                    f"{MAX_BUCKETS}; ask for larger buckets or a shorter range"
+                )
         segment = segment_name(request.segment)
-        user = _clean(request.user)  # as users are stored
+        user = spend_scope(request.user, context)
+        dims = list(dict.fromkeys(request.group_by))
         pool = await self._db()
         try:
             total = await db.totals(pool, start, end, user, segment)
             out = pb.GetSpendResponse(totals=totals_pb(total))
-            for dim in dict.fromkeys(request.group_by):
+            for dim in dims:
                 for key, t in await db.groups(pool, DIMENSIONS[dim], start, end, user, segment):
                     out.groups.append(pb.SpendGroup(dimension=dim, key=key, totals=totals_pb(t)))
+            if bucket:
+                buckets: dict[datetime, pb.SpendBucket] = {}
+                for at, _, t in await db.bucketed(pool, bucket, None, start, end, user, segment):
+                    buckets[at] = pb.SpendBucket(start_time=timestamp(at), totals=totals_pb(t))
+                for dim in dims:
+                    for at, key, t in await db.bucketed(pool, bucket, DIMENSIONS[dim], start, end, user, segment):
+                        buckets[at].groups.append(pb.SpendGroup(dimension=dim, key=key, totals=totals_pb(t)))
+                out.buckets.extend(buckets[at] for at in sorted(buckets))
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"the analytics database is unreachable: {exc}") from None
         return out
@@ -137,7 +180,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     async def WatchSpend(self, request: pb.WatchSpendRequest, context: Context) -> AsyncIterator[pb.WatchSpendResponse]:
         validate(request)
         segment = segment_name(request.segment)
-        user = _clean(request.user)  # as users are stored
+        user = spend_scope(request.user, context)
         sub = self.live.subscribe(user, segment)
         last: db.Totals | None = None
         try:

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from services.cli import probes
-from services.cli.supervisor import probes_for
+from services.cli.supervisor import WEB, probes_for, web_built
 from services.runtime import config
 
 
@@ -15,6 +15,8 @@ async def health(as_json: bool) -> int:
     checks = probes_for(tree)
     names = list(checks)
     statuses = await asyncio.gather(*(probe() for probe, _ in checks.values()))
+    if not web_built():  # `tiermesh up` does not start an app that was never built
+        statuses[names.index(WEB)] = "NOT_BUILT"
     wheres = [where for _, where in checks.values()]
     if as_json:
         print(json.dumps({n: {"status": s, "address": w} for n, s, w in zip(names, statuses, wheres, strict=True)}))
@@ -31,6 +33,6 @@ async def health(as_json: bool) -> int:
                 f"\nanalytics is up but cannot reach PostgreSQL at {url}: chats work and usage is buffered. "
                 "Start PostgreSQL (e.g. `pg_ctlcluster 15 main start`) or set analytics.database_url."
             )
-        elif any(s != probes.SERVING for s in statuses):
+        elif any(s not in (probes.SERVING, "NOT_BUILT") for s in statuses):
             print("\nSome parts are not serving: start the mesh with `make run` (or `tiermesh up`).")
-    return 0 if all(s == probes.SERVING for s in statuses) else 1
+    return 0 if all(s in (probes.SERVING, "NOT_BUILT") for s in statuses) else 1

@@ -81,7 +81,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     try:
         ttl = keys.parse_ttl(args.ttl)
-        print(keys.mint(config.load(), args.user, args.segment, ttl))
+        print(keys.mint(config.load(), args.user, args.segment, ttl, role=args.role))
     except ValueError as exc:
         print(f"tiermesh token: {exc}", file=sys.stderr)
         return 2
@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, help="the token's subject")
     token.add_argument("--segment", choices=["standard", "vip", "enterprise"], default="standard")
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    token.add_argument(
+        "--role", choices=["operator"], default="", help="operator: may read every user's spend and the model catalog"
+    )
     token.set_defaults(func=_cmd_token)
 
     health = sub.add_parser("health", help="report each part's health")

@@ -29,7 +29,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-PARTS = ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin")
+PARTS = ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin", "web")
 # The parts that also serve Prometheus metrics (services.<name>.metrics_port) and plaintext health.
 METRICS_PARTS = tuple(config.METRICS_DEFAULT_PORTS)
 HEALTH_PARTS = tuple(config.HEALTH_DEFAULT_PORTS)
@@ -105,12 +105,12 @@ class Mesh:
     def logs(self, name: str) -> list[str]:
         return list(self.sup[name].lines)
 
-    def token(self, user: str = "", segment: str = "standard", ttl_s: int = 600) -> str:
+    def token(self, user: str = "", segment: str = "standard", ttl_s: int = 600, role: str = "") -> str:
         """A valid development token; by default for a fresh user, so tests never share a
         rate-limit bucket unless they mean to."""
         from gateway import keys
 
-        return keys.mint(self.tree, user or f"tester-{uuid.uuid4().hex[:12]}", segment, ttl_s)
+        return keys.mint(self.tree, user or f"tester-{uuid.uuid4().hex[:12]}", segment, ttl_s, role=role)
 
     def auth(self, user: str = "", segment: str = "standard") -> tuple[tuple[str, str], ...]:
         """gRPC metadata with a valid development token."""

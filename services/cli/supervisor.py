@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from services.cli import probes
@@ -76,7 +77,39 @@ def format_line(raw: str) -> str:
 
 
 PART_NAMES = ("simulator", "inference", "knowledge", "analytics", "router", "ratelimit", "envoy")
+# The browser app: run by `tiermesh up` once `make run` has built it, and by the browser tests.
+WEB = "web"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 _MODULES = {"ratelimit": "gateway.ratelimit"}
+
+
+def web_built() -> bool:
+    """Has the web app's production build been made (`make web`)?"""
+    return (WEB_DIR / ".next" / "standalone" / "server.js").is_file()
+
+
+def web_command(tree: Mapping[str, Any]) -> list[str]:
+    """The web app's standalone server, told where the edge is and, in development (no remote
+    JWKS), where the development signing key is: its sign-in route mints tokens server-side, so
+    the key never reaches a browser."""
+    from gateway import keys  # only `up` and tests start the web app
+
+    host, port = config.endpoint(tree, WEB)
+    auth = keys.settings(tree)
+    env = {
+        "HOSTNAME": host,
+        "PORT": str(port),
+        "NODE_ENV": "production",
+        "NEXT_TELEMETRY_DISABLED": "1",
+        "TIERMESH_EDGE_URL": f"http://{config.target(tree, 'envoy')}",
+        "TIERMESH_AUTH_ISSUER": auth.issuer,
+        "TIERMESH_AUTH_AUDIENCE": auth.audience,
+    }
+    if not auth.jwks_uri:
+        dev = keys.dev_keys(tree)
+        env |= {"TIERMESH_DEV_KEY_FILE": str(dev.private_path), "TIERMESH_DEV_JWKS_FILE": str(dev.jwks_path)}
+    node = shutil.which("node") or "node"
+    return ["env", *(f"{k}={v}" for k, v in env.items()), node, str(WEB_DIR / ".next" / "standalone" / "server.js")]
 
 
 def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
@@ -101,15 +134,22 @@ def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
         lambda: probes.http_ok(f"http://{admin_host}:{admin_port}/ready", expect="LIVE"),
         f"grpc+grpc-web://{config.target(tree, 'envoy')} (admin http://{admin_host}:{admin_port})",
     )
+    web_host, web_port = config.endpoint(tree, WEB)
+    out[WEB] = (
+        lambda: probes.http_ok(f"http://{web_host}:{web_port}/api/health", expect="ok"),
+        f"http://{web_host}:{web_port} (the browser app)",
+    )
     return out
 
 
 def parts_for(tree: Mapping[str, Any], names: Sequence[str] | None = None) -> list[Part]:
     """The parts `tiermesh up` runs, in start order; writes and validates Envoy's config."""
     chosen = list(names or PART_NAMES)
-    unknown = [n for n in chosen if n not in PART_NAMES]
+    unknown = [n for n in chosen if n not in (*PART_NAMES, WEB)]
     if unknown:
-        raise ValueError(f"unknown part(s) {unknown}; parts are {', '.join(PART_NAMES)}")
+        raise ValueError(f"unknown part(s) {unknown}; parts are {', '.join((*PART_NAMES, WEB))}")
+    if WEB in chosen and not web_built():
+        raise ValueError(f"the web app is not built: run `make web` (or `make run`), which builds {WEB_DIR}")
     checks = probes_for(tree)
     tls.ensure_dev_certs(tree)  # every part finds its certificate (made once, renewed near expiry)
     parts = []
@@ -120,6 +160,8 @@ def parts_for(tree: Mapping[str, Any], names: Sequence[str] | None = None) -> li
             path = envoy.write(tree)
             envoy.validate(path)
             argv = envoy.command(path)
+        elif name == WEB:
+            argv = web_command(tree)
         else:
             argv = [sys.executable, "-m", _MODULES.get(name, f"services.{name}")]
         probe, where = checks[name]

@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from services.cli.supervisor import StartError, Supervisor, format_line, parts_for
+from services.cli.supervisor import PART_NAMES, WEB, StartError, Supervisor, format_line, parts_for, web_built
 from services.runtime import config, tls
 
 _WIDTH = 10
@@ -37,7 +37,10 @@ async def _ingest(tree: dict[str, object], paths: list[str]) -> bool:
 
 async def up(timeout_s: float, ingest_paths: list[str] | None = None) -> int:
     tree = config.load()
-    sup = Supervisor(parts_for(tree), echo=_echo)
+    names = [*PART_NAMES, WEB] if web_built() else list(PART_NAMES)
+    if not web_built():
+        print("the web app is not built, so it is not started: `make run` (or `make web`) builds it", flush=True)
+    sup = Supervisor(parts_for(tree, names), echo=_echo)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

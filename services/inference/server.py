@@ -59,6 +59,7 @@ async def main() -> None:
         ready=provider.warm_up,
         on_stop=stop,
         # Only the Router asks for answers (an operator may, as an anonymous caller); anyone
-        # with a mesh certificate may read the catalog.
+        # with a mesh certificate may read the catalog (through the edge, only an operator
+        # token: see servicer.ListModels).
         callers={served.path("Generate"): (tls.ROUTER, tls.OPERATOR)},
     )

@@ -18,6 +18,7 @@ from services.inference.engine import Delta, Done, Engine, Event, GenerateInput,
 from services.inference.usage import UsageReporter
 from services.runtime import identity, logs, tls
 from services.runtime.enums import value_of
+from services.runtime.errors import PermissionDenied
 from services.runtime.server import Context, time_remaining
 from services.runtime.validation import validate
 
@@ -204,6 +205,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
         validate(request)
+        who = identity.reader(tls.peer_role(context), tls.EDGE, identity.metadata_dict(context.invocation_metadata()))
+        if who is not None and not who[1]:
+            raise PermissionDenied(
+                "the model catalog is for operators: sign in with a token that has the operator role"
+            )
         return pb.ListModelsResponse(
             models=[
                 self._info(d)

@@ -103,7 +103,17 @@ SCHEMA: dict[str, Any] = {
     "shutdown_grace_s": ANY,
     "services": {
         name: _PART_KEYS
-        for name in ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin")
+        for name in (
+            "router",
+            "inference",
+            "knowledge",
+            "analytics",
+            "ratelimit",
+            "simulator",
+            "envoy",
+            "envoy_admin",
+            "web",
+        )
     },
     "tls": frozenset({"enabled", "dir", "ca_file", "cert_file", "key_file", "cert_days"}),
     "observability": {"tracing": frozenset({"exporter", "endpoint", "file", "sample_ratio"})},
@@ -321,6 +331,7 @@ SERVICE_DEFAULT_PORTS = {
     "simulator": 4010,
     "envoy": 8080,
     "envoy_admin": 9901,
+    "web": 3000,
 }
 
 

@@ -19,6 +19,10 @@ from tiermesh.common.v1 import common_pb2
 USER = "x-tiermesh-user"
 USER_BIN = "x-tiermesh-user-bin"
 SEGMENT = "x-tiermesh-segment"
+# The token's `role` claim, when it has one; `operator` is the only role: it may read every
+# user's spend and the model catalog through the edge.
+ROLE = "x-tiermesh-role"
+OPERATOR = "operator"
 INTENT = "x-tiermesh-intent"
 COMPLEXITY = "x-tiermesh-complexity"
 REQUEST_ID = "x-request-id"
@@ -28,7 +32,7 @@ CLIENT_REQUEST_ID = "x-client-request-id"
 # end the stream at; Envoy does not enforce it.
 DEADLINE = "x-tiermesh-grpc-timeout"
 # Every header an edge client could send to pose as someone; Envoy removes them on arrival.
-EDGE_ONLY = (USER, USER_BIN, SEGMENT, INTENT, COMPLEXITY, CLIENT_REQUEST_ID)
+EDGE_ONLY = (USER, USER_BIN, SEGMENT, ROLE, INTENT, COMPLEXITY, CLIENT_REQUEST_ID)
 
 # The segments, from the contract's enum: standard, vip, enterprise.
 SEGMENTS = tuple(v.name.removeprefix("SEGMENT_").lower() for v in common_pb2.Segment.DESCRIPTOR.values if v.number != 0)
@@ -69,3 +73,14 @@ def client_request_id(metadata: dict[str, str]) -> str:
 def user_metadata(user: str) -> tuple[str, bytes]:
     """The user as metadata for a call to another service (any Unicode survives)."""
     return (USER_BIN, user.encode("utf-8"))
+
+
+def reader(peer_role: str, edge: str, metadata: dict[str, str]) -> tuple[str, bool] | None:
+    """Who reads through the edge: (the verified user, whether the token has the operator role),
+    or None when the caller is not the edge (a service or an operator's tool with a certificate
+    of its own, which may read anything). Without TLS (`peer_role` empty) a call that carries
+    the edge's identity headers is taken as the edge's."""
+    if peer_role not in ("", edge) or (not peer_role and USER not in metadata and USER_BIN not in metadata):
+        return None
+    user, _ = user_and_segment(metadata)
+    return user, metadata.get(ROLE, "") == OPERATOR

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -189,6 +190,55 @@ async def test_get_spend_totals_and_breakdowns(analytics: Mesh) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetSpend(pb.GetSpendRequest(group_by=[pb.SPEND_DIMENSION_UNSPECIFIED]))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_get_spend_in_time_buckets_by_tier_and_model(analytics: Mesh) -> None:
+    """Spend over time, as the operations view charts it: one bucket per hour aligned to the
+    start of the range, each with its own totals and breakdowns; empty hours are left out."""
+    tag = uuid.uuid4().hex[:6]
+    user = f"hourly-{tag}"
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
+    placed = [
+        (0, 10, c.TIER_FAST, "sim-fast"),
+        (0, 20, c.TIER_PREMIUM, "sim-premium"),
+        (3, 40, c.TIER_FAST, "sim-fast"),
+    ]
+    events = []
+    for i, (hour, cost, tier, model) in enumerate(placed):
+        e = event(f"{tag}-h{i}", user=user, cost=cost)
+        e.tier, e.model = tier, model
+        e.occurred_at.FromDatetime(start + timedelta(hours=hour, minutes=5 + i))
+        events.append(e)
+    channel, stub = stub_for(analytics)
+    async with channel:
+        await send(stub, events)
+        request = pb.GetSpendRequest(
+            user=user, bucket_s=3600, group_by=[pb.SPEND_DIMENSION_TIER, pb.SPEND_DIMENSION_MODEL]
+        )
+        request.start_time.FromDatetime(start)
+        for _ in range(100):
+            spend = await stub.GetSpend(request, timeout=5)
+            if spend.totals.requests == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert [b.start_time.ToDatetime(tzinfo=UTC) for b in spend.buckets] == [start, start + timedelta(hours=3)]
+        first, later = spend.buckets
+        assert (first.totals.requests, first.totals.cost_micro_usd) == (2, 30)
+        assert {(g.dimension, g.key): g.totals.cost_micro_usd for g in first.groups} == {
+            (pb.SPEND_DIMENSION_TIER, "4"): 20,
+            (pb.SPEND_DIMENSION_TIER, "1"): 10,
+            (pb.SPEND_DIMENSION_MODEL, "sim-premium"): 20,
+            (pb.SPEND_DIMENSION_MODEL, "sim-fast"): 10,
+        }
+        assert [g.key for g in first.groups if g.dimension == pb.SPEND_DIMENSION_TIER] == ["4", "1"]  # costliest first
+        assert (later.totals.requests, later.totals.cost_micro_usd) == (1, 40)
+        assert sum(b.totals.cost_micro_usd for b in spend.buckets) == spend.totals.cost_micro_usd == 70
+        for bad, says in ((30, "from 60 to 86400"), (60, "more than 1440")):
+            wide = pb.GetSpendRequest(bucket_s=bad)
+            wide.start_time.FromDatetime(start - timedelta(days=2))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetSpend(wide, timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in (err.value.details() or "")
 
 
 async def test_watch_spend_pushes_new_totals_as_usage_arrives(analytics: Mesh) -> None:

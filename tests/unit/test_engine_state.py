@@ -20,6 +20,16 @@ class Clock:
         return self.now
 
 
+class Caller:
+    """A call's context as a caller without a certificate or metadata presents it."""
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
 async def test_listing_models_never_moves_a_breaker() -> None:
     cfg = inference_config.load(config.load(environ={}), environ={})
     clock = Clock()
@@ -32,7 +42,7 @@ async def test_listing_models_never_moves_a_breaker() -> None:
             breaker.record(False)
         assert breaker.state == OPEN
         clock.now += cfg.breaker.open_s + 1  # the open period is over: the next call may try
-        reply = await InferenceServicer(cfg, engine).ListModels(ipb.ListModelsRequest(), None)  # type: ignore[arg-type]
+        reply = await InferenceServicer(cfg, engine).ListModels(ipb.ListModelsRequest(), Caller())  # type: ignore[arg-type]
         listed = next(m for m in reply.models if m.deployment == "sim-fast")
         assert listed.breaker_state == HALF_OPEN  # what a call would find ...
         assert breaker.state == OPEN and breaker.trials_in_flight == 0  # ... but reading moved nothing

@@ -44,8 +44,24 @@ def test_streams_are_never_cut_or_retried_and_unary_route_may_retry(tmp_path: Pa
     assert unary.route.retry_policy is not None and unary.route.retry_policy.num_retries == 2
     assert routes.index(unary) < routes.index(streaming[0])  # the exact path wins over the prefix
     guards = [r.name for r in routes if r.direct_response is not None]
-    assert guards == ["unserved-protocol", "no-exp-claim", "bad-sub-claim", "bad-segment-claim"]
+    assert guards == ["unserved-protocol", "no-exp-claim", "bad-sub-claim", "bad-segment-claim", "bad-role-claim"]
     assert max(routes.index(r) for r in routes if r.direct_response is not None) < routes.index(unary)
+
+
+def test_only_the_reads_the_web_app_needs_reach_other_services_each_behind_its_guard(tmp_path: Path) -> None:
+    hcm = hcm_of(tmp_path)
+    routes = hcm.route_config.virtual_hosts[0].routes
+    elsewhere = {r.match.path or r.match.prefix: r for r in routes if r.route and r.route.cluster != "router"}
+    assert set(elsewhere) == set(envoy.READS)
+    for path, (cluster, streams, guard) in envoy.READS.items():
+        read = elsewhere[path]
+        assert read.match.path == path  # the exact method, never a service's prefix
+        assert read.route.cluster == cluster and bool(read.route.timeout == timedelta(0)) == streams
+        assert read.typed_per_filter_config[envoy.READER].unpack().name == guard
+        assert read.route.rate_limits  # reads count against the caller's limits like chats
+    reader = next(f for f in hcm.http_filters if f.name == envoy.READER).typed_config.unpack()
+    assert reader.default_source_code is None  # nothing runs on the chat routes
+    assert set(reader.source_codes) == {guard for _, _, guard in envoy.READS.values()}
 
 
 def test_identity_headers_are_stripped_before_the_token_is_checked(tmp_path: Path) -> None:

@@ -275,10 +275,16 @@ class GetSpendRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
     GROUP_BY_FIELD_NUMBER: _builtins.int
+    BUCKET_S_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """user restricts to one user: at most 256 code points; empty means all users."""
     segment: _common_pb2.Segment.ValueType
     """segment restricts to one segment; SEGMENT_UNSPECIFIED means all."""
+    bucket_s: _builtins.int
+    """bucket_s, when set, also splits the range into buckets of this many seconds (60 to 86,400),
+    aligned to start_time, each with the totals and the breakdowns of group_by; at most 1,440
+    buckets per request. 0 asks for no buckets.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """start_time is the inclusive start; unset means 24 hours before end_time."""
@@ -299,14 +305,51 @@ class GetSpendRequest(_message.Message):
         user: _builtins.str = ...,
         segment: _common_pb2.Segment.ValueType = ...,
         group_by: _abc.Iterable[Global___SpendDimension.ValueType] | None = ...,
+        bucket_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "segment", b"segment", "start_time", b"start_time", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_s", b"bucket_s", "end_time", b"end_time", "group_by", b"group_by", "segment", b"segment", "start_time", b"start_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSpendRequest: _TypeAlias = GetSpendRequest  # noqa: Y015
+
+@_typing.final
+class SpendBucket(_message.Message):
+    """SpendBucket is the spend of one time bucket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time is the bucket's inclusive start; it ends bucket_s later."""
+
+    @_builtins.property
+    def totals(self) -> Global___SpendTotals:
+        """totals is the spend in the bucket."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendGroup]:
+        """groups are the breakdowns asked for in group_by, within the bucket."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        totals: Global___SpendTotals | None = ...,
+        groups: _abc.Iterable[Global___SpendGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time", "totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "start_time", b"start_time", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendBucket: _TypeAlias = SpendBucket  # noqa: Y015
 
 @_typing.final
 class GetSpendResponse(_message.Message):
@@ -316,6 +359,7 @@ class GetSpendResponse(_message.Message):
 
     TOTALS_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def totals(self) -> Global___SpendTotals:
         """totals is the spend of every matching request."""
@@ -324,15 +368,20 @@ class GetSpendResponse(_message.Message):
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendGroup]:
         """groups are the breakdowns asked for, largest cost first."""
 
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendBucket]:
+        """buckets are the range split by bucket_s, oldest first, only those with requests."""
+
     def __init__(
         self,
         *,
         totals: Global___SpendTotals | None = ...,
         groups: _abc.Iterable[Global___SpendGroup] | None = ...,
+        buckets: _abc.Iterable[Global___SpendBucket] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "totals", b"totals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "groups", b"groups", "totals", b"totals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

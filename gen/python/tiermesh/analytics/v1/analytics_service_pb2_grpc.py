@@ -65,14 +65,17 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSpend(self, request, context):
-        """GetSpend returns totals and breakdowns over a time range.
+        """GetSpend returns totals and breakdowns over a time range, optionally in time buckets.
+        Through the edge a token reads only its own user's spend (an empty user means its own),
+        unless it carries the operator role; another user's is PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchSpend(self, request, context):
-        """WatchSpend streams updated totals as usage arrives.
+        """WatchSpend streams updated totals as usage arrives. Through the edge, the same rule as
+        GetSpend: a token watches only its own user's spend unless it carries the operator role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,9 +38,14 @@ class AnalyticsServiceStub:
     for bad events, RESOURCE_EXHAUSTED when the write buffer is full (retry later).
     """
     GetSpend: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetSpendRequest, _analytics_service_pb2.GetSpendResponse]
-    """GetSpend returns totals and breakdowns over a time range."""
+    """GetSpend returns totals and breakdowns over a time range, optionally in time buckets.
+    Through the edge a token reads only its own user's spend (an empty user means its own),
+    unless it carries the operator role; another user's is PERMISSION_DENIED.
+    """
     WatchSpend: _grpc.UnaryStreamMultiCallable[_analytics_service_pb2.WatchSpendRequest, _analytics_service_pb2.WatchSpendResponse]
-    """WatchSpend streams updated totals as usage arrives."""
+    """WatchSpend streams updated totals as usage arrives. Through the edge, the same rule as
+    GetSpend: a token watches only its own user's spend unless it carries the operator role.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -52,9 +57,14 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     for bad events, RESOURCE_EXHAUSTED when the write buffer is full (retry later).
     """
     GetSpend: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetSpendRequest, _analytics_service_pb2.GetSpendResponse]  # type: ignore[assignment]
-    """GetSpend returns totals and breakdowns over a time range."""
+    """GetSpend returns totals and breakdowns over a time range, optionally in time buckets.
+    Through the edge a token reads only its own user's spend (an empty user means its own),
+    unless it carries the operator role; another user's is PERMISSION_DENIED.
+    """
     WatchSpend: _aio.UnaryStreamMultiCallable[_analytics_service_pb2.WatchSpendRequest, _analytics_service_pb2.WatchSpendResponse]  # type: ignore[assignment]
-    """WatchSpend streams updated totals as usage arrives."""
+    """WatchSpend streams updated totals as usage arrives. Through the edge, the same rule as
+    GetSpend: a token watches only its own user's spend unless it carries the operator role.
+    """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     """AnalyticsService records what every request consumed and reports spend."""
@@ -75,7 +85,10 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_service_pb2.GetSpendRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_service_pb2.GetSpendResponse, _abc.Awaitable[_analytics_service_pb2.GetSpendResponse]]:
-        """GetSpend returns totals and breakdowns over a time range."""
+        """GetSpend returns totals and breakdowns over a time range, optionally in time buckets.
+        Through the edge a token reads only its own user's spend (an empty user means its own),
+        unless it carries the operator role; another user's is PERMISSION_DENIED.
+        """
 
     @_abc_1.abstractmethod
     def WatchSpend(
@@ -83,6 +96,8 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_service_pb2.WatchSpendRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_analytics_service_pb2.WatchSpendResponse], _abc.AsyncIterator[_analytics_service_pb2.WatchSpendResponse]]:
-        """WatchSpend streams updated totals as usage arrives."""
+        """WatchSpend streams updated totals as usage arrives. Through the edge, the same rule as
+        GetSpend: a token watches only its own user's spend unless it carries the operator role.
+        """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
