@@ -12,8 +12,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTOS := $(shell find proto -name '*.proto' | sort)
 GATEWAY_PROTOS := $(shell find gateway/proto -name '*.proto' | sort)
+# What the web app's production build is made from (its generated client included).
+WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null | sort) \
+  web/package-lock.json web/next.config.ts web/tsconfig.json
+export NEXT_TELEMETRY_DISABLED := 1
 
-.PHONY: help run test setup proto lint fmt unit integration bench bench-knowledge bench-router bench-startup train-router clean
+.PHONY: help run test setup proto lint fmt unit integration e2e web browser bench bench-knowledge bench-router bench-startup train-router clean
 
 ## help: list these targets
 help:
@@ -31,12 +35,30 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,knowledge]'
 	touch $@
 
-## run: set up, then run the whole mesh on embedded defaults (Ctrl-C stops it)
-run: setup
+## run: set up, then run the whole mesh and the web app (:3000) on embedded defaults (Ctrl-C stops it)
+run: setup web
 	$(VENV)/bin/tiermesh up --ingest data/knowledge/helpcenter
 
-## proto: generate Python code (and TypeScript when the web app's tools are installed)
-proto: setup
+## web: install the web app's pinned packages (npm ci) and make its production build
+web: web/.next/standalone/server.js
+
+web/node_modules/.installed: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+web/.next/standalone/server.js: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && node_modules/.bin/next build
+	# the standalone server serves the static assets only from its own folder
+	rm -rf web/.next/standalone/.next/static && cp -r web/.next/static web/.next/standalone/.next/static
+	if [ -d web/public ]; then rm -rf web/.next/standalone/public && cp -r web/public web/.next/standalone/public; fi
+	touch $@
+
+## browser: Debian's chromium for the browser tests, installed with apt when missing
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+## proto: generate the Python code and the web app's TypeScript client from the protos
+proto: setup web/node_modules/.installed
 	rm -rf gen/python/tiermesh gen/python/tiermesh_rls
 	mkdir -p gen/python
 	$(PY) -m grpc_tools.protoc -I proto \
@@ -47,10 +69,11 @@ proto: setup
 	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	  --python_out=gen/python --mypy_out=quiet:gen/python --grpc_python_out=gen/python --mypy_grpc_out=quiet:gen/python \
 	  $(GATEWAY_PROTOS)
-	if [ -x web/node_modules/.bin/protoc-gen-es ]; then $(VENV)/bin/buf generate; fi
+	$(VENV)/bin/buf generate
 
 ## lint: buf lint + format check, ruff, mypy, import contracts (the layers of the code)
-lint: setup
+lint: setup web/node_modules/.installed
+	cd web && node_modules/.bin/tsc --noEmit && node_modules/.bin/eslint --max-warnings 0 .
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
 	$(VENV)/bin/ruff check services gateway tests bench
@@ -64,17 +87,21 @@ fmt: setup
 	$(VENV)/bin/ruff format services gateway tests bench
 	$(VENV)/bin/ruff check --fix services gateway tests bench
 
-## test: set up, then lint and run every test (generated-code drift included)
-test: setup lint
+## test: set up, then lint and run every test (generated-code drift and the browser tests included)
+test: setup web lint browser
 	$(PY) -m pytest
 
 ## unit: the fast tests: units and contracts (no service runs)
 unit: setup
 	$(PY) -m pytest tests/unit tests/contract
 
-## integration: the tests on real parts: meshes, PostgreSQL, Redis, Qdrant, Envoy, the attack suite
-integration: setup
-	$(PY) -m pytest tests/integration tests/analytics tests/knowledge tests/security
+## integration: the tests on real parts: meshes, PostgreSQL, Redis, Qdrant, Envoy, attacks, the browser
+integration: setup web browser
+	$(PY) -m pytest tests/integration tests/analytics tests/knowledge tests/security tests/e2e
+
+## e2e: the browser tests: Debian's chromium driven by playwright-core against the real mesh
+e2e: setup web browser
+	$(PY) -m pytest tests/e2e
 
 ## bench: benchmarks that print figures
 bench: setup
@@ -98,4 +125,4 @@ train-router: setup
 
 ## clean: remove the virtualenv and tool caches
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/node_modules web/.next web/test-results

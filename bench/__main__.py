@@ -12,6 +12,7 @@ from bench import (
     ratelimit_burst,
     router_eval,
     startup,
+    web_ttft,
 )
 
 
@@ -29,6 +30,8 @@ def main() -> None:
     asyncio.run(analytics_throughput.main())
     print()
     asyncio.run(ratelimit_burst.main())
+    print()
+    asyncio.run(web_ttft.main())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import struct
 import time
 import uuid
@@ -50,10 +51,20 @@ def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return total
 
 
+_DOCUMENT_INDEX = re.compile(r'<document-[0-9a-f]+ index="(\d+)"')
+
+
 def answer_tokens(model: str, messages: list[dict[str, Any]], n: int) -> list[str]:
+    """The answer: the question quoted, then filler. Like a grounded model, it cites the
+    documents a system message gave it (`Sources: [1] [2].`)."""
     last = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
     quoted = " ".join(last.split()[:12])
     head = f"[simulated answer from {model.split(':')[0]}] You asked: \u201c{quoted}\u201d.".split()
+    cited = [
+        i for m in messages if m.get("role") == "system" for i in _DOCUMENT_INDEX.findall(str(m.get("content", "")))
+    ]
+    if cited:
+        head += ["Sources:", *(f"[{i}]" for i in dict.fromkeys(cited))]
     words = list(itertools.islice(itertools.chain(head, itertools.cycle(_FILLER)), n))
     return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 

@@ -71,3 +71,18 @@ def test_every_service_has_health_and_limits_documented() -> None:
                     if takes_input and not field.GetOptions().HasExtension(limits_pb2.limits):
                         unlimited.append(f"{method.input_type.full_name}.{field.name}")
     assert not unlimited, f"request fields without declared limits: {unlimited}"
+
+
+def test_generated_typescript_matches_protos(tmp_path: Path) -> None:
+    """The web app's client (web/src/gen) is what `buf generate` makes from the protos now."""
+    plugin = ROOT / "web" / "node_modules" / ".bin" / "protoc-gen-es"
+    assert plugin.exists(), "the web app's packages are not installed: run `make proto` (it runs npm ci)"
+    template = (
+        '{"version": "v2", "plugins": [{"local": "%s", "out": "%s", "opt": ["target=ts"]}]}' % (plugin, tmp_path)  # noqa: UP031
+    )
+    subprocess.run([str(BIN / "buf"), "generate", "proto", "--template", template], cwd=ROOT, check=True)
+    committed = ROOT / "web" / "src" / "gen"
+    fresh, current = _files(tmp_path), _files(committed)
+    assert fresh == current, f"generated files differ: missing {fresh - current}, extra {current - fresh}"
+    stale = [f for f in sorted(fresh) if not filecmp.cmp(tmp_path / f, committed / f, shallow=False)]
+    assert not stale, f"the web app's generated client is stale for {stale}; run `make proto` and commit the result"

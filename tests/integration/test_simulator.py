@@ -58,6 +58,20 @@ async def test_streaming_matches_openai_chunks_with_usage_last(sim: Mesh) -> Non
     assert text.startswith("[simulated answer from sim-fast] You asked: “Olá! Qual é o prazo de entrega?”.")
 
 
+async def test_a_grounded_answer_cites_the_documents_it_was_given(sim: Mesh) -> None:
+    knowledge = (
+        '<knowledge-ab12>\n<document-ab12 index="1" id="pix" title="Pix">Pix...</document-ab12>\n'
+        '<document-ab12 index="2" id="boleto" title="Boleto">Boleto...</document-ab12>\n</knowledge-ab12>'
+    )
+    grounded = body(max_tokens=40)
+    grounded["messages"] = [{"role": "system", "content": knowledge}, *grounded["messages"]]
+    async with httpx.AsyncClient(base_url=sim.sim_url) as client:
+        plain = (await client.post("/v1/chat/completions", json=body(max_tokens=40))).json()
+        cited = (await client.post("/v1/chat/completions", json=grounded)).json()
+    assert "Sources:" not in plain["choices"][0]["message"]["content"]
+    assert "”. Sources: [1] [2] " in cited["choices"][0]["message"]["content"]
+
+
 async def test_no_usage_chunk_unless_asked(sim: Mesh) -> None:
     async with (
         httpx.AsyncClient(base_url=sim.sim_url) as client,
