@@ -61,6 +61,9 @@ async def up(timeout_s: float, ingest_paths: list[str] | None = None) -> int:
     if ingest_paths and "knowledge" in sup.parts and not await _ingest(tree, ingest_paths):
         await sup.stop()
         return 1
+    if WEB in sup.parts:
+        host, port = config.endpoint(tree, WEB)
+        print(f"Chat in a browser: http://{host}:{port}", flush=True)
     print('Try: .venv/bin/tiermesh chat "how do I pay with Pix?"   ·   Ctrl-C stops everything\n', flush=True)
     waiter = asyncio.ensure_future(sup.wait_any_exit())
     stopper = asyncio.ensure_future(stop.wait())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from services.cli.supervisor import web_built
 from tests.integration.mesh import mesh_env
 
 pytestmark = pytest.mark.integration
@@ -96,6 +97,9 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
         assert any("24/24 documents" in line for line in ingest_lines), ingest_lines
         analytics_line = next(line for line in ingest_lines if line.strip().startswith("analytics "))
         assert ("NOT_SERVING: its database is unreachable" in analytics_line) == ISOLATED, analytics_line
+        if web_built():
+            port = env["TIERMESH_SERVICES__WEB__PORT"]
+            assert f"Chat in a browser: http://127.0.0.1:{port}" in ingest_lines, ingest_lines
         enter = ["nsenter", f"--net=/proc/{proc.pid}/ns/net"] if ISOLATED else []
 
         chat = subprocess.run([*enter, TIERMESH, "chat", "hello"], env=env, capture_output=True, text=True, timeout=60)
@@ -158,7 +162,7 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
         assert all(line.split()[-2:] == ["ok", "closed"] for line in lines[1:])
 
         health = subprocess.run([*enter, TIERMESH, "health"], env=env, capture_output=True, text=True, timeout=30)
-        statuses = dict(line.split()[:2] for line in health.stdout.splitlines()[:7] if line.strip())
+        statuses = dict(line.split()[:2] for line in health.stdout.splitlines()[:8] if line.strip())
         expected = {
             "simulator": "SERVING",
             "inference": "SERVING",
@@ -167,6 +171,8 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
             "router": "SERVING",
             "ratelimit": "SERVING",
             "envoy": "SERVING",
+            # `make test` builds the web app first, so `tiermesh up` serves it too
+            "web": "SERVING" if web_built() else "NOT_BUILT",
         }
         if ISOLATED:
             # PostgreSQL listens outside this namespace: Analytics runs, says why it cannot
