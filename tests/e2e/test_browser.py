@@ -25,6 +25,9 @@ def test_every_scenario_the_app_promises_is_there() -> None:
         "spend",
         "operations",
         "accessibility",
+        "conversation",
+        "safe-markdown",
+        "oidc",
     }
 
 
