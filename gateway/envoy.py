@@ -785,6 +785,7 @@ def _local_replies() -> hcm_v3.LocalReplyConfig:
             # no identity at all, so it is UNAUTHENTICATED. (No other filter makes local 403s.)
             hcm_v3.ResponseMapper(filter=_status_is(403, "edge.reply_403"), status_code=401),
             # Every 429 the edge makes is a rate-limit denial: RESOURCE_EXHAUSTED, not UNAVAILABLE.
+            # The web app tells this denial from a spent budget by this exact message.
             _as_grpc(429, "edge.reply_429", 8, "rate limit exceeded"),
             # The request did not arrive whole within envoy.request_timeout_s.
             _as_grpc(408, "edge.reply_408", 4, "the request did not arrive whole in time"),

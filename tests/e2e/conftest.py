@@ -29,6 +29,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HELPCENTER = config.REPO_ROOT / "data" / "knowledge" / "helpcenter"
 # A few articles, so a question has near misses to be ranked above.
 ARTICLES = ("pagamento-com-pix.pt", "boleto-bancario.pt", "cartao-de-credito-e-debito.pt", "paying-with-paypal.en")
+BROKE_USER = "budget-spent"
 STANDARD_PER_MINUTE = 4  # low, so the rate-limit scenario reaches it in a few chats
 
 
@@ -68,6 +69,7 @@ class Browser:
             "TIERMESH_CHROMIUM": CHROMIUM,
             "TIERMESH_RESULTS": str(self.results),
             "TIERMESH_STANDARD_PER_MINUTE": str(STANDARD_PER_MINUTE),
+            "TIERMESH_BROKE_USER": BROKE_USER,
         }
         proc = await asyncio.create_subprocess_exec(
             "node",
@@ -121,6 +123,8 @@ async def browser(tmp_path_factory: pytest.TempPathFactory, results: Path) -> As
             f"[{_dep('sim-cut', 'sim-cut:fault=cut:12', 0.2)}, {_dep('sim-steady', 'sim-balanced', 0.4)}]"
         ),
         TIERMESH_INFERENCE__BREAKER="{consecutive_failures: 1000, min_calls: 1000}",
+        # One user whose monthly budget is spent before they start (and refused, not downgraded).
+        TIERMESH_ANALYTICS__BUDGETS=f"{{action: refuse, cache_s: 0, users: {{{BROKE_USER}: 0}}}}",
     )
     try:
         docs, skipped = collect([str(HELPCENTER / f"{name}.md") for name in ARTICLES], print)

@@ -28,6 +28,7 @@ def test_every_scenario_the_app_promises_is_there() -> None:
         "conversation",
         "safe-markdown",
         "oidc",
+        "errors",
     }
 
 

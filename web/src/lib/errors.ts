@@ -22,6 +22,16 @@ export function rateLimitReset(err: ConnectError): number | null {
   return Number.isFinite(seconds) && seconds >= 0 ? seconds : null;
 }
 
+/** The edge's rate limit said no, rather than a service (a spent budget). Envoy puts the
+ * `x-ratelimit-*` headers on every answer, so their presence says nothing; its denial carries
+ * the message the edge's local reply gives every 429. */
+export function isRateLimited(err: ConnectError): boolean {
+  return err.rawMessage.trim() === RATE_LIMITED;
+}
+
+/** grpc-message of the edge's rate-limit denials (gateway/envoy.py's local replies). */
+const RATE_LIMITED = "rate limit exceeded";
+
 export function isCanceled(err: unknown): boolean {
   return ConnectError.from(err).code === Code.Canceled;
 }
@@ -33,7 +43,7 @@ export function describeError(err: unknown): FriendlyError {
   switch (e.code) {
     case Code.ResourceExhausted: {
       const reset = rateLimitReset(e);
-      if (reset !== null) {
+      if (reset !== null && isRateLimited(e)) {
         const n = Math.max(1, reset);
         return { code, signIn: false, message: `You're sending messages too fast. Try again in ${n} second${n === 1 ? "" : "s"}.` };
       }
