@@ -62,6 +62,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager i
 from envoy_data_plane.envoy.extensions.formatter.req_without_query import v3 as req_without_query
 from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation import v3 as early_mutation
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections import v3 as downstream
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts import v3 as previous_hosts
 from envoy_data_plane.envoy.extensions.transport_sockets.tls import v3 as tls_v3
 from envoy_data_plane.envoy.extensions.upstreams.http import v3 as upstream_http
 from envoy_data_plane.envoy.type import v3 as type_v3
@@ -83,6 +84,10 @@ READS = {
     "/tiermesh.inference.v1.InferenceService/ListModels": ("inference", False, "operator"),
 }
 READER = "tiermesh.reader"
+# Kubernetes (`tiermesh render-envoy --target k8s`): kubelet and Prometheus reach Envoy's
+# readiness and stats here, through a listener that passes on only those two admin paths.
+K8S_PROBE_PORT = 8081
+ADMIN_CLUSTER = "envoy_admin"
 # Server reflection, for an authenticated caller: buf curl, grpcurl and Postman then need no
 # proto files. Answered by the Router (it describes RouterService); a stream of requests, so the
 # one-message frame check does not apply.
@@ -367,21 +372,28 @@ def _upstream_tls(tree: Mapping[str, Any], name: str) -> core.TransportSocket:
 def _cluster(
     tree: Mapping[str, Any], name: str, health_service: str | None = None, outlier_detection: bool = True
 ) -> cluster_v3.Cluster:
-    host, port = config.endpoint(tree, name)
     http2 = upstream_http.HttpProtocolOptions(
         explicit_http_config=upstream_http.HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=core.Http2ProtocolOptions()
         )
     )
+    # Every replica the config lists; a host name (a Kubernetes headless Service) is resolved to
+    # every address behind it, and resolved again as pods come and go.
+    replicas = config.replicas(tree, name) if name in config.HEALTH_DEFAULT_PORTS else None
+    addresses = [(r.host, r.port) for r in replicas] if replicas else [config.endpoint(tree, name)]
+    by_dns = not config.is_ip(addresses[0][0])
     cluster = cluster_v3.Cluster(
         name=name,
-        type=cluster_v3.ClusterDiscoveryType.STATIC,
+        type=cluster_v3.ClusterDiscoveryType.STRICT_DNS if by_dns else cluster_v3.ClusterDiscoveryType.STATIC,
         connect_timeout=timedelta(seconds=1),
         load_assignment=endpoint.ClusterLoadAssignment(
             cluster_name=name,
             endpoints=[
                 endpoint.LocalityLbEndpoints(
-                    lb_endpoints=[endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(host, port)))]
+                    lb_endpoints=[
+                        endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(host, port)))
+                        for host, port in addresses
+                    ]
                 )
             ],
         ),
@@ -688,10 +700,24 @@ def _routes(max_stream: timedelta, response_start: timedelta) -> list[route.Rout
         )
 
     unary = [unary_route("route", path, "router") for path in UNARY_PATHS]
-    # A stream is never retried and never cut by a route timeout; but an answer that has not even
-    # started within `response_start` (the upstream never got the whole request, or hangs) is
-    # ended: once the first byte went to the client the per-try timeout no longer applies.
-    no_retry = route.RetryPolicy(retry_on="", num_retries=0, per_try_timeout=response_start)
+    # A stream is never cut by a route timeout, and retried only when it never started: refused
+    # by a replica that is draining (UNAVAILABLE before any answer) or never connected, and then on
+    # another replica. Once an answer has begun nothing is retried, so nothing is billed twice. An
+    # answer that has not even started within `response_start` (the upstream never got the whole
+    # request, or hangs) is ended: once the first byte went to the client the per-try timeout no
+    # longer applies.
+    no_retry = route.RetryPolicy(
+        retry_on="unavailable,refused-stream,connect-failure,reset-before-request",
+        num_retries=2,
+        per_try_timeout=response_start,
+        retry_host_predicate=[
+            route.RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=AnyMessage.pack(previous_hosts.PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
 
     def stream(name: str, prefix: str, cluster: str = "router") -> route.Route:
         return route.Route(
@@ -841,8 +867,58 @@ def _early_mutations() -> list[core.TypedExtensionConfig]:
     ]
 
 
-def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.Bootstrap:
-    """The Envoy bootstrap, typed (`jwks_path`: the dev JWKS when no jwks_uri)."""
+def _listener(name: str, host: str, port: int, hcm: hcm_v3.HttpConnectionManager) -> listener.Listener:
+    return listener.Listener(
+        name=name,
+        address=_address(host, port),
+        filter_chains=[
+            listener.FilterChain(
+                filters=[
+                    listener.Filter(
+                        name="envoy.filters.network.http_connection_manager", typed_config=AnyMessage.pack(hcm)
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def _probe_listener(port: int) -> listener.Listener:
+    """For Kubernetes: the admin interface stays on loopback, and this listener on every
+    interface passes on only `/ready` (readiness: 503 while Envoy drains) and `/stats/prometheus`
+    (scraping) to it; anything else is 404."""
+
+    def to_admin(path: str) -> route.Route:
+        return route.Route(
+            match=route.RouteMatch(path=path, headers=[]),
+            route=route.RouteAction(cluster=ADMIN_CLUSTER, timeout=timedelta(seconds=5)),
+        )
+
+    hcm = hcm_v3.HttpConnectionManager(
+        stat_prefix="probe",
+        codec_type=hcm_v3.HttpConnectionManagerCodecType.AUTO,
+        route_config=route.RouteConfiguration(
+            name="probe",
+            virtual_hosts=[
+                route.VirtualHost(
+                    name="probe",
+                    domains=["*"],
+                    routes=[
+                        to_admin("/ready"),
+                        to_admin("/stats/prometheus"),
+                        _refuse("other", route.RouteMatch(prefix="/"), 404, "only /ready and /stats/prometheus"),
+                    ],
+                )
+            ],
+        ),
+        http_filters=[_http_filter("envoy.filters.http.router", router_filter.Router())],
+    )
+    return _listener("probe", "0.0.0.0", port, hcm)  # noqa: S104 - probes and scrapers come from outside the pod
+
+
+def build(tree: Mapping[str, Any], jwks_path: Path | None = None, probe_port: int = 0) -> bootstrap.Bootstrap:
+    """The Envoy bootstrap, typed (`jwks_path`: the dev JWKS when no jwks_uri; `probe_port`: the
+    Kubernetes probe listener's port, 0 for none)."""
     edge = config.section(tree, "envoy")
     max_stream = timedelta(seconds=config.get_int(edge, "max_stream_duration_s", 600, where="envoy", lo=1, hi=86_400))
     origins = edge.get("cors_origins", [])
@@ -942,6 +1018,23 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.B
     ]
     if auth.jwks_uri:
         clusters.append(_jwks_cluster(auth.jwks_uri))
+    if probe_port:
+        admin_cluster = cluster_v3.Cluster(
+            name=ADMIN_CLUSTER,
+            type=cluster_v3.ClusterDiscoveryType.STATIC,
+            connect_timeout=timedelta(seconds=1),
+            load_assignment=endpoint.ClusterLoadAssignment(
+                cluster_name=ADMIN_CLUSTER,
+                endpoints=[
+                    endpoint.LocalityLbEndpoints(
+                        lb_endpoints=[
+                            endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(admin_host, admin_port)))
+                        ]
+                    )
+                ],
+            ),
+        )
+        clusters.append(admin_cluster)
     return bootstrap.Bootstrap(
         admin=bootstrap.Admin(address=_address(admin_host, admin_port)),
         # RE2 refuses patterns above a program size of 100 by default; the `sub` check (256
@@ -964,37 +1057,23 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None) -> bootstrap.B
             ]
         ),
         static_resources=bootstrap.BootstrapStaticResources(
-            listeners=[
-                listener.Listener(
-                    name="edge",
-                    address=_address(host, port),
-                    filter_chains=[
-                        listener.FilterChain(
-                            filters=[
-                                listener.Filter(
-                                    name="envoy.filters.network.http_connection_manager",
-                                    typed_config=AnyMessage.pack(hcm),
-                                )
-                            ]
-                        )
-                    ],
-                )
-            ],
+            listeners=[_listener("edge", host, port, hcm), *([_probe_listener(probe_port)] if probe_port else [])],
             clusters=clusters,
         ),
     )
 
 
-def write(tree: Mapping[str, Any], path: Path | None = None) -> Path:
+def write(tree: Mapping[str, Any], path: Path | None = None, target: str = "local") -> Path:
     """Write the bootstrap as binary protobuf (`envoy.pb`, which Envoy loads by its extension)
     under the data dir; return its path. Binary keeps every field exactly as typed, with no JSON
     name mangling in between. Without a remote JWKS, the development key pair is created (once)
     and its JWKS used; with TLS on and no explicit certificate files, so are the development
-    certificates."""
+    certificates. `target` k8s adds the probe listener (K8S_PROBE_PORT)."""
     jwks = None if keys.settings(tree).jwks_uri else keys.dev_keys(tree).jwks_path
     tls.ensure_dev_certs(tree)  # the edge's certificate for mutual TLS to the services
     out = path or config.data_dir(tree) / "envoy.pb"
-    out.write_bytes(bytes(build(tree, jwks)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(bytes(build(tree, jwks, probe_port=K8S_PROBE_PORT if target == "k8s" else 0)))
     return out
 
 

@@ -18,7 +18,7 @@ from services.runtime import config
 def _cmd_up(args: argparse.Namespace) -> int:
     from services.cli.up import up
 
-    return asyncio.run(up(args.timeout, args.ingest))
+    return asyncio.run(up(args.timeout, args.ingest, args.replicas))
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -76,6 +76,22 @@ def _top_k(raw: str) -> int:
     return value
 
 
+def _cmd_render_envoy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gateway import envoy
+
+    try:
+        path = envoy.write(config.load(), Path(args.out) if args.out else None, target=args.target)
+        if not args.no_validate:
+            envoy.validate(path)
+    except config.ConfigError as exc:
+        print(f"tiermesh render-envoy: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     from gateway import keys
 
@@ -102,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every part to be healthy")
     up.add_argument(
         "--ingest", nargs="*", default=[], metavar="PATH", help="once healthy, ingest these files or folders"
+    )
+    up.add_argument(
+        "--replicas",
+        default="",
+        metavar="NAME=N,...",
+        help="run services more than once behind Envoy and each other, e.g. router=2,inference=3",
     )
     up.set_defaults(func=_cmd_up)
 
@@ -175,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--role", choices=["operator"], default="", help="operator: may read every user's spend and the model catalog"
     )
     token.set_defaults(func=_cmd_token)
+
+    render = sub.add_parser("render-envoy", help="write Envoy's bootstrap for this config (and validate it)")
+    render.add_argument(
+        "--target",
+        choices=["local", "k8s"],
+        default="local",
+        help="k8s: listen as configured (0.0.0.0 in a pod) and add the :8081 probe listener for kubelet and Prometheus",
+    )
+    render.add_argument("--out", help="where to write the binary bootstrap (default: <data_dir>/envoy.pb)")
+    render.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
+    render.set_defaults(func=_cmd_render_envoy)
 
     health = sub.add_parser("health", help="report each part's health")
     health.add_argument("--json", action="store_true", help="print one JSON object")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import httpx
 
-from services.cli.supervisor import StartError, Supervisor, parts_for
+from services.cli.supervisor import StartError, Supervisor, parts_for, replica_env
 from services.runtime import config, tls
 
 
@@ -117,10 +117,15 @@ class Mesh:
         return (("authorization", f"Bearer {self.token(user, segment)}"),)
 
 
-async def start_mesh(data_dir: Path, parts: Sequence[str] | None = None, **overrides: str) -> Mesh:
-    """Start the parts on fresh free ports; once more on new ports if one was taken meanwhile."""
+async def start_mesh(
+    data_dir: Path, parts: Sequence[str] | None = None, replicas: Mapping[str, int] | None = None, **overrides: str
+) -> Mesh:
+    """Start the parts on fresh free ports (`replicas`: how many of a service, each on its own
+    ports); once more on new ports if one was taken meanwhile."""
     for attempt in (1, 2):
         env = mesh_env(data_dir, **overrides)
+        if replicas:
+            env.update(replica_env(config.load(environ=env), replicas, lambda _port, _i: free_port()))
         tree = config.load(environ=env)
         sup = Supervisor(parts_for(tree, parts), env=env)
         try:

@@ -42,6 +42,8 @@ class Part:
     # A part whose own dependency may be missing (Analytics without PostgreSQL) counts as started
     # once it has answered NOT_SERVING for this long: the mesh runs without it, and it says why.
     not_serving_ok_after_s: float | None = None
+    # What this part's environment adds to the mesh's (a replica's own ports).
+    env: dict[str, str] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
     total_lines: int = 0  # every line ever read (`lines` keeps the last ones)
@@ -79,6 +81,8 @@ def format_line(raw: str) -> str:
 PART_NAMES = ("simulator", "inference", "knowledge", "analytics", "router", "ratelimit", "envoy")
 # The browser app: run by `tiermesh up` once `make run` has built it, and by the browser tests.
 WEB = "web"
+# The services that may run more than once (`services.<name>.replicas`, `tiermesh up --replicas`).
+REPLICABLE = ("inference", "knowledge", "analytics", "router", "ratelimit")
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 _MODULES = {"ratelimit": "gateway.ratelimit"}
 
@@ -122,14 +126,13 @@ def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
             f"http://{sim_host}:{sim_port}/v1",
         ),
     }
+    scheme = "grpcs" if tls.enabled(tree) else "grpc"
     for name in ("inference", "knowledge", "analytics", "router", "ratelimit"):
-        target = config.target(tree, name)
-        host, health_port = config.health_endpoint(tree, name)
-        scheme = "grpcs" if tls.enabled(tree) else "grpc"
-        out[name] = (
-            functools.partial(probes.grpc_health, f"{host}:{health_port}"),
-            f"{scheme}://{target} (health grpc://{host}:{health_port})",
-        )
+        for i, r in enumerate(config.replicas(tree, name), start=1):
+            out[replica_name(name, i)] = (
+                functools.partial(probes.grpc_health, f"{r.host}:{r.health_port}"),
+                f"{scheme}://{r.host}:{r.port} (health grpc://{r.host}:{r.health_port})",
+            )
     out["envoy"] = (
         lambda: probes.http_ok(f"http://{admin_host}:{admin_port}/ready", expect="LIVE"),
         f"grpc+grpc-web://{config.target(tree, 'envoy')} (admin http://{admin_host}:{admin_port})",
@@ -164,9 +167,58 @@ def parts_for(tree: Mapping[str, Any], names: Sequence[str] | None = None) -> li
             argv = web_command(tree)
         else:
             argv = [sys.executable, "-m", _MODULES.get(name, f"services.{name}")]
-        probe, where = checks[name]
-        parts.append(Part(name, argv, probe, where, not_serving_ok_after_s=5.0 if name == "analytics" else None))
+        wait = 5.0 if name == "analytics" else None
+        if name not in REPLICABLE:
+            probe, where = checks[name]
+            parts.append(Part(name, argv, probe, where, not_serving_ok_after_s=wait))
+            continue
+        for i, r in enumerate(config.replicas(tree, name), start=1):
+            key = f"TIERMESH_SERVICES__{name.upper()}__"
+            own = {
+                f"{key}PORT": str(r.port),
+                f"{key}METRICS_PORT": str(r.metrics_port),
+                f"{key}HEALTH_PORT": str(r.health_port),
+            }
+            probe, where = checks[replica_name(name, i)]
+            parts.append(
+                Part(replica_name(name, i), argv, probe, where, not_serving_ok_after_s=wait, env=own if i > 1 else {})
+            )
     return parts
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """`router=2,inference=3` -> {"router": 2, "inference": 3}; ValueError naming what is wrong."""
+    out: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition("=")
+        if name not in REPLICABLE:
+            raise ValueError(f"{name!r} cannot run as replicas here; these can: {', '.join(REPLICABLE)}")
+        if not count.isdigit() or not 1 <= int(count) <= 16:
+            raise ValueError(f"{item!r}: give each service a count from 1 to 16, like router=2")
+        out[name] = int(count)
+    return out
+
+
+def replica_env(
+    tree: Mapping[str, Any], counts: Mapping[str, int], port_for: Callable[[int, int], int]
+) -> dict[str, str]:
+    """The configuration (as TIERMESH_* variables) that runs `counts` replicas of each service:
+    replica i (from 2) of a port p listens on `port_for(p, i)`."""
+    env = {}
+    for name, count in counts.items():
+        first = config.replicas(tree, name)[0]
+        extra = []
+        for i in range(2, count + 1):
+            metrics = port_for(first.metrics_port, i) if first.metrics_port else 0
+            port, health = port_for(first.port, i), port_for(first.health_port, i)
+            extra.append(f"{{port: {port}, metrics_port: {metrics}, health_port: {health}}}")
+        env[f"TIERMESH_SERVICES__{name.upper()}__REPLICAS"] = f"[{', '.join(extra)}]"
+    return env
+
+
+def replica_name(name: str, i: int) -> str:
+    """The part name of replica `i` (from 1): `router`, then `router-2`, `router-3` ..."""
+    return name if i == 1 else f"{name}-{i}"
 
 
 class Supervisor:
@@ -200,7 +252,7 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
-            env=self.env,
+            env={**self.env, **part.env},
             limit=1 << 20,
         )
         part.pump = asyncio.create_task(self._pump(part))

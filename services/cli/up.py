@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
 
-from services.cli.supervisor import PART_NAMES, WEB, StartError, Supervisor, format_line, parts_for, web_built
+from services.cli.supervisor import (
+    PART_NAMES,
+    WEB,
+    StartError,
+    Supervisor,
+    format_line,
+    parse_replicas,
+    parts_for,
+    replica_env,
+    web_built,
+)
 from services.runtime import config, tls
 
 _WIDTH = 10
@@ -35,7 +46,31 @@ async def _ingest(tree: dict[str, object], paths: list[str]) -> bool:
     return True
 
 
-async def up(timeout_s: float, ingest_paths: list[str] | None = None) -> int:
+def _replicas(spec: str) -> dict[str, str]:
+    """The environment that runs the replicas `spec` asks for (`router=2,inference=3`): replica i
+    of a port p listens on p + 100 * (i - 1). Knowledge in embedded mode is one process: more
+    replicas need a Qdrant server, so it stays one and says so."""
+    counts = parse_replicas(spec)
+    tree = config.load()
+    if counts.get("knowledge", 1) > 1 and not (
+        config.section(tree, "knowledge", "qdrant").get("url") or os.environ.get("QDRANT_URL")
+    ):
+        print(
+            "knowledge runs once: its embedded Qdrant (local mode) is one process; set knowledge.qdrant.url "
+            "(or QDRANT_URL) to a Qdrant server to run more replicas",
+            flush=True,
+        )
+        counts.pop("knowledge")
+    return replica_env(tree, counts, lambda port, i: port + 100 * (i - 1))
+
+
+async def up(timeout_s: float, ingest_paths: list[str] | None = None, replicas: str = "") -> int:
+    if replicas:
+        try:
+            os.environ.update(_replicas(replicas))
+        except (ValueError, config.ConfigError) as exc:
+            print(f"tiermesh up: --replicas: {exc}", file=sys.stderr)
+            return 2
     tree = config.load()
     names = [*PART_NAMES, WEB] if web_built() else list(PART_NAMES)
     if not web_built():

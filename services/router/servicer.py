@@ -21,7 +21,7 @@ from services.router.policy import Decision, Router
 from services.runtime import identity, logs, tls
 from services.runtime.errors import DeadlineExceeded, TiermeshError
 from services.runtime.identity import SEGMENTS
-from services.runtime.server import Context, time_remaining
+from services.runtime.server import DRAINING, Context, time_remaining
 from services.runtime.validation import validate
 
 log = logging.getLogger("tiermesh.router")
@@ -95,6 +95,9 @@ def relay_tag(field: str) -> int:
 _DELTA_TAG, _DONE_TAG, _RESTART_TAG = relay_tag("delta"), relay_tag("done"), relay_tag("restart")
 
 RawGenerate = Callable[..., Any]
+# Calls to Inference that it refused before answering are made again, this many times in all.
+GENERATE_TRIES = 3
+NOT_CONNECTED = "failed to connect to all addresses"
 
 
 def serialize_chat(message: pb.ChatResponse | bytes) -> bytes:
@@ -190,28 +193,45 @@ class RouterServicer:
             (identity.COMPLEXITY, decision.complexity),
             (identity.CLIENT_REQUEST_ID, client_request_id),
         )
-        call = self.generate_raw(generate, timeout=timeout, metadata=metadata)
-        try:
-            async for raw in call:
-                tag = raw[0] if raw else 0
-                if tag in (_DELTA_TAG, _RESTART_TAG):
-                    yield raw
-                elif tag == _DONE_TAG:
-                    d = ipb.GenerateResponse.FromString(raw).done
-                    yield pb.ChatResponse(
-                        done=pb.ChatDone(
-                            usage=d.usage,
-                            model=d.model,
-                            deployment=d.deployment,
-                            cached=d.cached,
-                            finish_reason=d.finish_reason,
-                            degraded=d.degraded,
-                            fallback_path=d.fallback_path,
-                            attempts=d.attempts,
-                            knowledge_unavailable=grounded.unavailable,
-                        )
+        async for raw in self._generate(generate, timeout, metadata):
+            tag = raw[0] if raw else 0
+            if tag in (_DELTA_TAG, _RESTART_TAG):
+                yield raw
+            elif tag == _DONE_TAG:
+                d = ipb.GenerateResponse.FromString(raw).done
+                yield pb.ChatResponse(
+                    done=pb.ChatDone(
+                        usage=d.usage,
+                        model=d.model,
+                        deployment=d.deployment,
+                        cached=d.cached,
+                        finish_reason=d.finish_reason,
+                        degraded=d.degraded,
+                        fallback_path=d.fallback_path,
+                        attempts=d.attempts,
+                        knowledge_unavailable=grounded.unavailable,
                     )
-        except grpc.aio.AioRpcError as exc:
-            raise RelayedError(exc.code(), exc.details() or "inference failed") from None
-        finally:
-            call.cancel()
+                )
+
+    async def _generate(
+        self, generate: ipb.GenerateRequest, deadline_s: float, metadata: tuple[tuple[str, Any], ...]
+    ) -> AsyncIterator[bytes]:
+        """Inference's answer, raw. A call that Inference refused before doing anything (a replica
+        draining, or none reachable) is made again, up to GENERATE_TRIES times, and goes to
+        another replica: nothing was generated or billed. Any other failure is passed on."""
+        for attempt in range(1, GENERATE_TRIES + 1):
+            call = self.generate_raw(generate, timeout=deadline_s, metadata=metadata)
+            answered = False
+            try:
+                async for raw in call:
+                    answered = True
+                    yield raw
+                return
+            except grpc.aio.AioRpcError as exc:
+                details = exc.details() or ""
+                refused = details == DRAINING or details.startswith(NOT_CONNECTED)
+                if answered or exc.code() != grpc.StatusCode.UNAVAILABLE or not refused or attempt == GENERATE_TRIES:
+                    raise RelayedError(exc.code(), details or "inference failed") from None
+                log.info("inference refused the call before answering; trying again", extra={"error": exc.details()})
+            finally:
+                call.cancel()

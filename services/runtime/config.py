@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -79,7 +81,7 @@ class ListOf:
 
 
 ANY = None  # a value checked by the section that owns it (a scalar, or a shape of its own)
-_PART_KEYS = frozenset({"host", "port", "metrics_port", "health_port"})
+_PART_KEYS = frozenset({"host", "port", "metrics_port", "health_port", "replicas"})
 _DEPLOYMENT = frozenset(
     {
         "name",
@@ -395,3 +397,64 @@ def target(tree: Mapping[str, Any], name: str) -> str:
     """A gRPC target string for the named part (`host:port`)."""
     host, port = endpoint(tree, name)
     return f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Where one replica of a service listens: `services.<name>` is the first, and
+    `services.<name>.replicas` lists the others on the same host (`tiermesh up --replicas`)."""
+
+    host: str
+    port: int
+    metrics_port: int
+    health_port: int
+
+
+def replicas(tree: Mapping[str, Any], name: str) -> list[Replica]:
+    """Every replica of the named service, the configured one first."""
+    host, port = endpoint(tree, name)
+    first = Replica(
+        host,
+        port,
+        metrics_endpoint(tree, name)[1] if name in METRICS_DEFAULT_PORTS else 0,
+        health_endpoint(tree, name)[1] if name in HEALTH_DEFAULT_PORTS else 0,
+    )
+    raw = section(tree, "services", name).get("replicas") or []
+    where = f"services.{name}.replicas"
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: must be a list of {{port, metrics_port, health_port}}")
+    out = [first]
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or set(item) - {"port", "metrics_port", "health_port"}:
+            raise ConfigError(f"{where}[{i}]: must be a mapping of port, metrics_port and health_port")
+        out.append(
+            Replica(
+                host,
+                get_int(item, "port", 0, where=f"{where}[{i}]", lo=1, hi=65535),
+                get_int(item, "metrics_port", 0, where=f"{where}[{i}]", lo=0, hi=65535),
+                get_int(item, "health_port", 0, where=f"{where}[{i}]", lo=0, hi=65535),
+            )
+        )
+    return out
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def balanced_target(tree: Mapping[str, Any], name: str) -> tuple[str, bool]:
+    """A gRPC target for calls to every replica of `name`, and whether the caller should balance
+    calls across the addresses it resolves to: the replicas' addresses, or a DNS name (a
+    Kubernetes headless Service resolves to every pod)."""
+    reps = replicas(tree, name)
+    if not is_ip(reps[0].host):
+        return f"dns:///{reps[0].host}:{reps[0].port}", True
+    if len(reps) == 1:
+        return f"{reps[0].host}:{reps[0].port}", False
+    scheme = "ipv6" if ":" in reps[0].host else "ipv4"
+    hosts = [f"[{r.host}]:{r.port}" if scheme == "ipv6" else f"{r.host}:{r.port}" for r in reps]
+    return f"{scheme}:{','.join(hosts)}", True

@@ -50,6 +50,8 @@ from services.runtime.contract import Served
 from services.runtime.errors import DeadlineExceeded, TiermeshError
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+# What a draining server answers a new call: nothing was done, so another instance may take it.
+DRAINING = "server is shutting down; retry on another instance"
 _UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Statuses that mean the server failed (OpenTelemetry's rule for server spans); the rest are the
 # caller's doing and leave the span's status unset.
@@ -304,7 +306,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         await self._refuse_bad_input(request, context, method)
         await self._refuse_caller(context, method)
         if self.drain.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another instance")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
 
     def _deadline(self, context: Context, metadata: Sequence[tuple[str, Any]]) -> float | None:
         """The loop time by which this call must end, from gRPC's deadline (less a margin) or the

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -120,13 +121,20 @@ def channel_credentials(tree: Mapping[str, Any], role: str) -> grpc.ChannelCrede
 def channel(
     tree: Mapping[str, Any], name: str, role: str, options: Sequence[tuple[str, Any]] = (), target: str = ""
 ) -> grpc.aio.Channel:
-    """A channel to mesh service `name` (at `target`, default where the config says it listens)
-    that calls as `role`. The server's certificate must name `name`, wherever it runs."""
-    address = target or config.target(tree, name)
+    """A channel to mesh service `name` (at `target`, default every replica the config lists)
+    that calls as `role`. The server's certificate must name `name`, wherever it runs. Across
+    replicas calls go round robin, and only to replicas whose health says SERVING: one that
+    drains (SIGTERM) leaves the rotation at once, before it refuses anything."""
+    address, balanced = (target, False) if target else config.balanced_target(tree, name)
+    if balanced:
+        options = [("grpc.service_config", BALANCED), *options]
     creds = channel_credentials(tree, role)
     if creds is None:
         return grpc.aio.insecure_channel(address, options=list(options))
     return grpc.aio.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", name), *options])
+
+
+BALANCED = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})
 
 
 def peer_role(context: Any) -> str:

@@ -30,15 +30,27 @@ def test_generated_config_passes_envoy_validate(tmp_path: Path) -> None:
     envoy.validate(path)  # raises with Envoy's own message when refused
 
 
-def test_streams_are_never_cut_or_retried_and_unary_route_may_retry(tmp_path: Path) -> None:
+def test_streams_are_never_cut_and_retried_only_when_they_never_started(tmp_path: Path) -> None:
     routes = hcm_of(tmp_path).route_config.virtual_hosts[0].routes
     streaming = [r for r in routes if r.name == "stream"]
     assert streaming and all(r.route.timeout == timedelta(0) for r in streaming)
     assert all(r.route.max_stream_duration.max_stream_duration == timedelta(seconds=600) for r in streaming)
     # Envoy does not enforce the client's grpc-timeout (that would reset the stream): the Router does.
     assert all(r.route.max_stream_duration.grpc_timeout_header_max is None for r in streaming)
-    # Never retried; only an answer that has not even started is given up on.
-    assert all(r.route.retry_policy.num_retries == 0 for r in streaming)
+    # Retried only when refused before starting (a draining replica says UNAVAILABLE before any
+    # answer; a connection never made), and then on another replica; a stream that answered
+    # anything is never retried (Envoy cannot, once the response began). Only an answer that
+    # has not even started is given up on.
+    for r in streaming:
+        assert set(r.route.retry_policy.retry_on.split(",")) == {
+            "unavailable",
+            "refused-stream",
+            "connect-failure",
+            "reset-before-request",
+        }
+        assert [p.name for p in r.route.retry_policy.retry_host_predicate] == [
+            "envoy.retry_host_predicates.previous_hosts"
+        ]
     assert all(r.route.retry_policy.per_try_timeout == timedelta(seconds=10) for r in streaming)
     unary = next(r for r in routes if r.match.path == "/tiermesh.router.v1.RouterService/Route")
     assert unary.route.retry_policy is not None and unary.route.retry_policy.num_retries == 2
