@@ -177,3 +177,21 @@ def test_every_replica_has_ports_of_its_own_and_clients_balance_over_them() -> N
     assert config.balanced_target(tree, "router") == ("127.0.0.1:50051", False)
     k8s = config.load(environ={"TIERMESH_SERVICES__INFERENCE__HOST": "inference"})
     assert config.balanced_target(k8s, "inference") == ("dns:///inference:50052", True)
+
+
+def test_up_puts_replicas_a_hundred_ports_apart_and_keeps_embedded_knowledge_single(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.cli.up import _replicas
+
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    env = _replicas("router=3,knowledge=2")
+    assert env == {
+        "TIERMESH_SERVICES__ROUTER__REPLICAS": (
+            "[{port: 50151, metrics_port: 9201, health_port: 50161},"
+            " {port: 50251, metrics_port: 9301, health_port: 50261}]"
+        )
+    }
+    assert "knowledge runs once" in capsys.readouterr().out
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant.example:6333")
+    assert "TIERMESH_SERVICES__KNOWLEDGE__REPLICAS" in _replicas("knowledge=2")
