@@ -134,3 +134,42 @@ def test_envoy_refusal_is_reported(tmp_path: Path) -> None:
     bad.write_text('{"static_resources": {"clusters": [{"name": "x", "type": "NOPE"}]}}', encoding="utf-8")
     with pytest.raises(ConfigError, match="Envoy refused"):
         envoy.validate(bad)
+
+
+K8S_ENV = {
+    "TIERMESH_SERVICES__ENVOY__HOST": "0.0.0.0",
+    **{f"TIERMESH_SERVICES__{name.upper()}__HOST": name for name in ("router", "inference", "analytics", "ratelimit")},
+}
+
+
+def test_the_kubernetes_bootstrap_passes_envoy_validate_and_finds_services_by_dns(tmp_path: Path) -> None:
+    """`tiermesh render-envoy --target k8s`, as the pod's init container runs it."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "k8s" / "envoy.pb"
+    env = {**os.environ, "TIERMESH_DATA_DIR": str(tmp_path), **K8S_ENV}
+    cli = [sys.executable, "-m", "services.cli.main", "render-envoy", "--target", "k8s", "--out", str(out)]
+    proc = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr  # rendered, then `envoy --mode validate`
+    boot = envoy.build(config.load(environ={"TIERMESH_DATA_DIR": str(tmp_path), **K8S_ENV}), probe_port=8081)
+    assert bytes(boot) == out.read_bytes()
+    clusters = {c.name: c for c in boot.static_resources.clusters}
+    for name, port in (("router", 50051), ("inference", 50052), ("analytics", 50054), ("ratelimit", 50055)):
+        cluster = clusters[name]
+        assert cluster.type.name == "STRICT_DNS"  # every pod behind a headless Service
+        (address,) = [e.endpoint.address.socket_address for e in cluster.load_assignment.endpoints[0].lb_endpoints]
+        assert (address.address, address.port_value) == (name, port)
+    edge, probe = boot.static_resources.listeners
+    assert edge.address.socket_address.address == "0.0.0.0" and edge.address.socket_address.port_value == 8080
+    assert probe.address.socket_address.port_value == envoy.K8S_PROBE_PORT
+    hcm = probe.filter_chains[0].filters[0].typed_config.unpack()
+    routes = hcm.route_config.virtual_hosts[0].routes
+    assert [(r.match.path, r.route.cluster) for r in routes if r.route] == [
+        ("/ready", envoy.ADMIN_CLUSTER),
+        ("/stats/prometheus", envoy.ADMIN_CLUSTER),
+    ]
+    assert routes[-1].direct_response.status == 404  # nothing else of the admin interface
+    admin = clusters[envoy.ADMIN_CLUSTER].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert admin.socket_address.address == "127.0.0.1"  # the admin interface itself stays on loopback
