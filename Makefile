@@ -91,9 +91,9 @@ fmt: setup
 test: setup web lint browser
 	$(PY) -m pytest
 
-## unit: the fast tests: units and contracts (no service runs)
+## unit: the fast tests: units, contracts and the deployment (no service runs)
 unit: setup
-	$(PY) -m pytest tests/unit tests/contract
+	$(PY) -m pytest tests/unit tests/contract tests/deploy
 
 ## integration: the tests on real parts: meshes, PostgreSQL, Redis, Qdrant, Envoy, attacks, the browser
 integration: setup web browser

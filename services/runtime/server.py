@@ -50,6 +50,8 @@ from services.runtime.contract import Served
 from services.runtime.errors import DeadlineExceeded, TiermeshError
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+# The health service name a liveness probe asks for: SERVING from start to exit.
+LIVENESS = "tiermesh.liveness"
 # What a draining server answers a new call: nothing was done, so another instance may take it.
 DRAINING = "server is shutting down; retry on another instance"
 _UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -546,6 +548,9 @@ class Service:
         if self.health_server is not None and self.health_port is not None:
             self.health_port = self._bind(self.health_server, self.health_port, None)
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Alive as long as the process runs, whatever its dependencies and while it drains: a
+        # liveness probe asks this, so kubelet never restarts a service that waits for its database.
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()

@@ -21,6 +21,9 @@ from tiermesh.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 from tiermesh.common.v1 import common_pb2 as c
 
 from services.analytics import db
+from services.cli import probes
+from services.runtime import config
+from services.runtime.server import LIVENESS
 from tests.integration.mesh import Mesh, mesh_env, start_mesh
 from tests.integration.test_observability import scrape, value
 
@@ -317,6 +320,9 @@ async def test_without_postgres_usage_is_buffered_refused_when_full_and_spilled_
             )
             assert "analytics  NOT_SERVING" in health.stdout
             assert "cannot reach PostgreSQL" in health.stdout and "nowhere" in health.stdout
+            # not ready, yet alive: a liveness probe leaves it running until PostgreSQL is back
+            host, health_port = config.health_endpoint(m.tree, "analytics")
+            assert await probes.grpc_health(f"{host}:{health_port}", service=LIVENESS) == "SERVING"
             accepted = await stub.RecordUsage(
                 pb.RecordUsageRequest(events=[event(f"spill-{i}", cost=3) for i in range(50)]), timeout=5
             )

@@ -16,6 +16,7 @@ from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.cli import probes
 from services.runtime import config
+from services.runtime.server import LIVENESS
 from tests.integration.mesh import Mesh, start_mesh
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,7 @@ async def test_sigterm_drains_open_stream_and_refuses_new_calls(own_mesh: Mesh) 
     host, health_port = config.health_endpoint(own_mesh.tree, "router")
     request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="a long answer, please")])
     events: list[pb.ChatResponse] = []
-    health_after_sigterm = ""
+    health_after_sigterm = alive_while_draining = ""
     refused: grpc.aio.AioRpcError | None = None
     async with own_mesh.channel("router") as channel:
         stub = pb_grpc.RouterServiceStub(channel)
@@ -55,6 +56,8 @@ async def test_sigterm_drains_open_stream_and_refuses_new_calls(own_mesh: Mesh) 
                     if health_after_sigterm == "NOT_SERVING":
                         break
                     await asyncio.sleep(0.02)
+                # ... but alive: a liveness probe must not have it killed while it drains.
+                alive_while_draining = await probes.grpc_health(f"{host}:{health_port}", service=LIVENESS)
                 async with own_mesh.channel("router") as other:
                     try:
                         async for _ in pb_grpc.RouterServiceStub(other).Chat(request, timeout=5):
@@ -63,6 +66,7 @@ async def test_sigterm_drains_open_stream_and_refuses_new_calls(own_mesh: Mesh) 
                         refused = exc
                 assert router.proc.returncode is None, "the router must not exit while a stream is open"
     assert health_after_sigterm == "NOT_SERVING"
+    assert alive_while_draining == "SERVING"
     assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
     assert "shutting down" in (refused.details() or "")
     kinds = [e.WhichOneof("event") for e in events]
