@@ -9,6 +9,7 @@ from bench import (
     inference_latency,
     knowledge_eval,
     mesh_latency,
+    paced_cpu,
     ratelimit_burst,
     router_eval,
     startup,
@@ -20,6 +21,8 @@ def main() -> None:
     startup.main([])
     print()
     asyncio.run(mesh_latency.main())
+    print()
+    asyncio.run(paced_cpu.main())
     print()
     asyncio.run(inference_latency.main())
     print()

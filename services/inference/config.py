@@ -62,6 +62,8 @@ class InferenceConfig:
     cache_namespace: str = ""
     default_response: str | None = None
     health_interval_s: float = 15.0
+    # Text that arrives within this long of the last text sent goes out with the next message.
+    flush_interval_s: float = 0.0
 
 
 def _micro(price: Any, where: str) -> int:
@@ -186,4 +188,5 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> I
             else None
         ),
         health_interval_s=config.get_float(node, "health_interval_s", 15.0, where="inference", lo=0.1, hi=3600),
+        flush_interval_s=config.get_int(node, "flush_interval_ms", 40, where="inference", lo=0, hi=1000) / 1000,
     )

@@ -155,6 +155,7 @@ SCHEMA: dict[str, Any] = {
         "request_timeout_s": ANY,
         "first_token_timeout_s": ANY,
         "health_interval_s": ANY,
+        "flush_interval_ms": ANY,
         "retry": frozenset({"max_attempts", "base_delay_s", "max_delay_s", "budget_ratio", "budget_max_tokens"}),
         "breaker": frozenset(
             {

@@ -215,6 +215,7 @@ async def test_slow_tokens_are_one_message_each_and_a_burst_is_coalesced(
         TIERMESH_SIMULATOR__TOKEN_DELAY_MS="40",
         TIERMESH_SIMULATOR__ANSWER_TOKENS="10",
         TIERMESH_INFERENCE__CACHE__ENABLED="false",
+        TIERMESH_INFERENCE__FLUSH_INTERVAL_MS="0",
     )
     try:
         slow = await generate(mesh, 1)
@@ -236,6 +237,33 @@ async def test_slow_tokens_are_one_message_each_and_a_burst_is_coalesced(
         expected = answer_tokens("sim-fast", [{"role": "user", "content": "hi"}], 2000)
         assert "".join(deltas) == "".join(expected)
         assert len(deltas) < len(expected) / 4, f"{len(deltas)} messages for {len(expected)} tokens"
+    finally:
+        await mesh.sup.stop()
+
+
+async def test_paced_tokens_go_out_at_most_once_per_flush_interval_after_the_first(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A real model's pace (20 ms per token here) with a 100 ms flush interval: the first token
+    alone and at once, then the rest in a few messages, not one each; nothing lost or reordered."""
+    from services.simulator.server import answer_tokens
+
+    mesh = await start_mesh(
+        tmp_path_factory.mktemp("paced"),
+        ["simulator", "inference"],
+        TIERMESH_SIMULATOR__TOKEN_DELAY_MS="20",
+        TIERMESH_SIMULATOR__ANSWER_TOKENS="20",
+        TIERMESH_INFERENCE__CACHE__ENABLED="false",
+        TIERMESH_INFERENCE__FLUSH_INTERVAL_MS="100",
+    )
+    try:
+        events = await generate(mesh, 1)
+        deltas = [e.delta.text for e in events if e.HasField("delta")]
+        expected = answer_tokens("sim-fast", [{"role": "user", "content": "hi"}], 20)
+        assert deltas[0] == expected[0]  # the first token is never held back
+        assert "".join(deltas) == "".join(expected)
+        assert 2 <= len(deltas) <= 8, f"{len(deltas)} messages for 20 tokens over ~400 ms"
+        assert events[-1].HasField("done")
     finally:
         await mesh.sup.stop()
 
