@@ -8,6 +8,7 @@ from bench import (
     analytics_throughput,
     inference_latency,
     knowledge_eval,
+    litellm_peer,
     mesh_latency,
     paced_cpu,
     ratelimit_burst,
@@ -35,6 +36,8 @@ def main() -> None:
     asyncio.run(ratelimit_burst.main())
     print()
     asyncio.run(web_ttft.main())
+    print()
+    asyncio.run(litellm_peer.main())
 
 
 if __name__ == "__main__":
