@@ -17,7 +17,7 @@ WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null | sort) \
   web/package-lock.json web/next.config.ts web/tsconfig.json
 export NEXT_TELEMETRY_DISABLED := 1
 
-.PHONY: help run test setup proto lint fmt unit integration e2e web browser bench bench-knowledge bench-router bench-startup train-router clean
+.PHONY: help run test setup proto lint fmt unit integration e2e web browser soak bench bench-knowledge bench-router bench-startup train-router clean
 
 ## help: list these targets
 help:
@@ -106,6 +106,10 @@ e2e: setup web browser
 ## bench: benchmarks that print figures
 bench: setup
 	$(PY) -m bench
+
+## soak: the whole mesh under moderate load for 30 minutes (SOAK_MINUTES), RSS growth per process
+soak: setup
+	$(PY) -m bench.soak
 
 ## bench-knowledge: retrieval quality (recall@1, recall@5, MRR) on the sample help centre's questions
 bench-knowledge: setup
