@@ -194,6 +194,10 @@ class _Run:
         )
 
 
+# Failed health checks in a row that mark a deployment down.
+DOWN_AFTER = 2
+
+
 class Engine:
     def __init__(
         self,
@@ -214,6 +218,7 @@ class Engine:
         self.budget = RetryBudget(cfg.retry.budget_ratio, cfg.retry.budget_max_tokens)
         self.breakers = {d.name: CircuitBreaker(cfg.breaker, clock) for deps in cfg.tiers.values() for d in deps}
         self.healthy = {name: True for name in self.breakers}
+        self.failed_checks = {name: 0 for name in self.breakers}
         self.quotas = {d.name: Quota(d.rpm, d.tpm, clock) for deps in cfg.tiers.values() for d in deps}
         self._background: set[asyncio.Task[None]] = set()
         metrics.watch_deployments({name: b.observed_state for name, b in self.breakers.items()}, self.healthy)
@@ -447,7 +452,11 @@ class Engine:
             if d.provider in ("simulator", "openai_compatible")
         ]
         for d, check in checks:
-            ok = await check
+            passed = await check
+            self.failed_checks[d.name] = 0 if passed else self.failed_checks[d.name] + 1
+            # One slow answer (a busy machine, a pause) does not take a deployment out: it is down
+            # after DOWN_AFTER failed checks in a row, and back at the first that passes.
+            ok = self.failed_checks[d.name] < DOWN_AFTER
             if ok != self.healthy[d.name]:
                 log.warning("deployment health changed", extra={"deployment": d.name, "healthy": ok})
             self.healthy[d.name] = ok

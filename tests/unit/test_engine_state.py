@@ -51,3 +51,30 @@ async def test_listing_models_never_moves_a_breaker() -> None:
         assert breaker.allow() and breaker.state == HALF_OPEN  # a call does
     finally:
         await provider.aclose()
+
+
+class Probed(Provider):
+    """The real provider, with health checks that answer as the test says."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        super().__init__(4)
+        self.answers = answers
+
+    async def check(self, d: object) -> bool:
+        return self.answers.pop(0) if d.name == "sim-fast" else True  # type: ignore[attr-defined]
+
+
+async def test_one_failed_health_check_does_not_take_a_deployment_out() -> None:
+    cfg = inference_config.load(config.load(environ={}), environ={})
+    provider = Probed([False, True, False, False, True])
+    try:
+        engine = Engine(cfg, provider)
+        seen = []
+        for _ in range(5):
+            await engine.check_health()
+            seen.append(engine.healthy["sim-fast"])
+        # a slow answer is forgiven; two failures in a row mark it down; one success brings it back
+        assert seen == [True, True, True, False, True]
+        assert "sim-fast" in [d.name for d in engine.candidates(1)]
+    finally:
+        await provider.aclose()
