@@ -1,4 +1,4 @@
-"""#3: the id billing is keyed by is made inside the mesh. Three chats sent with the same client
+"""The id billing is keyed by is made inside the mesh. Three chats sent with the same client
 request id are three requests, billed three times; the client's id is kept, for correlation only."""
 
 from __future__ import annotations

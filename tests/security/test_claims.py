@@ -1,4 +1,4 @@
-"""#5: a token is accepted only with an exp, a sub, and a segment that is exactly one of the
+"""A token is accepted only with an exp, a sub, and a segment that is exactly one of the
 contract's; anything else is refused at the edge naming the claim, and no odd claim gains a tier
 or escapes the per-user limit."""
 

@@ -1,4 +1,4 @@
-"""#4: the per-address limit counts the address connected to the edge; X-Forwarded-For and friends
+"""The per-address limit counts the address connected to the edge; X-Forwarded-For and friends
 from a client are not believed, unless the operator says proxies in front may be."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""#7: a client's deadline that passes mid-stream ends the stream with DEADLINE_EXCEEDED and proper
+"""A client's deadline that passes mid-stream ends the stream with DEADLINE_EXCEEDED and proper
 trailers, over gRPC, gRPC-Web over HTTP/1.1 and over HTTP/2; the Router counts it as such."""
 
 from __future__ import annotations

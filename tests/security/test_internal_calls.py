@@ -1,4 +1,4 @@
-"""#11: identity headers are honoured only from the edge. A caller that reaches a service's port
+"""Identity headers are honoured only from the edge. A caller that reaches a service's port
 directly needs a certificate of the mesh's CA; with one that is not the edge's it is anonymous and
 standard to the Router, cannot say who asked to Inference, and may call only what its role may."""
 

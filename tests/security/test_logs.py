@@ -1,4 +1,4 @@
-"""#9: logs keep secrets out, and an ERROR line means something is wrong: a token in the query string
+"""Logs keep secrets out, and an ERROR line means something is wrong: a token in the query string
 never reaches the access log; cancelling chats, listing health, and a client leaving the provider
 early log no errors anywhere."""
 

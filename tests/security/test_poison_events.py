@@ -1,4 +1,4 @@
-"""#1: no single usage event can stop usage from being recorded. Every limit in the contract fits the
+"""No single usage event can stop usage from being recorded. Every limit in the contract fits the
 column it is stored in; an event outside them is INVALID_ARGUMENT; an event the database refuses
 for any other reason, accepted or replayed from a spill file, goes to the dead-letter file alone
 while every other event is written; a writer that cannot make progress shows in health and a metric."""

@@ -1,4 +1,4 @@
-"""#10: a document in the knowledge base cannot close the frame it is given to the model in, however
+"""A document in the knowledge base cannot close the frame it is given to the model in, however
 it writes the delimiter: the frame's boundary is unknowable to it, and its text stays text."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""#2: limits hold under a burst. 64 concurrent chats from one standard user (20 a minute): exactly
+"""Limits hold under a burst. 64 concurrent chats from one standard user (20 a minute): exactly
 20 pass and reach the provider, the rest are RESOURCE_EXHAUSTED, and no verdict fails open."""
 
 from __future__ import annotations

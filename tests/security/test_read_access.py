@@ -26,6 +26,8 @@ GET_SPEND = "/tiermesh.analytics.v1.AnalyticsService/GetSpend"
 WATCH_SPEND = "/tiermesh.analytics.v1.AnalyticsService/WatchSpend"
 LIST_MODELS = "/tiermesh.inference.v1.InferenceService/ListModels"
 OWN_ONLY = "a token may read only its own user's spend"
+# Somebody else: whose spend the attacks below try to read.
+VICTIM = "another-customer"
 
 
 async def _spent(attack: Attack, user: str, chats: int) -> None:
@@ -70,9 +72,9 @@ async def test_another_users_spend_is_refused_over_grpc(attack: Attack, method: 
         stub = apb_grpc.AnalyticsServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             if method == "GetSpend":
-                await stub.GetSpend(apb.GetSpendRequest(user="ceo"), metadata=bearer(token), timeout=10)
+                await stub.GetSpend(apb.GetSpendRequest(user=VICTIM), metadata=bearer(token), timeout=10)
             else:
-                await stub.WatchSpend(apb.WatchSpendRequest(user="ceo"), metadata=bearer(token), timeout=10).read()
+                await stub.WatchSpend(apb.WatchSpendRequest(user=VICTIM), metadata=bearer(token), timeout=10).read()
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert OWN_ONLY in (caught.value.details() or "")
     assert "leave user empty" in (caught.value.details() or "")
@@ -84,8 +86,8 @@ async def test_another_users_spend_is_refused_over_grpc_web(attack: Attack, http
     url = f"http://{attack.mesh.target('envoy')}"
     headers = {"authorization": f"Bearer {token}"}
     for path, message in (
-        (GET_SPEND, apb.GetSpendRequest(user="ceo")),
-        (WATCH_SPEND, apb.WatchSpendRequest(user="ceo")),
+        (GET_SPEND, apb.GetSpendRequest(user=VICTIM)),
+        (WATCH_SPEND, apb.WatchSpendRequest(user=VICTIM)),
     ):
         body = wire.frame(message.SerializeToString())
         reply = await wire.grpc_web(url + path, body, headers, http2=http2, text=text, timeout=10)
@@ -99,13 +101,13 @@ async def test_a_message_naming_the_user_twice_is_read_as_protobuf_reads_it(atta
     request for the other's spend, and refused."""
     me = f"twice-{uuid.uuid4().hex[:8]}"
     token = attack.mesh.token(me, "standard")
-    payload = apb.GetSpendRequest(user=me).SerializeToString() + apb.GetSpendRequest(user="ceo").SerializeToString()
-    assert apb.GetSpendRequest.FromString(payload).user == "ceo"
+    payload = apb.GetSpendRequest(user=me).SerializeToString() + apb.GetSpendRequest(user=VICTIM).SerializeToString()
+    assert apb.GetSpendRequest.FromString(payload).user == VICTIM
     host, port = attack.mesh.target("envoy").rsplit(":", 1)
     reply = await wire.grpc_h2(host, int(port), GET_SPEND, wire.frame(payload), list(bearer(token)), timeout=10)
     assert reply.grpc_status == "7", reply
     # and the other way round is one's own
-    payload = apb.GetSpendRequest(user="ceo").SerializeToString() + apb.GetSpendRequest(user=me).SerializeToString()
+    payload = apb.GetSpendRequest(user=VICTIM).SerializeToString() + apb.GetSpendRequest(user=me).SerializeToString()
     reply = await wire.grpc_h2(host, int(port), GET_SPEND, wire.frame(payload), list(bearer(token)), timeout=10)
     assert reply.grpc_status == "0", reply
 
@@ -124,7 +126,7 @@ async def test_a_forged_role_header_makes_nobody_an_operator(attack: Attack) -> 
     async with attack.mesh.edge() as channel:
         with pytest.raises(grpc.aio.AioRpcError) as spend:
             await apb_grpc.AnalyticsServiceStub(channel).GetSpend(
-                apb.GetSpendRequest(user="ceo"), metadata=forged, timeout=10
+                apb.GetSpendRequest(user=VICTIM), metadata=forged, timeout=10
             )
         with pytest.raises(grpc.aio.AioRpcError) as models:
             await ipb_grpc.InferenceServiceStub(channel).ListModels(
@@ -178,7 +180,7 @@ async def test_analytics_enforces_it_too_behind_the_edge(attack: Attack) -> None
     async with attack.mesh.channel("analytics", role=tls.EDGE) as channel:
         stub = apb_grpc.AnalyticsServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.GetSpend(apb.GetSpendRequest(user="ceo"), metadata=forged_user, timeout=10)
+            await stub.GetSpend(apb.GetSpendRequest(user=VICTIM), metadata=forged_user, timeout=10)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         own = await stub.GetSpend(apb.GetSpendRequest(), metadata=forged_user, timeout=10)
         assert own.totals.requests == 0  # mallory never chatted
@@ -186,7 +188,7 @@ async def test_analytics_enforces_it_too_behind_the_edge(attack: Attack) -> None
             await stub.GetSpend(apb.GetSpendRequest(), timeout=10)
         assert nobody.value.code() == grpc.StatusCode.PERMISSION_DENIED
         as_operator = (*forged_user, (identity.ROLE, identity.OPERATOR))
-        assert (await stub.GetSpend(apb.GetSpendRequest(user="ceo"), metadata=as_operator, timeout=10)) is not None
+        assert (await stub.GetSpend(apb.GetSpendRequest(user=VICTIM), metadata=as_operator, timeout=10)) is not None
     async with attack.mesh.channel("inference", role=tls.EDGE) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as models:
             await ipb_grpc.InferenceServiceStub(channel).ListModels(

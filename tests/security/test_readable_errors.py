@@ -1,4 +1,4 @@
-"""#8: every error says what to fix, with the status a client can act on. Undecodable requests are
+"""Every error says what to fix, with the status a client can act on. Undecodable requests are
 INVALID_ARGUMENT on every service (one warning line, no traceback); gRPC-Web callers read refusals
 as HTTP 200 with grpc-status; protocols the edge does not serve are refused at once without
 touching a Router; the access log's gRPC status is right for gRPC-Web; browsers can read the

@@ -1,4 +1,4 @@
-"""#6: any valid `sub` works end to end: the chat, the usage row, spend, and the logs."""
+"""Any valid `sub` works end to end: the chat, the usage row, spend, and the logs."""
 
 from __future__ import annotations
 
