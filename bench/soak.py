@@ -23,19 +23,12 @@ from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from bench.mesh_latency import BENCH_LIMITS
+from bench.startup import rss_mb
 from services.cli.mesh import Mesh, start_mesh
 
 CLIENTS = 8
 SAMPLE_S = 10.0
 QUESTIONS = ("oi, tudo bem?", "como pago com pix?", "qual o prazo de entrega para Recife?", "how do refunds work?")
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process, from /proc, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def load(mesh: Mesh, stop: asyncio.Event, counts: list[int]) -> None:

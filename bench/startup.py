@@ -34,7 +34,8 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, from /proc, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -80,7 +81,7 @@ def one_run() -> tuple[float, float, dict[str, float]]:
             for child in _children(proc.pid):
                 name = _part_of(child)
                 if name:
-                    rss[name] = rss.get(name, 0.0) + _rss_mb(child)
+                    rss[name] = rss.get(name, 0.0) + rss_mb(child)
             return healthy_s, ready_s, rss
         finally:
             proc.send_signal(signal.SIGTERM)

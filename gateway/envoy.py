@@ -369,6 +369,29 @@ def _upstream_tls(tree: Mapping[str, Any], name: str) -> core.TransportSocket:
     return core.TransportSocket(name="envoy.transport_sockets.tls", typed_config=AnyMessage.pack(context))
 
 
+def _plain_cluster(
+    name: str, addresses: list[tuple[str, int]], by_dns: bool, connect_timeout: timedelta
+) -> cluster_v3.Cluster:
+    """A cluster of these addresses: STATIC, or STRICT_DNS (every address a name resolves to,
+    resolved again as they change)."""
+    return cluster_v3.Cluster(
+        name=name,
+        type=cluster_v3.ClusterDiscoveryType.STRICT_DNS if by_dns else cluster_v3.ClusterDiscoveryType.STATIC,
+        connect_timeout=connect_timeout,
+        load_assignment=endpoint.ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                endpoint.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(host, port)))
+                        for host, port in addresses
+                    ]
+                )
+            ],
+        ),
+    )
+
+
 def _cluster(
     tree: Mapping[str, Any], name: str, health_service: str | None = None, outlier_detection: bool = True
 ) -> cluster_v3.Cluster:
@@ -382,40 +405,25 @@ def _cluster(
     replicas = config.replicas(tree, name) if name in config.HEALTH_DEFAULT_PORTS else None
     addresses = [(r.host, r.port) for r in replicas] if replicas else [config.endpoint(tree, name)]
     by_dns = not config.is_ip(addresses[0][0])
-    cluster = cluster_v3.Cluster(
-        name=name,
-        type=cluster_v3.ClusterDiscoveryType.STRICT_DNS if by_dns else cluster_v3.ClusterDiscoveryType.STATIC,
-        connect_timeout=timedelta(seconds=1),
-        load_assignment=endpoint.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                endpoint.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(host, port)))
-                        for host, port in addresses
-                    ]
-                )
-            ],
-        ),
-        # Shed load before a service drowns, and stop sending to an instance that keeps failing.
-        circuit_breakers=cluster_v3.CircuitBreakers(
-            thresholds=[
-                cluster_v3.CircuitBreakersThresholds(
-                    max_connections=10_000,
-                    max_pending_requests=10_000,
-                    max_requests=10_000,
-                    # retries may add at most 20% to the active requests
-                    retry_budget=cluster_v3.CircuitBreakersThresholdsRetryBudget(
-                        budget_percent=type_v3.Percent(value=20.0), min_retry_concurrency=3
-                    ),
-                )
-            ]
-        ),
-        # gRPC needs HTTP/2 to the upstream; Envoy's default is HTTP/1.1.
-        typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": AnyMessage.pack(http2)
-        },
+    cluster = _plain_cluster(name, addresses, by_dns, timedelta(seconds=1))
+    # Shed load before a service drowns, and stop sending to an instance that keeps failing.
+    cluster.circuit_breakers = cluster_v3.CircuitBreakers(
+        thresholds=[
+            cluster_v3.CircuitBreakersThresholds(
+                max_connections=10_000,
+                max_pending_requests=10_000,
+                max_requests=10_000,
+                # retries may add at most 20% to the active requests
+                retry_budget=cluster_v3.CircuitBreakersThresholdsRetryBudget(
+                    budget_percent=type_v3.Percent(value=20.0), min_retry_concurrency=3
+                ),
+            )
+        ]
     )
+    # gRPC needs HTTP/2 to the upstream; Envoy's default is HTTP/1.1.
+    cluster.typed_extension_protocol_options = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": AnyMessage.pack(http2)
+    }
     if outlier_detection:
         cluster.outlier_detection = cluster_v3.OutlierDetection(
             consecutive_5xx=5,
@@ -536,21 +544,7 @@ def _jwks_cluster(uri: str) -> cluster_v3.Cluster:
     if parsed.scheme not in ("https", "http") or not parsed.hostname:
         raise config.ConfigError(f"auth.jwks_uri: must be an http(s) URL, got {uri!r}")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    cluster = cluster_v3.Cluster(
-        name="jwks",
-        type=cluster_v3.ClusterDiscoveryType.STRICT_DNS,
-        connect_timeout=timedelta(seconds=5),
-        load_assignment=endpoint.ClusterLoadAssignment(
-            cluster_name="jwks",
-            endpoints=[
-                endpoint.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(parsed.hostname, port)))
-                    ]
-                )
-            ],
-        ),
-    )
+    cluster = _plain_cluster("jwks", [(parsed.hostname, port)], True, timedelta(seconds=5))
     if parsed.scheme == "https":
         cluster.transport_socket = core.TransportSocket(
             name="envoy.transport_sockets.tls",
@@ -1019,22 +1013,7 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None, probe_port: in
     if auth.jwks_uri:
         clusters.append(_jwks_cluster(auth.jwks_uri))
     if probe_port:
-        admin_cluster = cluster_v3.Cluster(
-            name=ADMIN_CLUSTER,
-            type=cluster_v3.ClusterDiscoveryType.STATIC,
-            connect_timeout=timedelta(seconds=1),
-            load_assignment=endpoint.ClusterLoadAssignment(
-                cluster_name=ADMIN_CLUSTER,
-                endpoints=[
-                    endpoint.LocalityLbEndpoints(
-                        lb_endpoints=[
-                            endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(admin_host, admin_port)))
-                        ]
-                    )
-                ],
-            ),
-        )
-        clusters.append(admin_cluster)
+        clusters.append(_plain_cluster(ADMIN_CLUSTER, [(admin_host, admin_port)], False, timedelta(seconds=1)))
     return bootstrap.Bootstrap(
         admin=bootstrap.Admin(address=_address(admin_host, admin_port)),
         # RE2 refuses patterns above a program size of 100 by default; the `sub` check (256

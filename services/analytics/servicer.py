@@ -15,7 +15,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from services.analytics import db
 from services.analytics.live import Live
 from services.analytics.writer import CONNECTION_ERRORS, UsageWriter
-from services.runtime import identity, tls
+from services.runtime import tls
 from services.runtime.enums import name_of
 from services.runtime.errors import InvalidArgument, PermissionDenied, Unavailable
 from services.runtime.server import Context
@@ -49,7 +49,7 @@ def spend_scope(requested: str, context: Context) -> str:
     (an empty `user` means its own), unless it carries the operator role; a service or an
     operator's tool with a certificate of its own reads what it asks for."""
     requested = _clean(requested)  # as users are stored
-    who = identity.reader(tls.peer_role(context), tls.EDGE, identity.metadata_dict(context.invocation_metadata()))
+    who = tls.edge_reader(context)
     if who is None:
         return requested
     user, operator = who

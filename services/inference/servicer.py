@@ -220,7 +220,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
         validate(request)
-        who = identity.reader(tls.peer_role(context), tls.EDGE, identity.metadata_dict(context.invocation_metadata()))
+        who = tls.edge_reader(context)
         if who is not None and not who[1]:
             raise PermissionDenied(
                 "the model catalog is for operators: sign in with a token that has the operator role"

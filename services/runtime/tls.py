@@ -38,7 +38,7 @@ from typing import Any
 
 import grpc
 
-from services.runtime import config
+from services.runtime import config, identity
 from services.runtime.config import ConfigError
 
 ROLES = ("edge", "router", "inference", "knowledge", "analytics", "ratelimit", "operator")
@@ -132,6 +132,12 @@ def channel(
     if creds is None:
         return grpc.aio.insecure_channel(address, options=list(options))
     return grpc.aio.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", name), *options])
+
+
+def edge_reader(context: Any) -> tuple[str, bool] | None:
+    """Who reads through the edge on this call (see identity.reader): (user, operator?), or None
+    for a caller that is not the edge."""
+    return identity.reader(peer_role(context), EDGE, identity.metadata_dict(context.invocation_metadata()))
 
 
 BALANCED = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})

@@ -23,7 +23,8 @@ from services.cli.mesh import free_port
 from services.cli.supervisor import PART_NAMES, WEB, WEB_DIR, web_built
 from services.runtime import config
 from tests.analytics.conftest import drop_database
-from tests.integration.mesh import Mesh, start_mesh
+from tests.integration.mesh import Mesh, deployment, start_mesh
+from tests.security.conftest import limits_for_one_address
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HELPCENTER = config.REPO_ROOT / "data" / "knowledge" / "helpcenter"
@@ -33,21 +34,12 @@ BROKE_USER = "budget-spent"
 STANDARD_PER_MINUTE = 4  # low, so the rate-limit scenario reaches it in a few chats
 
 
-def _dep(name: str, model: str, price: float) -> str:
-    return (
-        f"{{name: {name}, provider: simulator, model: '{model}', input_usd_per_mtok: {price},"
-        f" output_usd_per_mtok: {price * 2}, context_window: 128000}}"
-    )
-
-
 def _limits() -> str:
-    """The repo's limits, with a standard user's lowered and the per-address one raised (every
-    request of the suite comes from 127.0.0.1)."""
-    descriptors = config.load(environ={})["ratelimit"]["config"]["descriptors"]
+    """The repo's limits with the per-address one raised (every request of the suite comes from
+    127.0.0.1) and a standard user's lowered."""
+    descriptors = json.loads(limits_for_one_address())
     for d in descriptors:
-        if d["key"] == "remote_address":
-            d["rate_limit"]["requests_per_unit"] = 1_000_000
-        elif d.get("value") == "standard":
+        if d.get("value") == "standard":
             d["descriptors"][0]["rate_limit"]["requests_per_unit"] = STANDARD_PER_MINUTE
     return json.dumps(descriptors)
 
@@ -120,7 +112,7 @@ async def browser(tmp_path_factory: pytest.TempPathFactory, results: Path) -> As
         TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=_limits(),
         # Tier 2's cheapest deployment breaks off after 12 tokens: its answer restarts on the next.
         TIERMESH_INFERENCE__TIERS__2=(
-            f"[{_dep('sim-cut', 'sim-cut:fault=cut:12', 0.2)}, {_dep('sim-steady', 'sim-balanced', 0.4)}]"
+            f"[{deployment('sim-cut', 'sim-cut:fault=cut:12', 0.2)}, {deployment('sim-steady', 'sim-balanced', 0.4)}]"
         ),
         TIERMESH_INFERENCE__BREAKER="{consecutive_failures: 1000, min_calls: 1000}",
         # One user whose monthly budget is spent before they start (and refused, not downgraded).

@@ -17,6 +17,7 @@ __all__ = [
     "METRICS_PARTS",
     "PARTS",
     "Mesh",
+    "deployment",
     "eventually",
     "free_port",
     "grpc_web_frame",
@@ -25,6 +26,15 @@ __all__ = [
     "parse_trailers",
     "start_mesh",
 ]
+
+
+def deployment(name: str, model: str, price: float, window: int = 100_000) -> str:
+    """A simulator deployment for `inference.tiers.<n>` (YAML): `model` may carry the simulator's
+    behaviour (`sim:fault=cut:3`); output costs twice the input `price` (USD per million tokens)."""
+    return (
+        f"{{name: {name}, provider: simulator, model: '{model}', input_usd_per_mtok: {price},"
+        f" output_usd_per_mtok: {price * 2}, context_window: {window}}}"
+    )
 
 
 async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:

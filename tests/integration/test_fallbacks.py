@@ -15,18 +15,12 @@ from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 
 from tests.integration.mesh import Mesh, start_mesh
+from tests.integration.mesh import deployment as dep
 from tests.integration.test_observability import scrape, value
 
 pytestmark = pytest.mark.integration
 
 ANSWER_TOKENS = 12
-
-
-def dep(name: str, model: str, price: float, window: int = 100_000) -> str:
-    return (
-        f"{{name: {name}, provider: simulator, model: '{model}', input_usd_per_mtok: {price},"
-        f" output_usd_per_mtok: {price * 2}, context_window: {window}}}"
-    )
 
 
 FAULT_MESH = {
