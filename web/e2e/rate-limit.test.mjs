@@ -21,7 +21,8 @@ test("the rate limit message says how many seconds to wait", async () => {
   await signIn(page, { user: freshUser("hasty") });
   let state = "done";
   let sent = 0;
-  while (state === "done" && sent <= STANDARD_PER_MINUTE) {
+  // Counted in fixed one-minute windows: a window that turns over mid-test grants the limit again.
+  while (state === "done" && sent <= 2 * STANDARD_PER_MINUTE) {
     await send(page, `pergunta rápida número ${sent + 1}`);
     sent += 1;
     state = await settled(page, ["done", "error"]);
