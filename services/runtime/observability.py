@@ -17,9 +17,13 @@ opens any channel. It does three things:
    its trace id. `console` writes the same JSON lines as `file`, to stderr (stdout is the logs).
    The resource's `service.name` is `tiermesh-<service>`.
 
-2. gRPC client instrumentation: every `grpc.aio` channel opened afterwards creates a client span
-   per call and sends `traceparent`, whatever its (de)serializers, unary or streaming. (The
-   server side is in `services.runtime.server`: every Service continues the caller's trace.)
+2. gRPC client side: while spans are recorded, every `grpc.aio` channel opened afterwards creates
+   a client span per call and sends `traceparent`, whatever its (de)serializers, unary or
+   streaming. With `off`, no client span would be kept, so none is made: channels from
+   `tls.channel` only add the current `traceparent` to each call's metadata, which costs a
+   string format instead of an interceptor (a task and a wrapped iterator per call, about a
+   tenth of a chat's CPU). (The server side is in `services.runtime.server`: every Service
+   continues the caller's trace.)
 
 3. Prometheus: `/metrics` on `services.<service>.metrics_port` (see `services.runtime.metrics`).
 
@@ -49,7 +53,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
-from services.runtime import config, metrics
+from services.runtime import config, metrics, tls
 from services.runtime.config import ConfigError
 
 EXPORTERS = ("off", "otlp", "console", "file")
@@ -179,13 +183,63 @@ def _install_tracing(service: str, settings: TracingSettings) -> None:
                 provider.add_span_processor(processor)
             trace.set_tracer_provider(provider)
             _installed = provider
-        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+        if _installed.sampler is not ALWAYS_OFF:
+            tls.wrap_channel = None
+            from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
 
-        # A process-wide patch of grpc.aio's channel constructors; the instrumentor is a singleton
-        # and knows whether it is applied (a test may have taken it off again).
-        instrumentor = GrpcAioInstrumentorClient()  # type: ignore[no-untyped-call]
-        if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument()
+            # A process-wide patch of grpc.aio's channel constructors; the instrumentor is a singleton
+            # and knows whether it is applied (a test may have taken it off again).
+            instrumentor = GrpcAioInstrumentorClient()  # type: ignore[no-untyped-call]
+            if not instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.instrument()
+        else:
+            tls.wrap_channel = PropagatingChannel
+
+
+class _Propagating:
+    """A multi-callable whose calls carry the caller's `traceparent` (and `tracestate`)."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __call__(self, *args: Any, metadata: Any = None, **kwargs: Any) -> Any:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            extra = [("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}")]
+            if ctx.trace_state:
+                extra.append(("tracestate", ctx.trace_state.to_header()))
+            metadata = (*(metadata or ()), *extra)
+        return self._call(*args, metadata=metadata, **kwargs)
+
+
+class PropagatingChannel:
+    """A `grpc.aio.Channel` whose calls carry the current trace, without an interceptor."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+    async def __aenter__(self) -> PropagatingChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._channel.close(None)
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> _Propagating:
+        return _Propagating(self._channel.unary_unary(*args, **kwargs))
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> _Propagating:
+        return _Propagating(self._channel.unary_stream(*args, **kwargs))
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> _Propagating:
+        return _Propagating(self._channel.stream_unary(*args, **kwargs))
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> _Propagating:
+        return _Propagating(self._channel.stream_stream(*args, **kwargs))
 
 
 def setup(service: str, tree: Mapping[str, Any]) -> None:

@@ -31,7 +31,7 @@ import datetime
 import ipaddress
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,8 +130,15 @@ def channel(
         options = [("grpc.service_config", BALANCED), *options]
     creds = channel_credentials(tree, role)
     if creds is None:
-        return grpc.aio.insecure_channel(address, options=list(options))
-    return grpc.aio.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", name), *options])
+        made = grpc.aio.insecure_channel(address, options=list(options))
+    else:
+        made = grpc.aio.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", name), *options])
+    return made if wrap_channel is None else wrap_channel(made)
+
+
+# Set by `observability.setup` when it propagates traces without client instrumentation: every
+# channel made afterwards is wrapped to carry the current trace.
+wrap_channel: Callable[[grpc.aio.Channel], Any] | None = None
 
 
 def edge_reader(context: Any) -> tuple[str, bool] | None:

@@ -163,6 +163,23 @@ def json_lines(lines: list[str]) -> Iterator[dict[str, Any]]:
             yield record
 
 
+async def test_with_tracing_off_the_clients_trace_id_is_in_every_services_log_lines(mesh: Mesh) -> None:
+    """The default (`exporter: off`) records no span, yet passes the caller's trace on from
+    Router to Inference, so one trace id finds a request's lines in every service's log."""
+    trace_id = secrets.token_hex(16)
+    metadata = (*mesh.auth(), ("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"))
+    events = await chat(mesh.target("envoy"), f"hello there ({uuid.uuid4().hex[:8]})", metadata)
+    request_id = events[0].decision.request_id
+
+    def line(part: str, msg: str) -> dict[str, Any] | None:
+        found = [r for r in json_lines(mesh.logs(part)) if r.get("request_id") == request_id and r.get("msg") == msg]
+        return found[0] if found else None
+
+    routed = await eventually(lambda: line("router", "routed"))
+    generated = await eventually(lambda: line("inference", "generated"))
+    assert routed["trace_id"] == generated["trace_id"] == trace_id
+
+
 async def test_a_clients_traceparent_is_continued_through_envoy_router_and_inference(traced_mesh: Mesh) -> None:
     mesh = traced_mesh
     trace_id, client_span_id = secrets.token_hex(16), secrets.token_hex(8)
