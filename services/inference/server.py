@@ -37,6 +37,7 @@ async def main() -> None:
             tls.channel(tree, "analytics", "inference", options=config.QUICK_RECONNECT),
             capacity=config.get_int(analytics, "queue_size", 50_000, where="inference.analytics", lo=1),
             spill_path=str(config.data_dir(tree) / "usage-spill.b64"),
+            linger_s=config.get_int(analytics, "linger_ms", 50, where="inference.analytics", lo=0, hi=5000) / 1000,
         )
         usage.start()
     servicer = InferenceServicer(cfg, engine, usage)

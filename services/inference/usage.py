@@ -40,9 +40,15 @@ SEND_TIMEOUT_S = 5.0
 
 class UsageReporter:
     def __init__(
-        self, channel: grpc.aio.Channel, capacity: int = 50_000, retry_max_s: float = 5.0, spill_path: str = ""
+        self,
+        channel: grpc.aio.Channel,
+        capacity: int = 50_000,
+        retry_max_s: float = 5.0,
+        spill_path: str = "",
+        linger_s: float = 0.0,
     ) -> None:
         self._channel = channel
+        self.linger_s = linger_s
         self.spill_path = spill_path
         self.failing = False
         self.capacity = capacity
@@ -85,6 +91,8 @@ class UsageReporter:
                 self._empty.set()
                 self._wake.clear()
                 await self._wake.wait()
+                if self.linger_s:
+                    await asyncio.sleep(self.linger_s)  # events of requests ending meanwhile go along
             batch = [self.queue[i] for i in range(min(MAX_BATCH, len(self.queue)))]
             token = otel_context.attach(batch[0][1])
             try:

@@ -149,7 +149,7 @@ SCHEMA: dict[str, Any] = {
         ),
     },
     "inference": {
-        "analytics": frozenset({"enabled", "queue_size"}),
+        "analytics": frozenset({"enabled", "queue_size", "linger_ms"}),
         "simulator_base_url": ANY,
         "max_connections": ANY,
         "request_timeout_s": ANY,

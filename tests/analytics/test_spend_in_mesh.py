@@ -41,6 +41,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> A
         TIERMESH_SIMULATOR__TOKEN_DELAY_MS="2",
         TIERMESH_ANALYTICS__BUDGETS__USERS=json.dumps({OVER_BUDGET: 0.000001}),
         TIERMESH_ANALYTICS__BUDGETS__CACHE_S="0",
+        TIERMESH_INFERENCE__ANALYTICS__LINGER_MS="300",
     )
     yield m
     await m.sup.stop()
@@ -162,3 +163,17 @@ async def test_refuse_policy_answers_resource_exhausted_with_a_message(mesh: Mes
             assert reply.decision.tier >= 2
     finally:
         await strict.sup.stop()
+
+
+async def test_usage_of_chats_ending_close_together_travels_in_fewer_calls_and_none_is_lost(mesh: Mesh) -> None:
+    """After the first usage event of a quiet spell Inference waits linger_ms (300 here) for
+    others: six chats one after another are recorded in fewer than six calls, all of them."""
+    user = f"together-{uuid.uuid4().hex[:8]}"
+    method = "/tiermesh.analytics.v1.AnalyticsService/RecordUsage"
+    before = value(await scrape(mesh, "analytics"), "tiermesh_grpc_requests_total", method=method, code="OK")
+    for i in range(6):
+        await chat(mesh, user, f"hello {i}")
+    totals = await month_spend(mesh, user, 6)
+    assert totals.requests == 6
+    after = value(await scrape(mesh, "analytics"), "tiermesh_grpc_requests_total", method=method, code="OK")
+    assert 1 <= after - before < 6
