@@ -162,16 +162,41 @@ class RouterServicer:
                 "policy": decision.policy_version,
             },
         )
-        yield pb.ChatResponse(decision=decision_pb(decision, request_id))
-
+        metadata = (  # who asked and why this tier, for Inference (which bills it)
+            (identity.REQUEST_ID, request_id),
+            identity.user_metadata(user),
+            (identity.SEGMENT, decision.segment),
+            (identity.INTENT, decision.intent),
+            (identity.COMPLEXITY, decision.complexity),
+            (identity.CLIENT_REQUEST_ID, client_request_id),
+        )
         grounded = Grounded()
-        if self.grounding.wanted(decision.intent):
-            question = last_user_text(request.messages)
-            grounded = await self.grounding.retrieve(question, request_id, time_remaining(context))
-            for citation in grounded.citations:
-                yield pb.ChatResponse(citation=citation)
-        messages = with_context(request.messages, grounded.message) if grounded.message else request.messages
+        if not self.grounding.wanted(decision.intent):
+            # Nothing to look up first: Inference starts while the decision is being written.
+            generate, timeout = self._generate_request(request, decision, grounded, context)
+            call = self.generate_raw(generate, timeout=timeout, metadata=metadata)
+            try:
+                yield pb.ChatResponse(decision=decision_pb(decision, request_id))
+            except BaseException:
+                call.cancel()
+                raise
+            async for message in self._relay(generate, timeout, metadata, grounded, call):
+                yield message
+            return
+        yield pb.ChatResponse(decision=decision_pb(decision, request_id))
+        question = last_user_text(request.messages)
+        grounded = await self.grounding.retrieve(question, request_id, time_remaining(context))
+        for citation in grounded.citations:
+            yield pb.ChatResponse(citation=citation)
+        generate, timeout = self._generate_request(request, decision, grounded, context)
+        async for message in self._relay(generate, timeout, metadata, grounded, None):
+            yield message
 
+    def _generate_request(
+        self, request: pb.ChatRequest, decision: Decision, grounded: Grounded, context: Context
+    ) -> tuple[ipb.GenerateRequest, float]:
+        """The call to Inference for this chat, and how long it may take."""
+        messages = with_context(request.messages, grounded.message) if grounded.message else request.messages
         remaining = time_remaining(context)
         timeout = min(self.default_deadline_s if remaining is None else remaining, self.max_deadline_s)
         if timeout <= 0:
@@ -185,15 +210,19 @@ class RouterServicer:
         )
         if request.HasField("temperature"):
             generate.temperature = request.temperature
-        metadata = (
-            (identity.REQUEST_ID, request_id),
-            identity.user_metadata(user),
-            (identity.SEGMENT, decision.segment),
-            (identity.INTENT, decision.intent),
-            (identity.COMPLEXITY, decision.complexity),
-            (identity.CLIENT_REQUEST_ID, client_request_id),
-        )
-        async for raw in self._generate(generate, timeout, metadata):
+        return generate, timeout
+
+    async def _relay(
+        self,
+        generate: ipb.GenerateRequest,
+        deadline_s: float,
+        metadata: tuple[tuple[str, Any], ...],
+        grounded: Grounded,
+        started: Any,
+    ) -> AsyncIterator[pb.ChatResponse | bytes]:
+        """Inference's answer to the client: text and restarts as Inference encoded them, the end
+        translated. `started`: the call, when it was already made."""
+        async for raw in self._generate(generate, deadline_s, metadata, started):
             tag = raw[0] if raw else 0
             if tag in (_DELTA_TAG, _RESTART_TAG):
                 yield raw
@@ -214,13 +243,19 @@ class RouterServicer:
                 )
 
     async def _generate(
-        self, generate: ipb.GenerateRequest, deadline_s: float, metadata: tuple[tuple[str, Any], ...]
+        self,
+        generate: ipb.GenerateRequest,
+        deadline_s: float,
+        metadata: tuple[tuple[str, Any], ...],
+        started: Any = None,
     ) -> AsyncIterator[bytes]:
         """Inference's answer, raw. A call that Inference refused before doing anything (a replica
         draining, or none reachable) is made again, up to GENERATE_TRIES times, and goes to
         another replica: nothing was generated or billed. Any other failure is passed on."""
         for attempt in range(1, GENERATE_TRIES + 1):
-            call = self.generate_raw(generate, timeout=deadline_s, metadata=metadata)
+            call = started if started is not None and attempt == 1 else None
+            if call is None:
+                call = self.generate_raw(generate, timeout=deadline_s, metadata=metadata)
             answered = False
             try:
                 async for raw in call:
