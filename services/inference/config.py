@@ -188,5 +188,5 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> I
             else None
         ),
         health_interval_s=config.get_float(node, "health_interval_s", 15.0, where="inference", lo=0.1, hi=3600),
-        flush_interval_s=config.get_int(node, "flush_interval_ms", 40, where="inference", lo=0, hi=1000) / 1000,
+        flush_interval_s=config.get_int(node, "flush_interval_ms", 50, where="inference", lo=0, hi=1000) / 1000,
     )

@@ -79,7 +79,7 @@ async def coalesce(events: AsyncIterator[Event], interval_s: float = 0.0) -> Asy
 
     The first delta leaves at once. After it, deltas are merged: whatever piled up while the
     consumer was busy (sending the last message), and, with `interval_s`, whatever arrives within
-    `interval_s` of the last delta sent (at 20 ms per token and 40 ms, half the messages at every
+    `interval_s` of the last delta sent (at 20 ms per token and 50 ms, 2.5 tokens a message at every
     hop). Anything else (a restart, the end) leaves at once, with the text before it.
     """
     pending: list[Event] = []
