@@ -6,9 +6,10 @@ import asyncio
 
 from bench import (
     analytics_throughput,
+    compare,
+    grpc_floor,
     inference_latency,
     knowledge_eval,
-    litellm_peer,
     mesh_latency,
     paced_cpu,
     ratelimit_burst,
@@ -21,7 +22,11 @@ from bench import (
 def main() -> None:
     startup.main([])
     print()
+    compare.main()
+    print()
     asyncio.run(mesh_latency.main())
+    print()
+    grpc_floor.main()
     print()
     asyncio.run(paced_cpu.main())
     print()
@@ -36,8 +41,6 @@ def main() -> None:
     asyncio.run(ratelimit_burst.main())
     print()
     asyncio.run(web_ttft.main())
-    print()
-    asyncio.run(litellm_peer.main())
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Latency of one chat at each hop (simulator direct, Inference, Router, Envoy) and start-up time.
+"""Where a chat's latency goes: one chat at each hop (simulator direct, Inference, Router, Envoy),
+called as the part in front of it calls it, and the CLI's start-up time.
 
 Prints p50/p99 of time to first token and of the whole stream, concurrency 1, simulator with no
-token delay so the figures are the mesh's own cost.
+token delay so the figures are the mesh's own cost. (CPU per chat, and the comparison with
+LiteLLM's proxy, are bench/compare.py's.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -26,15 +27,11 @@ from tiermesh.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
+from bench.compare import BENCH_LIMITS
 from bench.stats import percentile
-from services.cli.mesh import Mesh, start_mesh
+from services.cli.mesh import start_mesh
 
 N = 200
-BENCH_LIMITS = (
-    "[{key: segment, value: standard, descriptors: [{key: user,"
-    " rate_limit: {unit: second, requests_per_unit: 1000000}}]},"
-    " {key: remote_address, rate_limit: {unit: second, requests_per_unit: 1000000}}]"
-)
 MESSAGES = [c.ChatMessage(role=c.CHAT_ROLE_USER, content="hello there")]
 CALLER = {"router": "edge", "inference": "router"}
 
@@ -54,36 +51,6 @@ async def measure(name: str, once: Callable[[], Awaitable[tuple[float, float]]])
         f"   whole stream p50 {total50:7.2f} ms  p99 {total99:7.2f} ms"
     )
     return totals
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far, from /proc (clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def cpu_per_chat(mesh: Mesh, chats: int = 300) -> None:
-    pids = {name: part.proc.pid for name, part in mesh.sup.parts.items() if part.proc is not None}
-    channel = mesh.edge()
-    stub = pb_grpc.RouterServiceStub(channel)
-    request = pb.ChatRequest(messages=MESSAGES, bypass_cache=True)
-    for _ in range(20):
-        async for _ in stub.Chat(request, metadata=mesh.auth("bench")):
-            pass
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    auth = mesh.auth("bench")
-    for _ in range(chats):
-        async for _ in stub.Chat(request, metadata=auth):
-            pass
-    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    await channel.close()
-    per = {name: (after[name] - before[name]) / chats * 1000 for name in pids}
-    mesh_cpu = sum(v for k, v in per.items() if k != "simulator")
-    print(
-        f"CPU per streamed chat (48 tokens, through Envoy, {chats} chats): mesh {mesh_cpu:.2f} ms = "
-        + ", ".join(f"{k} {v:.2f} ms" for k, v in per.items() if k != "simulator")
-        + f" (simulator {per.get('simulator', 0):.2f} ms, not counted)"
-    )
 
 
 PARTS = ("simulator", "inference", "analytics", "router", "ratelimit", "envoy")
@@ -174,7 +141,6 @@ async def _main(database: str) -> None:
             added50 = (percentile(chains["envoy"], 50) - percentile(chains["router"], 50)) * 1000
             added99 = (percentile(chains["envoy"], 99) - percentile(chains["router"], 99)) * 1000
             print(f"Envoy + JWT + rate limits over Router directly: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms")
-            await cpu_per_chat(mesh)
         finally:
             await mesh.sup.stop()
     for cmd in (["health", "--help"], ["chat", "--help"]):

@@ -1,46 +1,55 @@
-"""CPU per streamed chat at a real model's pace: 20 ms per token, 64 tokens, 16 chats at once,
-through Envoy, with the answer cache off; once with every piece of text sent as it arrives
-(`inference.flush_interval_ms` 0) and once with the default flush interval, to show what
-merging text within the interval saves at every hop."""
+"""How deltas are flushed, measured: CPU per streamed chat at a real model's pace (20 ms per token,
+64 tokens, 16 chats at once through Envoy, the answer cache off) for several values of
+`inference.flush_interval_ms`: 0 sends every piece of text as it arrives, larger values merge the
+text that arrives within the interval after the last message (the first text always leaves at once).
+Messages per answer, CPU per chat per process, and what a reader sees: time to first token and the
+longest gap between two pieces of text."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tiermesh.common.v1 import common_pb2 as c
-from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from bench.mesh_latency import BENCH_LIMITS, cpu_seconds
-from services.cli.mesh import Mesh, start_mesh
+from bench.compare import BENCH_LIMITS, PARTS
+from bench.load import Histogram, chat_request, closed_loop
+from services.cli.mesh import start_mesh
 from services.runtime import config
 
 CONCURRENCY = 16
-CHATS_PER_CLIENT = 10
-PARTS = ["simulator", "inference", "analytics", "router", "ratelimit", "envoy"]
+SECONDS = 10.0
+INTERVALS = (0, 100)
 
 
-async def run(mesh: Mesh, chats_per_client: int) -> tuple[int, int]:
-    """(chats, delta messages) of CONCURRENCY clients chatting back to back."""
-    auth = mesh.auth("bench-paced")
-    counts = [0, 0]
+class CountingChat:
+    """A gRPC chat through Envoy that also counts messages and the gaps between pieces of text."""
 
-    async def client(n: int) -> None:
-        async with mesh.edge() as channel:
-            stub = pb_grpc.RouterServiceStub(channel)
-            for i in range(chats_per_client):
-                text = f"hello from client {n}, chat {i}"
-                request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=text)])
-                async for event in stub.Chat(request, metadata=auth):
-                    counts[1] += event.HasField("delta")
-                counts[0] += 1
+    def __init__(self, target: str, token: str) -> None:
+        import grpc
 
-    await asyncio.gather(*(client(n) for n in range(CONCURRENCY)))
-    return counts[0], counts[1]
+        self.channel = grpc.aio.insecure_channel(target)
+        self.stub = pb_grpc.RouterServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.messages = 0
+        self.answers = 0
+        self.gaps = Histogram()
+
+    async def __call__(self, n: int) -> float:
+        first = last = 0.0
+        count = 0
+        async for event in self.stub.Chat(chat_request(n, bypass_cache=True), metadata=self.metadata):
+            count += 1
+            if event.HasField("delta"):
+                now = time.perf_counter()
+                if last:
+                    self.gaps.record(now - last)
+                first, last = first or now, now
+        self.messages += count
+        self.answers += 1
+        return first
 
 
 async def measure(flush_ms: int) -> None:
@@ -55,34 +64,30 @@ async def measure(flush_ms: int) -> None:
             TIERMESH_INFERENCE__FLUSH_INTERVAL_MS=str(flush_ms),
         )
         try:
-            pids = {name: part.proc.pid for name, part in mesh.sup.parts.items() if part.proc is not None}
-            await run(mesh, 2)  # warm-up
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            started = time.monotonic()
-            chats, deltas = await run(mesh, CHATS_PER_CLIENT)
-            took = time.monotonic() - started
-            after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            pids = {n: p.proc.pid for n, p in mesh.sup.parts.items() if p.proc is not None and n != "simulator"}
+            chat = CountingChat(mesh.target("envoy"), mesh.token("bench-paced", "standard"))
+            r = await closed_loop(
+                chat, CONCURRENCY, SECONDS, pids, warmup_s=3.0, gateway="tiermesh", scenario="paced", transport="grpc"
+            )
+            await chat.channel.close()
         finally:
             await mesh.sup.stop()
-    per = {name: (after[name] - before[name]) / chats * 1000 for name in pids}
-    mesh_ms = sum(v for name, v in per.items() if name != "simulator")
-    parts = ", ".join(
-        f"{name} {v:.2f}" for name, v in sorted(per.items(), key=lambda kv: -kv[1]) if name != "simulator"
-    )
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.cpu_ms.items(), key=lambda kv: -kv[1]))
     print(
-        f"  flush_interval_ms {flush_ms:>3}: {deltas / chats:5.1f} messages per answer, {chats / took:5.1f} chats/s,"
-        f" CPU per chat: mesh {mesh_ms:5.2f} ms = {parts} (simulator {per['simulator']:.2f}, not counted)"
+        f"  flush_interval_ms {flush_ms:>3}: {chat.messages / max(1, chat.answers):5.1f} messages per answer,"
+        f" first token p50 {r.first_token_ms['p50']:6.1f} ms, gap between text p50 {chat.gaps.ms(50):5.1f} ms"
+        f" max {chat.gaps.ms(100):5.1f} ms, CPU per chat {r.cpu_total_ms:5.2f} ms ({parts})",
+        flush=True,
     )
-    sys.stdout.flush()
 
 
 async def main() -> None:
     default = config.get_int(
-        config.section(config.load(environ={}), "inference"), "flush_interval_ms", 40, where="inference"
+        config.section(config.load(environ={}), "inference"), "flush_interval_ms", 50, where="inference"
     )
-    print(f"paced chats (20 ms per token, 64 tokens, {CONCURRENCY} at once, through Envoy):")
-    await measure(0)
-    await measure(default)
+    print(f"paced chats (20 ms per token, 64 tokens, {CONCURRENCY} at once, through Envoy), by flush interval:")
+    for interval in sorted({INTERVALS[0], default, *INTERVALS[1:]}):
+        await measure(interval)
 
 
 if __name__ == "__main__":

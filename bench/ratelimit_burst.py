@@ -20,7 +20,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from bench.mesh_latency import cpu_seconds
+from bench.load import cpu_seconds
 from services.cli.mesh import Mesh, start_mesh
 from services.runtime import config
 

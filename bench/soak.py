@@ -15,6 +15,7 @@ import itertools
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from bench.mesh_latency import BENCH_LIMITS
+from bench.compare import BENCH_LIMITS
 from bench.startup import rss_mb
 from services.cli.mesh import Mesh, start_mesh
 
@@ -31,8 +32,9 @@ SAMPLE_S = 10.0
 QUESTIONS = ("oi, tudo bem?", "como pago com pix?", "qual o prazo de entrega para Recife?", "how do refunds work?")
 
 
-async def load(mesh: Mesh, stop: asyncio.Event, counts: list[int]) -> None:
-    auth = mesh.auth("soak")
+async def load(mesh: Mesh, stop: asyncio.Event, counts: list[int], failures: Counter[str], minutes: float) -> None:
+    # A token that outlives the soak (the development default lasts 10 minutes).
+    auth = (("authorization", f"Bearer {mesh.token('soak', 'standard', ttl_s=int(minutes * 60) + 3600)}"),)
     numbers = itertools.count()
 
     async def client() -> None:
@@ -47,8 +49,10 @@ async def load(mesh: Mesh, stop: asyncio.Event, counts: list[int]) -> None:
                     async for _ in stub.Chat(request, metadata=auth, timeout=60):
                         pass
                     counts[0] += 1
-                except grpc.aio.AioRpcError:  # counted and reported; the soak goes on
+                except grpc.aio.AioRpcError as exc:  # counted by status and reported; the soak goes on
                     counts[1] += 1
+                    failures[exc.code().name] += 1
+                    await asyncio.sleep(1.0)  # a failing mesh is not hammered into failing more
 
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
 
@@ -63,7 +67,8 @@ async def main(minutes: float) -> None:
         )
         stop = asyncio.Event()
         counts = [0, 0]
-        runner = asyncio.create_task(load(mesh, stop, counts))
+        failures: Counter[str] = Counter()
+        runner = asyncio.create_task(load(mesh, stop, counts, failures, minutes))
         try:
             pids = {name: part.proc.pid for name, part in mesh.sup.parts.items() if part.proc is not None}
             await asyncio.sleep(min(60.0, minutes * 60 / 5))  # warm-up: caches, pools, first imports
@@ -78,7 +83,10 @@ async def main(minutes: float) -> None:
             await asyncio.gather(runner, return_exceptions=True)
             await mesh.sup.stop()
     tail = max(1, int(60 / SAMPLE_S))
-    print(f"soak: {minutes:g} min, {CLIENTS} clients, {counts[0]} chats, {counts[1]} failed; RSS per process:")
+    failed = ", ".join(f"{code} {n}" for code, n in failures.most_common()) or "none"
+    print(
+        f"soak: {minutes:g} min, {CLIENTS} clients, {counts[0]} chats, {counts[1]} failed ({failed}); RSS per process:"
+    )
     for name, xs in samples.items():
         last = sum(xs[-tail:]) / len(xs[-tail:])
         growth = (last - xs[0]) / xs[0] * 100 if xs[0] else 0.0
