@@ -19,7 +19,11 @@ from services.runtime.server import serve
 def build_provider(cfg: inference_config.InferenceConfig) -> Provider:
     """The provider pool, with LiteLLM loaded at start only if a deployment takes its path."""
     deployments = [d for deps in cfg.tiers.values() for d in deps]
-    return Provider(cfg.max_connections, litellm=any(d.provider not in LEAN_PROVIDERS for d in deployments))
+    return Provider(
+        cfg.max_connections,
+        litellm=any(d.provider not in LEAN_PROVIDERS for d in deployments),
+        flush_interval_s=cfg.flush_interval_s,
+    )
 
 
 async def main() -> None:

@@ -98,3 +98,23 @@ async def test_a_cut_stream_reports_the_tokens_sent_on_both_paths(sim: Mesh, pro
         # The text that did arrive is the first four tokens, and the error counts them.
         assert "".join(p.text for p in pieces).split() == ["[simulated", "answer", "from", "sim]"], path
         assert info.value.tokens_sent == 4, path
+
+
+async def test_a_paced_stream_is_read_once_per_flush_interval_with_nothing_lost_or_held_first(sim: Mesh) -> None:
+    """A provider sending a token every 20 ms is read as it comes when Inference flushes every
+    piece (interval 0), and about once per interval (60 ms here) when it merges: the same text,
+    finish and usage, far fewer reads, and the first token still read alone, at once."""
+    d = deployment(sim, "sim-fast:delay_ms=20:tokens=30")
+    pieces = {}
+    for interval in (0.0, 0.06):
+        p = Provider(10, flush_interval_s=interval)
+        try:
+            pieces[interval] = await collect(p, "_lean", d)
+        finally:
+            await p.aclose()
+    each, merged = pieces[0.0], pieces[0.06]
+    assert summary(each) == summary(merged)
+    each_texts, merged_texts = [p.text for p in each if p.text], [p.text for p in merged if p.text]
+    assert len(each_texts) >= 25  # ~one read per token
+    assert len(merged_texts) <= len(each_texts) // 2
+    assert merged_texts[0] == each_texts[0]  # the first token is not held back for the interval
