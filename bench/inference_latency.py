@@ -51,19 +51,20 @@ def line(name: str, times: list[float], base: list[float] | None = None) -> str:
 
 async def provider_cpu(sim_url: str) -> None:
     from services.inference.config import Deployment
-    from services.inference.provider import Provider
+    from services.inference.provider import Call, Provider
 
     provider = Provider(100)
     await provider.warm_up()
     d = Deployment("bench", 1, "simulator", "sim-fast", 0, 0, 128_000, api_base=sim_url + "/v1")
     messages = [{"role": "user", "content": "hello there"}]
+    call = Call(d, messages, 0, None, 30, "bench")
     for name, path in (("lean aiohttp SSE path", provider._lean), ("LiteLLM path", provider._litellm)):
         for _ in range(20):
-            async for _ in path(d, messages, 0, None, 30, "bench"):
+            async for _ in path(call):
                 pass
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for _ in range(N):
-            async for _ in path(d, messages, 0, None, 30, "bench"):
+            async for _ in path(call):
                 pass
         cpu, wall = (time.process_time() - cpu0) / N, (time.perf_counter() - wall0) / N
         print(f"  {name:<38} CPU {cpu * 1000:6.2f} ms per streamed call (48 tokens), wall {wall * 1000:6.2f} ms")
