@@ -134,20 +134,21 @@ async def highest_rate(
 ) -> dict[str, Any]:
     """Open loop up the gateway's RATES until two rates in a row miss: p99 added latency at or
     over the limit, a failed chat, or fewer chats done than offered. The highest that passed wins."""
-    best: dict[str, Any] = {"rate": 0.0}
+    best: dict[str, Any] = {"rate": 0.0, "lowest_tried": RATES[gateway][0]}
     misses = 0
     for rate in RATES[gateway]:
         seconds = min(10.0, max(4.0, 200 / rate))
         r = show(await open_loop(chat, rate, seconds, pids, gateway=gateway, scenario="rate", transport=transport))
         results.append(r)
         added = r.whole_ms["p99"] - floor_ms
+        best.setdefault("added_p99_ms_at_lowest", round(added, 2))
         if r.errors or added >= ADDED_P99_LIMIT_MS or r.throughput < rate * 0.95:
             misses += 1
             if misses == 2:
                 break
             continue
         misses = 0
-        best = {"rate": rate, "added_p99_ms": round(added, 2), "cpu_total_ms": r.cpu_total_ms}
+        best |= {"rate": rate, "added_p99_ms": round(added, 2), "cpu_total_ms": r.cpu_total_ms}
     return best
 
 
@@ -179,12 +180,24 @@ async def one_pace(delay_ms: int, litellm: Path | None, folder: Path, results: l
     proxy = None
     try:
         pids = {n: p.proc.pid for n, p in mesh.sup.parts.items() if p.proc is not None and n != "simulator"}
-        seconds = SECONDS if delay_ms == 0 else SECONDS + 4  # a paced chat takes 1.3 s
+        # A paced chat takes 1.3 s: longer windows, and clients started out of step (see closed_loop).
+        seconds = SECONDS if delay_ms == 0 else SECONDS + 8
+        stagger = 0.0 if delay_ms == 0 else 1.4
         token = mesh.token("bench", "standard")
         edge_url = "http://" + mesh.target("envoy")
 
         async def scenario(gateway: str, transport: str, chat: Any, conc: int, pids_: dict[str, int]) -> Result:
-            r = await closed_loop(chat, conc, seconds, pids_, gateway=gateway, scenario=pace, transport=transport)
+            r = await closed_loop(
+                chat,
+                conc,
+                seconds,
+                pids_,
+                warmup_s=1.0 + stagger,
+                stagger_s=stagger,
+                gateway=gateway,
+                scenario=pace,
+                transport=transport,
+            )
             results.append(show(r))
             return r
 

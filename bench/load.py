@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -47,20 +48,9 @@ Chat = Callable[[int], Awaitable[float]]  # chat number -> when (perf_counter) i
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time of a process's threads so far, in nanoseconds from the scheduler
-    (/proc/PID/task/*/schedstat), so that a window of a few chats is measured as exactly as one
-    of thousands; /proc/PID/stat's clock ticks (10 ms) where schedstat is not available."""
-    total = 0
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except (FileNotFoundError, ProcessLookupError):
-                continue  # a thread that ended between the listing and the read
-    except FileNotFoundError:
-        total = 0
-    if total:
-        return total / 1e9
+    """User + system CPU of a process so far, its ended threads included, from /proc/PID/stat. The
+    kernel counts it exactly but reports it in clock ticks (10 ms), so windows are made long
+    enough for a tick to be noise (a thread's own counter, schedstat, would lose threads that end)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -166,15 +156,25 @@ class _Window:
 
 
 async def closed_loop(
-    chat: Chat, concurrency: int, seconds: float, pids: Mapping[str, int], warmup_s: float = 1.0, **labels: Any
+    chat: Chat,
+    concurrency: int,
+    seconds: float,
+    pids: Mapping[str, int],
+    warmup_s: float = 1.0,
+    stagger_s: float = 0.0,
+    **labels: Any,
 ) -> Result:
-    """`concurrency` clients back to back for `warmup_s`, then `seconds` measured."""
+    """`concurrency` clients back to back for `warmup_s`, then `seconds` measured. Each client
+    starts at a random point within `stagger_s` (inside the warm-up), so that long streams do not
+    run in lockstep: real callers' tokens do not arrive together, and on a machine where waking a
+    process is dear, streams in step would share wake-ups and flatter the CPU figures."""
     window = _Window(pids)
     numbers = iter(range(10**9))
     loop = asyncio.get_running_loop()
     end = loop.time() + warmup_s + seconds
 
     async def client() -> None:
+        await asyncio.sleep(random.uniform(0, stagger_s))
         while loop.time() < end:
             n = next(numbers)
             await window.one(chat, n, time.perf_counter())

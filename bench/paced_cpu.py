@@ -67,7 +67,15 @@ async def measure(flush_ms: int) -> None:
             pids = {n: p.proc.pid for n, p in mesh.sup.parts.items() if p.proc is not None and n != "simulator"}
             chat = CountingChat(mesh.target("envoy"), mesh.token("bench-paced", "standard"))
             r = await closed_loop(
-                chat, CONCURRENCY, SECONDS, pids, warmup_s=3.0, gateway="tiermesh", scenario="paced", transport="grpc"
+                chat,
+                CONCURRENCY,
+                SECONDS,
+                pids,
+                warmup_s=3.0,
+                stagger_s=1.4,  # clients out of step, as real callers are
+                gateway="tiermesh",
+                scenario="paced",
+                transport="grpc",
             )
             await chat.channel.close()
         finally:

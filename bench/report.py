@@ -113,11 +113,21 @@ def markdown(report: dict[str, Any]) -> str:
         row("cache hit, c=1: first token p50, CPU per chat", "—", f"{_ms(hit, 'first_token_ms')}, {_cpu(hit)}", "—")
     rates = report.get("highest_rate") or {}
     ours, theirs = rates.get("tiermesh") or {}, rates.get("litellm") or {}
+
+    def sustained(r: dict[str, Any]) -> str:
+        if not r:
+            return "—"
+        if r.get("rate"):
+            return f"{r['rate']:g}/s"
+        return (
+            f"under {r['lowest_tried']:g}/s (p99 added {r['added_p99_ms_at_lowest']:.0f} ms at {r['lowest_tried']:g}/s)"
+        )
+
     row(
         "highest rate sustained with p99 added latency < 50 ms (open loop, unpaced)",
         "—",
-        f"{ours.get('rate', 0):g}/s" if ours else "—",
-        f"{theirs.get('rate', 0):g}/s" if theirs else "—",
+        sustained(ours),
+        sustained(theirs),
         _ratio(ours.get("rate"), theirs.get("rate"), True),
     )
     rd = report.get("router_decision") or {}
