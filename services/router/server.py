@@ -18,7 +18,7 @@ from services.runtime.config import ConfigError
 from services.runtime.server import serve
 
 # Chats come from the edge; an operator may call the Router directly (as an anonymous caller).
-CALLERS = (tls.EDGE, tls.OPERATOR)
+CALLERS = (tls.EDGE, tls.OPENAI, tls.OPERATOR)
 
 
 def max_deadline_s(tree: dict[str, object]) -> float:

@@ -41,10 +41,10 @@ class RelayedError(TiermeshError):
 
 def identity_from(context: Context) -> tuple[str, str]:
     """(user, segment) from the identity headers the edge sets after verifying the caller's
-    token, honoured only when the caller is the edge; never from the message or a request
-    field. Anyone else is anonymous and standard."""
+    token, honoured only when the caller is the edge (or the OpenAI-compatible API, which passes
+    on what the edge verified); never from the message or a request field. Anyone else is anonymous and standard."""
     metadata = identity.metadata_dict(context.invocation_metadata())
-    if not identity.trusted(tls.peer_role(context), tls.EDGE):
+    if not identity.trusted(tls.peer_role(context), tls.EDGE, tls.OPENAI):
         return "", identity.DEFAULT_SEGMENT
     return identity.user_and_segment(metadata)
 

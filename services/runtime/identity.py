@@ -2,8 +2,8 @@
 
 Envoy writes `x-tiermesh-user` (the token's `sub`) and `x-tiermesh-segment` after checking the
 token, having removed any copy a client sent. A service honours such metadata only from the part
-allowed to set it, proven by its certificate (services.runtime.tls): the Router from the edge,
-Inference from the Router. Anyone else (an operator's tool, a test) is anonymous and standard.
+allowed to set it, proven by its certificate (services.runtime.tls): the Router from the edge and
+from the OpenAI-compatible API behind it, Inference from the Router. Anyone else (an operator's tool, a test) is anonymous and standard.
 
 Between services the user travels as `x-tiermesh-user-bin` (UTF-8 bytes), since gRPC metadata
 that is not binary must be ASCII and a `sub` may be any string (`josé`, `李`).
@@ -49,10 +49,10 @@ def metadata_dict(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     return out
 
 
-def trusted(peer_role: str, allowed: str) -> bool:
+def trusted(peer_role: str, *allowed: str) -> bool:
     """May a caller with this certificate role set identity metadata? Without TLS no caller has a
     role and every caller is trusted (a single machine with loopback-only ports)."""
-    return peer_role in ("", allowed)
+    return peer_role == "" or peer_role in allowed
 
 
 def user_and_segment(metadata: dict[str, str]) -> tuple[str, str]:

@@ -41,8 +41,10 @@ import grpc
 from services.runtime import config, identity
 from services.runtime.config import ConfigError
 
-ROLES = ("edge", "router", "inference", "knowledge", "analytics", "ratelimit", "operator")
+ROLES = ("edge", "router", "inference", "knowledge", "analytics", "ratelimit", "operator", "openai")
 EDGE, ROUTER, INFERENCE, OPERATOR = "edge", "router", "inference", "operator"
+# The OpenAI-compatible API: behind the edge, it calls the Router with the identity the edge verified.
+OPENAI = "openai"
 _RENEW_BEFORE = datetime.timedelta(days=7)
 
 

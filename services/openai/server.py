@@ -1,0 +1,141 @@
+"""The OpenAI-compatible HTTP API: `/v1/chat/completions` (streamed and not) and `/v1/models`,
+translated to RouterService.Chat, so routing, grounding, the cache, fallbacks, usage and budgets
+all apply as for any gRPC client.
+
+It sits behind the edge: Envoy verifies the caller's token, applies the rate limits and writes the
+identity headers (`x-tiermesh-user`, `x-tiermesh-segment`), which this service passes on to the
+Router with a certificate of its own role (`openai`), the one besides the edge's whose identity
+headers the Router honours. tiermesh's facts about an answer travel in response headers
+(`x-tiermesh-tier`, `-intent`, `-request-id`, and, when not streamed, `-cost-usd` and
+`-model`) and in the `tiermesh` field of the chunks (see services.openai.wire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from aiohttp import web
+from tiermesh.common.v1 import common_pb2 as c
+from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
+
+from services.openai.wire import AUTO, TIER_MODELS, ApiError, Stream, from_grpc, parse_request
+from services.runtime import identity, tls
+
+MAX_BODY_BYTES = 1 << 20  # the contract allows 64 messages of 32,000 characters; JSON adds little
+SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_response(err: ApiError) -> web.Response:
+    return web.Response(status=err.status, body=err.body(), content_type="application/json", headers=err.headers)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error in OpenAI's format, aiohttp's own (too large, not found, wrong method) included."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return _error_response(err)
+    except web.HTTPRequestEntityTooLarge:
+        limit = f"{MAX_BODY_BYTES // 1024} KiB"
+        return _error_response(ApiError(413, f"the request body is over {limit}: send less", code="too_large"))
+    except web.HTTPException as exc:
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        return _error_response(ApiError(exc.status, f"{request.method} {request.path}: {exc.reason}", kind))
+
+
+def _identity(headers: Mapping[str, str]) -> tuple[tuple[str, Any], ...]:
+    """The identity the edge verified, as the Router reads it; the client's own request id too."""
+    user, segment = identity.user_and_segment(
+        {k: headers[k] for k in (identity.USER, identity.SEGMENT) if k in headers}
+    )
+    metadata: list[tuple[str, Any]] = [identity.user_metadata(user), (identity.SEGMENT, segment)]
+    for key in (identity.REQUEST_ID, identity.CLIENT_REQUEST_ID, identity.DEADLINE):
+        value = headers.get(key)
+        if value and value.isascii() and value.isprintable():
+            metadata.append((key, value))
+    return tuple(metadata)
+
+
+class OpenAIApi:
+    def __init__(self, chat: Callable[..., Any], timeout_s: float = 600.0) -> None:
+        self.chat = chat
+        self.timeout_s = timeout_s
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
+        app.router.add_post("/v1/chat/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        return app
+
+    async def models(self, _: web.Request) -> web.Response:
+        ids = [AUTO, *TIER_MODELS]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "tiermesh"} for m in ids]
+        return web.json_response({"object": "list", "data": data})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        req = parse_request(await request.read())
+        call = self.chat(req.chat_request(), metadata=_identity(request.headers), timeout=self.timeout_s)
+        events = call.__aiter__()
+        try:
+            first = await anext(events)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc.code(), exc.details() or "") from None
+        except StopAsyncIteration:
+            first = None
+        if first is None or not first.HasField("decision"):
+            raise ApiError(502, "the Router's answer did not start with its decision", "server_error")
+        decision = first.decision
+        headers = {
+            "x-tiermesh-tier": str(int(decision.tier)),
+            "x-tiermesh-intent": c.Intent.Name(decision.intent).removeprefix("INTENT_").lower(),
+            "x-tiermesh-request-id": decision.request_id,
+        }
+        stream = Stream(f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), req.model, req.include_usage)
+        if not req.stream:
+            stream.events(first)
+            try:
+                async for event in events:
+                    stream.events(event)
+            except grpc.aio.AioRpcError as exc:
+                err = from_grpc(exc.code(), exc.details() or "")
+                err.headers.update(headers)
+                raise err from None
+            done = stream.extension.get("done", {})
+            headers["x-tiermesh-cost-usd"] = f"{done.get('cost_usd', 0.0):.6f}"
+            headers["x-tiermesh-model"] = str(done.get("model", ""))
+            return web.json_response(stream.completion(), headers=headers, dumps=_dumps)
+        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        await response.prepare(request)
+        try:
+            for line in stream.events(first):
+                await response.write(line)
+            async for event in events:
+                for line in stream.events(event):
+                    await response.write(line)
+        except grpc.aio.AioRpcError as exc:
+            # The status is sent; OpenAI streams report a late error as one more event.
+            await response.write(b"data: " + from_grpc(exc.code(), exc.details() or "").body() + b"\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            call.cancel()  # the client left: so does the answer (and the provider call behind it)
+            raise
+        await response.write_eof()
+        return response
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def build(tree: Mapping[str, Any]) -> OpenAIApi:
+    """The API over a channel to the Router, calling as the `openai` role."""
+    channel = tls.channel(dict(tree), "router", tls.OPENAI)
+    return OpenAIApi(pb_grpc.RouterServiceStub(channel).Chat)

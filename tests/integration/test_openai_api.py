@@ -1,0 +1,119 @@
+"""Clients nobody here wrote, against the OpenAI-compatible API over a real Router, Inference and
+simulator: the official `openai` package (sync and async, streamed and not) and
+`litellm.completion` with tiermesh as an OpenAI-compatible base URL. The API runs in this process,
+with the identity headers the edge would write; the mesh's parts are real processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+from aiohttp import web
+
+from services.cli.mesh import free_port
+from services.openai.server import build
+from tests.integration.mesh import Mesh, start_mesh
+
+pytestmark = pytest.mark.integration
+
+IDENTITY = {"x-tiermesh-user": "openai-sdk-user", "x-tiermesh-segment": "vip"}
+
+
+@pytest.fixture(scope="module")
+async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    mesh: Mesh = await start_mesh(
+        tmp_path_factory.mktemp("openai"),
+        ["simulator", "inference", "analytics", "router"],
+        TIERMESH_SIMULATOR__TOKEN_DELAY_MS="1",
+    )
+    runner = web.AppRunner(build(mesh.tree).app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/v1"
+    await runner.cleanup()
+    await mesh.sup.stop()
+
+
+def sync_client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="unused-behind-the-edge", default_headers=IDENTITY, max_retries=0)
+
+
+async def test_the_sync_sdk_gets_an_answer_with_usage_and_tiermesh_headers(api: str) -> None:
+    def ask() -> openai.types.chat.ChatCompletion:
+        raw = sync_client(api).chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "olá, tudo bem?"}]
+        )
+        assert raw.headers["x-tiermesh-tier"] == "1" and raw.headers["x-tiermesh-intent"] == "greeting"
+        assert raw.headers["x-tiermesh-request-id"] and float(raw.headers["x-tiermesh-cost-usd"]) > 0
+        return raw.parse()
+
+    completion = await asyncio.to_thread(ask)
+    assert completion.choices[0].message.content and completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+
+
+async def test_the_sync_sdk_streams_chunk_by_chunk_and_reads_usage_last(api: str) -> None:
+    def ask() -> list[openai.types.chat.ChatCompletionChunk]:
+        stream = sync_client(api).chat.completions.create(
+            model="tier-2",
+            messages=[{"role": "user", "content": "hello there"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        return list(stream)
+
+    chunks = await asyncio.to_thread(ask)
+    texts = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert len(texts) >= 2  # streamed in pieces, not one block
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert chunks[0].model_extra is not None and chunks[0].model_extra["tiermesh"]["decision"]["tier"] == 2
+
+
+async def test_the_async_sdk_streams_and_answers(api: str) -> None:
+    client = openai.AsyncOpenAI(base_url=api, api_key="unused", default_headers=IDENTITY, max_retries=0)
+    stream = await client.chat.completions.create(
+        messages=[{"role": "user", "content": "how are you?"}], model="auto", stream=True
+    )
+    text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
+    whole = await client.chat.completions.create(messages=[{"role": "user", "content": "how are you?"}], model="auto")
+    await client.close()
+    assert text and whole.choices[0].message.content
+
+
+async def test_bad_requests_get_openais_error_object_with_what_to_fix(api: str) -> None:
+    client = openai.AsyncOpenAI(base_url=api, api_key="unused", default_headers=IDENTITY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.chat.completions.create(model="gpt-nonexistent", messages=[{"role": "user", "content": "hi"}])
+    assert missing.value.code == "model_not_found" and "tier-2" in missing.value.message
+    with pytest.raises(openai.BadRequestError) as too_long:  # the contract's limit, enforced by the Router
+        await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x" * 32_001}])
+    assert "32000" in too_long.value.message and too_long.value.code == "invalid_value"
+    with pytest.raises(openai.BadRequestError) as bad_temperature:
+        await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], temperature=7)
+    assert bad_temperature.value.param == "temperature"
+    models = await client.models.list()
+    assert {m.id for m in models.data} == {"auto", "tier-1", "tier-2", "tier-3", "tier-4"}
+    await client.close()
+
+
+async def test_litellm_completion_uses_tiermesh_as_an_openai_compatible_base_url(api: str) -> None:
+    def ask() -> object:
+        import litellm
+
+        return litellm.completion(
+            model="openai/auto",
+            api_base=api,
+            api_key="unused",
+            extra_headers=IDENTITY,
+            messages=[{"role": "user", "content": "olá"}],
+        )
+
+    response = await asyncio.to_thread(ask)
+    assert response.choices[0].message.content  # type: ignore[attr-defined]
+    assert response.usage.completion_tokens > 0  # type: ignore[attr-defined]
