@@ -3,7 +3,8 @@
 Envoy writes `x-tiermesh-user` (the token's `sub`) and `x-tiermesh-segment` after checking the
 token, having removed any copy a client sent. A service honours such metadata only from the part
 allowed to set it, proven by its certificate (services.runtime.tls): the Router from the edge and
-from the OpenAI-compatible API behind it, Inference from the Router. Anyone else (an operator's tool, a test) is anonymous and standard.
+from the OpenAI-compatible API behind it, Inference from the Router. Anyone else (an operator's
+tool, a test) is anonymous and standard.
 
 Between services the user travels as `x-tiermesh-user-bin` (UTF-8 bytes), since gRPC metadata
 that is not binary must be ASCII and a `sub` may be any string (`josé`, `李`).
