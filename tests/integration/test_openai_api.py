@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import json
 from collections.abc import AsyncIterator
 
+import httpx
 import openai
 import pytest
 from aiohttp import web
@@ -24,7 +26,7 @@ IDENTITY = {"x-tiermesh-user": "openai-sdk-user", "x-tiermesh-segment": "vip"}
 
 
 @pytest.fixture(scope="module")
-async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def api_and_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Mesh]]:
     mesh: Mesh = await start_mesh(
         tmp_path_factory.mktemp("openai"),
         ["simulator", "inference", "analytics", "router"],
@@ -34,10 +36,15 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/v1"
+    yield f"http://127.0.0.1:{port}/v1", mesh
     await runner.cleanup()
     await mesh.sup.stop()
     gc.collect()  # a client left open by a test shows here (ResourceWarning), not in a later module
+
+
+@pytest.fixture(scope="module")
+def api(api_and_mesh: tuple[str, Mesh]) -> str:
+    return api_and_mesh[0]
 
 
 def sync_client(base_url: str) -> openai.OpenAI:
@@ -130,3 +137,73 @@ async def test_litellm_completion_uses_tiermesh_as_an_openai_compatible_base_url
     response = await asyncio.to_thread(ask)
     assert response.choices[0].message.content  # type: ignore[attr-defined]
     assert response.usage.completion_tokens > 0  # type: ignore[attr-defined]
+
+
+async def sse_objects(url: str, body: dict[str, object], headers: dict[str, str]) -> list[object]:
+    """The data of every server-sent event of a streamed completion, in order ([DONE] as a string)."""
+    out: list[object] = []
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("POST", url + "/chat/completions", json=body, headers=headers) as resp,
+    ):
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                data = line[6:]
+                out.append(data if data == "[DONE]" else json.loads(data))
+            else:
+                assert line == "", f"not a server-sent event line: {line!r}"
+    return out
+
+
+def shape(value: object) -> object:
+    """Field names and JSON types, recursively, without the values (and without tiermesh's field)."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in sorted(value.items()) if k != "tiermesh"}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+def grammar(events: list[object]) -> list[str]:
+    """Each event by what it carries: role, text, finish, usage, done (runs of text counted once)."""
+    out: list[str] = []
+    for e in events:
+        if e == "[DONE]":
+            kind = "done"
+        else:
+            assert isinstance(e, dict)
+            choices = e["choices"]
+            if not choices:
+                kind = "usage"
+            elif choices[0]["finish_reason"]:
+                kind = "finish"
+            elif "role" in choices[0]["delta"]:
+                kind = "role"
+            elif choices[0]["delta"].get("content"):
+                kind = "text"
+            else:
+                continue  # an event with only tiermesh's facts (a citation, a restart)
+        if not out or out[-1] != kind or kind != "text":
+            out.append(kind)
+    return out
+
+
+async def test_the_stream_matches_the_simulators_own_openai_stream_field_by_field(
+    api_and_mesh: tuple[str, Mesh],
+) -> None:
+    api, mesh = api_and_mesh
+    body = {
+        "messages": [{"role": "user", "content": "hello there"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    ours = await sse_objects(api, {**body, "model": "tier-1"}, IDENTITY)
+    theirs = await sse_objects(mesh.sim_url + "/v1", {**body, "model": "sim-fast"}, {})
+    assert grammar(ours) == grammar(theirs) == ["role", "text", "finish", "usage", "done"]
+    ours_shapes = [shape(e) for e in ours]
+    theirs_shapes = [shape(e) for e in theirs]
+    assert ours_shapes[0] == theirs_shapes[0]  # the role chunk
+    assert ours_shapes[-3:] == theirs_shapes[-3:]  # finish, usage, [DONE]
+    text_chunk = next(s for s, e in zip(ours_shapes, ours, strict=True) if grammar([e]) == ["text"])
+    assert text_chunk == next(s for s, e in zip(theirs_shapes, theirs, strict=True) if grammar([e]) == ["text"])
