@@ -245,8 +245,8 @@ async def one_pace(delay_ms: int, litellm: Path | None, folder: Path, results: l
 
 def router_decision() -> dict[str, float]:
     """The Router's decision in-process (features, both classifiers, policy) on the test split."""
-    from bench.load import Histogram
     from bench.router_eval import timed
+    from bench.stats import Histogram
     from services.router.policy import Router
     from services.router.train import load_rows
 

@@ -16,7 +16,7 @@ Two ways to load them:
   from when each was due (so a stalled gateway cannot hide its queue: no coordinated omission).
   Shows whether a rate is sustained.
 
-Latencies go into HDR histograms (hdrhistogram, microsecond resolution, three significant
+Latencies go into HDR histograms (bench.stats.Histogram: nanosecond resolution, three significant
 digits). CPU per chat is read from /proc for every process given, over the measured window only.
 """
 
@@ -35,10 +35,11 @@ from typing import Any
 
 import grpc
 import httpx
-from hdrh.histogram import HdrHistogram
 from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
+
+from bench.stats import Histogram
 
 CHAT_PATH = "/tiermesh.router.v1.RouterService/Chat"
 # A chat is given this long; one that takes longer is counted as an error.
@@ -53,28 +54,6 @@ def cpu_seconds(pid: int) -> float:
     enough for a tick to be noise (a thread's own counter, schedstat, would lose threads that end)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Histogram:
-    """Durations in seconds, kept in microseconds (1 µs to 10 min, three significant digits)."""
-
-    def __init__(self) -> None:
-        self._h = HdrHistogram(1, 600_000_000, 3)
-
-    def record(self, seconds: float) -> None:
-        self._h.record_value(max(1, round(seconds * 1e6)))
-
-    @property
-    def count(self) -> int:
-        return int(self._h.get_total_count())
-
-    def ms(self, p: float) -> float:
-        return self._h.get_value_at_percentile(p) / 1000 if self.count else float("nan")
-
-    def summary(self) -> dict[str, float]:
-        return {f"p{p:g}": round(self.ms(p), 3) for p in (50, 90, 99)} | {
-            "max": round(self._h.get_max_value() / 1000, 3)
-        }
 
 
 @dataclass

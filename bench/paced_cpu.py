@@ -12,10 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
-
 from bench.compare import BENCH_LIMITS, PARTS
-from bench.load import Histogram, chat_request, closed_loop
+from bench.load import GrpcChat, chat_request, closed_loop
+from bench.stats import Histogram
 from services.cli.mesh import start_mesh
 from services.runtime import config
 
@@ -24,15 +23,11 @@ SECONDS = 10.0
 INTERVALS = (0, 100)
 
 
-class CountingChat:
+class CountingChat(GrpcChat):
     """A gRPC chat through Envoy that also counts messages and the gaps between pieces of text."""
 
     def __init__(self, target: str, token: str) -> None:
-        import grpc
-
-        self.channel = grpc.aio.insecure_channel(target)
-        self.stub = pb_grpc.RouterServiceStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),)
+        super().__init__(target, token)
         self.messages = 0
         self.answers = 0
         self.gaps = Histogram()
@@ -40,7 +35,7 @@ class CountingChat:
     async def __call__(self, n: int) -> float:
         first = last = 0.0
         count = 0
-        async for event in self.stub.Chat(chat_request(n, bypass_cache=True), metadata=self.metadata):
+        async for event in self.stub.Chat(chat_request(n, self.bypass_cache), metadata=self.metadata):
             count += 1
             if event.HasField("delta"):
                 now = time.perf_counter()
@@ -77,7 +72,7 @@ async def measure(flush_ms: int) -> None:
                 scenario="paced",
                 transport="grpc",
             )
-            await chat.channel.close()
+            await chat.close()
         finally:
             await mesh.sup.stop()
     parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.cpu_ms.items(), key=lambda kv: -kv[1]))

@@ -8,7 +8,8 @@ import asyncio
 import os
 import time
 
-from bench.load import Histogram, closed_loop, cpu_seconds, open_loop
+from bench.load import closed_loop, cpu_seconds, open_loop
+from bench.stats import Histogram
 
 
 class Gateway:
