@@ -227,14 +227,17 @@ class Stream:
         self.finish: str | None = None
         self.usage: dict[str, int] | None = None
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None, extra: dict[str, Any] | None = None) -> bytes:
-        obj: dict[str, Any] = {
+    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": choices,
         }
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None, extra: dict[str, Any] | None = None) -> bytes:
+        obj = self._envelope([{"index": 0, "delta": delta, "finish_reason": finish}])
         if self.include_usage:
             obj["usage"] = None
         if extra:
@@ -293,18 +296,7 @@ class Stream:
             }
             out = [self._chunk({}, self.finish, {"done": self.extension["done"]})]
             if self.include_usage:
-                out.append(
-                    _sse(
-                        {
-                            "id": self.id,
-                            "object": "chat.completion.chunk",
-                            "created": self.created,
-                            "model": self.model,
-                            "choices": [],
-                            "usage": self.usage,
-                        }
-                    )
-                )
+                out.append(_sse(self._envelope([]) | {"usage": self.usage}))
             return [*out, DONE]
         return []
 
