@@ -80,7 +80,8 @@ def test_histogram_percentiles_are_within_three_significant_digits() -> None:
 
 def test_cpu_seconds_grows_with_work_done() -> None:
     before = cpu_seconds(os.getpid())
-    deadline = time.process_time() + 0.05
+    deadline = time.process_time() + 0.2
     while time.process_time() < deadline:
         pass
-    assert cpu_seconds(os.getpid()) - before >= 0.04
+    # /proc reports whole clock ticks (10 ms): 0.2 s of work reads as at least 0.18 s.
+    assert cpu_seconds(os.getpid()) - before >= 0.18
