@@ -74,6 +74,9 @@ from gateway import keys
 from services.runtime import config, identity, reflection, tls
 
 PUBLIC_PREFIXES = ("/tiermesh.router.v1.RouterService/",)
+# The OpenAI-compatible API (services.openai), served on the same port.
+OPENAI_PREFIX = "/v1/"
+OPENAI_CLUSTER = "openai"
 UNARY_PATHS = ("/tiermesh.router.v1.RouterService/Route",)
 # The read RPCs served at the edge besides the Router's: path -> (cluster, streams?, guard), where
 # the guard (see _READER_LUA) is `own:N` (field N of the request names a user, who must be the
@@ -342,14 +345,14 @@ def _rate_limits() -> list[route.RateLimit]:
     ]
 
 
-def _upstream_tls(tree: Mapping[str, Any], name: str) -> core.TransportSocket:
+def _upstream_tls(tree: Mapping[str, Any], name: str, alpn: str = "h2") -> core.TransportSocket:
     """Mutual TLS to service `name`: the edge's certificate, and the service's checked against the
     mesh CA and its name."""
     s = tls.settings(tree, tls.EDGE)
     context = tls_v3.UpstreamTlsContext(
         sni=name,
         common_tls_context=tls_v3.CommonTlsContext(
-            alpn_protocols=["h2"],
+            alpn_protocols=[alpn],
             tls_certificates=[
                 tls_v3.TlsCertificate(
                     certificate_chain=core.DataSource(filename=str(s.cert_file)),
@@ -393,12 +396,20 @@ def _plain_cluster(
 
 
 def _cluster(
-    tree: Mapping[str, Any], name: str, health_service: str | None = None, outlier_detection: bool = True
+    tree: Mapping[str, Any],
+    name: str,
+    health_service: str | None = None,
+    outlier_detection: bool = True,
+    http2: bool = True,
 ) -> cluster_v3.Cluster:
-    http2 = upstream_http.HttpProtocolOptions(
+    """A cluster of service `name`'s replicas: HTTP/2 (gRPC) by default; `http2=False` for the
+    OpenAI-compatible API, an HTTP/1.1 server."""
+    protocol = upstream_http.HttpProtocolOptions(
         explicit_http_config=upstream_http.HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=core.Http2ProtocolOptions()
         )
+        if http2
+        else upstream_http.HttpProtocolOptionsExplicitHttpConfig(http_protocol_options=core.Http1ProtocolOptions())
     )
     # Every replica the config lists; a host name (a Kubernetes headless Service) is resolved to
     # every address behind it, and resolved again as pods come and go.
@@ -422,7 +433,7 @@ def _cluster(
     )
     # gRPC needs HTTP/2 to the upstream; Envoy's default is HTTP/1.1.
     cluster.typed_extension_protocol_options = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": AnyMessage.pack(http2)
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": AnyMessage.pack(protocol)
     }
     if outlier_detection:
         cluster.outlier_detection = cluster_v3.OutlierDetection(
@@ -433,7 +444,7 @@ def _cluster(
             max_ejection_percent=50,
         )
     if tls.enabled(tree):
-        cluster.transport_socket = _upstream_tls(tree, name)
+        cluster.transport_socket = _upstream_tls(tree, name, "h2" if http2 else "http/1.1")
     if health_service is not None:
         # Active grpc.health.v1 checks: an instance that says NOT_SERVING (draining) gets no new calls.
         cluster.health_checks = [
@@ -459,7 +470,7 @@ def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> hcm_v3.HttpF
         audiences=[auth.audience],
         from_headers=[jwt_authn.JwtHeader(name="authorization", value_prefix="Bearer ")],
         forward=False,
-        # `exp` is required, by a route that names it when it is missing (see _guard_routes); when
+        # `exp` is required, by a route that names it when it is missing (see _claim_guards); when
         # present it is checked here.
         payload_in_metadata=JWT_PAYLOAD,
         claim_to_headers=[
@@ -581,33 +592,37 @@ def _verified(claim: str, value: matcher.ValueMatcher) -> list[matcher.MetadataM
     ]
 
 
-def _guard_routes() -> list[route.Route]:
-    """Routes that refuse a request before any service sees it: a protocol the edge does not
-    serve, and a verified token without an `exp`, or whose `sub` or `segment` claim is missing or
-    not acceptable."""
+def _protocol_guard() -> route.Route:
+    """Refuses, before any service sees it, a request in a protocol the edge does not serve
+    (anything but gRPC and gRPC-Web outside the OpenAI-compatible API's `/v1/`)."""
+    return _refuse(
+        "unserved-protocol",
+        route.RouteMatch(
+            prefix="/",
+            headers=[
+                route.HeaderMatcher(
+                    name="content-type",
+                    string_match=matcher.StringMatcher(safe_regex=matcher.RegexMatcher(regex=SERVED_CONTENT_TYPES)),
+                    invert_match=True,
+                    treat_missing_header_as_empty=True,
+                ),
+                # A browser's CORS preflight has no body and no content type: CORS answers it.
+                route.HeaderMatcher(
+                    name=":method", string_match=matcher.StringMatcher(exact="OPTIONS"), invert_match=True
+                ),
+            ],
+        ),
+        415,
+        UNSERVED_PROTOCOL,
+    )
+
+
+def _claim_guards() -> list[route.Route]:
+    """Routes that refuse a verified token without an `exp`, or whose `sub` or `segment` claim
+    is missing or not acceptable, before any service sees the request."""
     segments = ", ".join(identity.SEGMENTS)
     number = matcher.ValueMatcher(double_match=matcher.DoubleMatcher(range=type_v3.DoubleRange(start=0, end=1e18)))
     return [
-        _refuse(
-            "unserved-protocol",
-            route.RouteMatch(
-                prefix="/",
-                headers=[
-                    route.HeaderMatcher(
-                        name="content-type",
-                        string_match=matcher.StringMatcher(safe_regex=matcher.RegexMatcher(regex=SERVED_CONTENT_TYPES)),
-                        invert_match=True,
-                        treat_missing_header_as_empty=True,
-                    ),
-                    # A browser's CORS preflight has no body and no content type: CORS answers it.
-                    route.HeaderMatcher(
-                        name=":method", string_match=matcher.StringMatcher(exact="OPTIONS"), invert_match=True
-                    ),
-                ],
-            ),
-            415,
-            UNSERVED_PROTOCOL,
-        ),
         _refuse(
             "no-exp-claim",
             route.RouteMatch(prefix="/", dynamic_metadata=_verified("exp", number)),
@@ -746,7 +761,12 @@ def _routes(max_stream: timedelta, response_start: timedelta) -> list[route.Rout
             read.request_body_buffer_limit = MAX_REQUEST_BYTES
         read.typed_per_filter_config = {READER: AnyMessage.pack(lua.LuaPerRoute(name=guard))}
         reads.append(read)
-    return [*_guard_routes(), *unary, *streaming, *reads, *reflect]
+    # The OpenAI-compatible API: JSON and server-sent events over HTTP/1.1 or HTTP/2, to the small
+    # service that translates them onto the Router's RPCs. Streams, rate limits and retries as for
+    # gRPC; never retried once an answer has begun.
+    openai = stream("openai", OPENAI_PREFIX, OPENAI_CLUSTER)
+    openai.request_body_buffer_limit = MAX_REQUEST_BYTES
+    return [*_claim_guards(), openai, _protocol_guard(), *unary, *streaming, *reads, *reflect]
 
 
 def _status_is(code: int, key: str) -> accesslog.AccessLogFilter:
@@ -794,13 +814,59 @@ def _as_grpc(code: int, key: str, grpc_status: int, message: str) -> hcm_v3.Resp
     )
 
 
+def _as_openai(code: int, kind: str, error_code: str, message: str = "", status: int = 0) -> hcm_v3.ResponseMapper:
+    """A local reply with HTTP status `code` to a request for the OpenAI-compatible API, as
+    OpenAI's error object (`message` defaults to Envoy's own reason, the reply's body), with
+    HTTP status `status` (default `code`). A 429 says in `retry-after` when to come back."""
+    body = {"error": {"message": message or "%LOCAL_REPLY_BODY%", "type": kind, "param": None, "code": error_code}}
+    mapper = hcm_v3.ResponseMapper(
+        filter=accesslog.AccessLogFilter(
+            and_filter=accesslog.AndFilter(
+                filters=[
+                    _status_is(code, f"edge.openai_reply_{code}"),
+                    accesslog.AccessLogFilter(
+                        header_filter=accesslog.HeaderFilter(
+                            header=route.HeaderMatcher(
+                                name=":path", string_match=matcher.StringMatcher(prefix=OPENAI_PREFIX)
+                            )
+                        )
+                    ),
+                ]
+            )
+        ),
+        body_format_override=core.SubstitutionFormatString(
+            json_format=Struct.from_dict(body), content_type="application/json"
+        ),
+    )
+    if status:
+        mapper.status_code = status
+    if code == 429:
+        # The rate limit filter's draft-03 header: seconds until the window resets.
+        mapper.headers_to_add = [_set_header("retry-after", "%RESP(X-RATELIMIT-RESET)%")]
+    return mapper
+
+
 def _local_replies() -> hcm_v3.LocalReplyConfig:
     """Envoy answers a gRPC request's local reply as gRPC itself (grpc-status from the HTTP
     status, grpc-message from the body), and the gRPC-Web filter does the same for gRPC-Web
     (then `_GRPC_WEB_STATUS_LUA` makes its HTTP status 200). These mappers fix what that mapping
-    would get wrong."""
+    would get wrong. The OpenAI-compatible API's callers get OpenAI's error object instead (the
+    first mapper that matches applies)."""
     return hcm_v3.LocalReplyConfig(
         mappers=[
+            _as_openai(401, "invalid_request_error", "invalid_api_key"),
+            # A token for another audience is no identity at all, as for gRPC below.
+            _as_openai(403, "invalid_request_error", "invalid_api_key", status=401),
+            _as_openai(
+                429,
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+                "rate limit exceeded: retry after the number of seconds in the retry-after header",
+            ),
+            _as_openai(408, "timeout", "timeout", "the request did not arrive whole in time"),
+            _as_openai(413, "invalid_request_error", "too_large", "the request body is too large: send less"),
+            _as_openai(503, "service_unavailable", "service_unavailable"),
+            _as_openai(504, "timeout", "timeout"),
             # jwt_authn answers a token for another audience with 403; a token that is not for us is
             # no identity at all, so it is UNAUTHENTICATED. (No other filter makes local 403s.)
             hcm_v3.ResponseMapper(filter=_status_is(403, "edge.reply_403"), status_code=401),
@@ -1009,6 +1075,7 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None, probe_port: in
         _cluster(tree, "inference", health_service="tiermesh.inference.v1.InferenceService"),
         # A slow verdict is a reason to make the service faster, not to stop asking it.
         _cluster(tree, "ratelimit", outlier_detection=False),
+        _cluster(tree, OPENAI_CLUSTER, http2=False),
     ]
     if auth.jwks_uri:
         clusters.append(_jwks_cluster(auth.jwks_uri))

@@ -29,7 +29,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-PARTS = ("router", "inference", "knowledge", "analytics", "ratelimit", "simulator", "envoy", "envoy_admin", "web")
+PARTS = tuple(config.SERVICE_DEFAULT_PORTS)  # every part that listens somewhere
 # The parts that also serve Prometheus metrics (services.<name>.metrics_port) and plaintext health.
 METRICS_PARTS = tuple(config.METRICS_DEFAULT_PORTS)
 HEALTH_PARTS = tuple(config.HEALTH_DEFAULT_PORTS)

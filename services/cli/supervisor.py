@@ -78,7 +78,7 @@ def format_line(raw: str) -> str:
     return " ".join(p for p in (ts, f"{level:<5}" if level else "", msg, extras) if p)
 
 
-PART_NAMES = ("simulator", "inference", "knowledge", "analytics", "router", "ratelimit", "envoy")
+PART_NAMES = ("simulator", "inference", "knowledge", "analytics", "router", "openai", "ratelimit", "envoy")
 # The browser app: run by `tiermesh up` once `make run` has built it, and by the browser tests.
 WEB = "web"
 # The services that may run more than once (`services.<name>.replicas`, `tiermesh up --replicas`).
@@ -133,6 +133,12 @@ def probes_for(tree: Mapping[str, Any]) -> dict[str, tuple[Probe, str]]:
                 functools.partial(probes.grpc_health, f"{r.host}:{r.health_port}"),
                 f"{scheme}://{r.host}:{r.port} (health grpc://{r.host}:{r.health_port})",
             )
+    api_host, api_port = config.endpoint(tree, "openai")
+    api_health = config.health_endpoint(tree, "openai")[1]
+    out["openai"] = (
+        lambda: probes.http_ok(f"http://{api_host}:{api_health}/health", expect="ok"),
+        f"{'https' if tls.enabled(tree) else 'http'}://{api_host}:{api_port}/v1 (health http://{api_host}:{api_health})",
+    )
     out["envoy"] = (
         lambda: probes.http_ok(f"http://{admin_host}:{admin_port}/ready", expect="LIVE"),
         f"grpc+grpc-web://{config.target(tree, 'envoy')} (admin http://{admin_host}:{admin_port})",

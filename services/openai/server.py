@@ -25,7 +25,7 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.openai.wire import AUTO, TIER_MODELS, ApiError, Stream, from_grpc, parse_request
-from services.runtime import identity, tls
+from services.runtime import config, identity, tls
 
 MAX_BODY_BYTES = 1 << 20  # the contract allows 64 messages of 32,000 characters; JSON adds little
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
@@ -65,16 +65,37 @@ def _identity(headers: Mapping[str, str]) -> tuple[tuple[str, Any], ...]:
     return tuple(metadata)
 
 
+def _from_edge(request: web.Request) -> bool:
+    """Did the edge send this request? With TLS every caller has a certificate of the mesh CA
+    (the port demands one); only the edge's role vouches for identity headers. Without TLS (one
+    machine, loopback ports) every caller is trusted, as the gRPC services do."""
+    transport = request.transport
+    if transport is None or transport.get_extra_info("sslcontext") is None:
+        return True
+    return identity.trusted(tls.cert_role(transport.get_extra_info("peercert")), tls.EDGE)
+
+
 class OpenAIApi:
     def __init__(self, chat: Callable[..., Any], timeout_s: float = 600.0) -> None:
         self.chat = chat
         self.timeout_s = timeout_s
+        self.draining = False
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
         app.router.add_post("/v1/chat/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
         return app
+
+    def health_app(self) -> web.Application:
+        """`GET /health` alone, for the supervisor and kubelet (no certificate needed): 200 `ok`,
+        or 503 `draining` once SIGTERM has arrived."""
+        app = web.Application()
+        app.router.add_get("/health", self.health)
+        return app
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.Response(status=503 if self.draining else 200, text="draining" if self.draining else "ok")
 
     async def models(self, _: web.Request) -> web.Response:
         ids = [AUTO, *TIER_MODELS]
@@ -83,7 +104,8 @@ class OpenAIApi:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_request(await request.read())
-        call = self.chat(req.chat_request(), metadata=_identity(request.headers), timeout=self.timeout_s)
+        metadata = _identity(request.headers if _from_edge(request) else {})
+        call = self.chat(req.chat_request(), metadata=metadata, timeout=self.timeout_s)
         events = call.__aiter__()
         try:
             first = await anext(events)
@@ -138,4 +160,5 @@ def _dumps(obj: Any) -> str:
 def build(tree: Mapping[str, Any]) -> OpenAIApi:
     """The API over a channel to the Router, calling as the `openai` role."""
     channel = tls.channel(dict(tree), "router", tls.OPENAI)
-    return OpenAIApi(pb_grpc.RouterServiceStub(channel).Chat)
+    timeout_s = config.get_float(config.section(tree, "openai"), "timeout_s", 600.0, where="openai", lo=1, hi=86_400)
+    return OpenAIApi(pb_grpc.RouterServiceStub(channel).Chat, timeout_s)

@@ -253,6 +253,7 @@ class Stream:
                 "tier": int(d.tier),
                 "intent": c.Intent.Name(d.intent).removeprefix("INTENT_").lower(),
                 "complexity": c.Complexity.Name(d.complexity).removeprefix("COMPLEXITY_").lower(),
+                "segment": c.Segment.Name(d.segment).removeprefix("SEGMENT_").lower(),
                 "reasons": list(d.reasons),
                 "request_id": d.request_id,
             }

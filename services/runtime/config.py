@@ -111,6 +111,7 @@ SCHEMA: dict[str, Any] = {
             "knowledge",
             "analytics",
             "ratelimit",
+            "openai",
             "simulator",
             "envoy",
             "envoy_admin",
@@ -130,6 +131,7 @@ SCHEMA: dict[str, Any] = {
         }
     ),
     "simulator": frozenset({"token_delay_ms", "answer_tokens"}),
+    "openai": frozenset({"timeout_s"}),
     "router": {
         "deadline_s": ANY,
         "max_deadline_s": ANY,
@@ -331,6 +333,7 @@ SERVICE_DEFAULT_PORTS = {
     "knowledge": 50053,
     "analytics": 50054,
     "ratelimit": 50055,
+    "openai": 8090,
     "simulator": 4010,
     "envoy": 8080,
     "envoy_admin": 9901,
@@ -372,6 +375,8 @@ HEALTH_DEFAULT_PORTS = {
     "knowledge": 50063,
     "analytics": 50064,
     "ratelimit": 50065,
+    # The OpenAI-compatible API answers `GET /health` here (HTTP, not gRPC).
+    "openai": 8091,
 }
 
 

@@ -31,6 +31,7 @@ import datetime
 import ipaddress
 import json
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,32 @@ def server_credentials(tree: Mapping[str, Any], role: str) -> grpc.ServerCredent
         root_certificates=_read(s.ca_file, "CA certificate"),
         require_client_auth=True,
     )
+
+
+def server_ssl_context(
+    tree: Mapping[str, Any], role: str, alpn: Sequence[str] = ("http/1.1",)
+) -> ssl.SSLContext | None:
+    """The same demand as `server_credentials`, for an HTTP server (the OpenAI-compatible API):
+    `role`'s certificate, and a client certificate of the mesh CA (None when TLS is off)."""
+    s = settings(tree, role)
+    if not s.enabled:
+        return None
+    for path, what in ((s.cert_file, "certificate"), (s.key_file, "private key"), (s.ca_file, "CA certificate")):
+        _read(path, what)  # a clear ConfigError for a missing file
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(s.ca_file))
+    context.load_cert_chain(str(s.cert_file), str(s.key_file))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(list(alpn))
+    return context
+
+
+def cert_role(peercert: Mapping[str, Any] | None) -> str:
+    """The role (common name) in a verified peer certificate as `ssl` reports it; empty for none."""
+    for rdn in (peercert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
 
 
 def channel_credentials(tree: Mapping[str, Any], role: str) -> grpc.ChannelCredentials | None:

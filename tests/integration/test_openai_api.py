@@ -1,7 +1,7 @@
-"""Clients nobody here wrote, against the OpenAI-compatible API over a real Router, Inference and
-simulator: the official `openai` package (sync and async, streamed and not) and
-`litellm.completion` with tiermesh as an OpenAI-compatible base URL. The API runs in this process,
-with the identity headers the edge would write; the mesh's parts are real processes."""
+"""Clients nobody here wrote, against the OpenAI-compatible API through the real edge (Envoy with
+its token check and rate limits), the API service, Router, Inference, Analytics and the
+simulator, all real processes: the official `openai` package (sync and async, streamed and not)
+and `litellm.completion` with tiermesh as an OpenAI-compatible base URL."""
 
 from __future__ import annotations
 
@@ -10,48 +10,60 @@ import gc
 import inspect
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
-from aiohttp import web
 
-from services.cli.mesh import free_port
-from services.openai.server import build
 from tests.integration.mesh import Mesh, start_mesh
 
 pytestmark = pytest.mark.integration
 
-IDENTITY = {"x-tiermesh-user": "openai-sdk-user", "x-tiermesh-segment": "vip"}
+# A standard user may make 3 requests a minute here; vip users (the tests' default) 1000.
+STANDARD_PER_MINUTE = 3
+LIMITS = (
+    "[{key: segment, value: standard, descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: "
+    f"{STANDARD_PER_MINUTE}}}}}]}},"
+    " {key: segment, value: vip, descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: 1000}}]},"
+    " {key: remote_address, rate_limit: {unit: minute, requests_per_unit: 100000}}]"
+)
+
+
+@dataclass
+class Api:
+    url: str  # the edge's /v1
+    token: str  # a vip user's token, sent as OpenAI's API key
+    mesh: Mesh
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
 
 
 @pytest.fixture(scope="module")
-async def api_and_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Mesh]]:
+async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     mesh: Mesh = await start_mesh(
         tmp_path_factory.mktemp("openai"),
-        ["simulator", "inference", "analytics", "router"],
+        ["simulator", "inference", "analytics", "router", "openai", "ratelimit", "envoy"],
         TIERMESH_SIMULATOR__TOKEN_DELAY_MS="1",
+        TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=LIMITS,
+        TIERMESH_RATELIMIT__TIMEOUT_MS="2000",
     )
-    runner = web.AppRunner(build(mesh.tree).app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/v1", mesh
-    await runner.cleanup()
+    yield Api(f"http://{mesh.target('envoy')}/v1", mesh.token(segment="vip"), mesh)
     await mesh.sup.stop()
     gc.collect()  # a client left open by a test shows here (ResourceWarning), not in a later module
 
 
-@pytest.fixture(scope="module")
-def api(api_and_mesh: tuple[str, Mesh]) -> str:
-    return api_and_mesh[0]
+def sync_client(api: Api) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.url, api_key=api.token, max_retries=0)
 
 
-def sync_client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="unused-behind-the-edge", default_headers=IDENTITY, max_retries=0)
+def async_client(api: Api, key: str = "") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=api.url, api_key=key or api.token, max_retries=0)
 
 
-async def test_the_sync_sdk_gets_an_answer_with_usage_and_tiermesh_headers(api: str) -> None:
+async def test_the_sync_sdk_gets_an_answer_with_usage_and_tiermesh_headers(api: Api) -> None:
     def ask() -> openai.types.chat.ChatCompletion:
         with sync_client(api) as client:
             raw = client.chat.completions.with_raw_response.create(
@@ -67,7 +79,7 @@ async def test_the_sync_sdk_gets_an_answer_with_usage_and_tiermesh_headers(api: 
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
-async def test_the_sync_sdk_streams_chunk_by_chunk_and_reads_usage_last(api: str) -> None:
+async def test_the_sync_sdk_streams_chunk_by_chunk_and_reads_usage_last(api: Api) -> None:
     def ask() -> list[openai.types.chat.ChatCompletionChunk]:
         with sync_client(api) as client:
             stream = client.chat.completions.create(
@@ -87,8 +99,8 @@ async def test_the_sync_sdk_streams_chunk_by_chunk_and_reads_usage_last(api: str
     assert chunks[0].model_extra is not None and chunks[0].model_extra["tiermesh"]["decision"]["tier"] == 2
 
 
-async def test_the_async_sdk_streams_and_answers(api: str) -> None:
-    client = openai.AsyncOpenAI(base_url=api, api_key="unused", default_headers=IDENTITY, max_retries=0)
+async def test_the_async_sdk_streams_and_answers(api: Api) -> None:
+    client = async_client(api)
     stream = await client.chat.completions.create(
         messages=[{"role": "user", "content": "how are you?"}], model="auto", stream=True
     )
@@ -98,8 +110,8 @@ async def test_the_async_sdk_streams_and_answers(api: str) -> None:
     assert text and whole.choices[0].message.content
 
 
-async def test_bad_requests_get_openais_error_object_with_what_to_fix(api: str) -> None:
-    client = openai.AsyncOpenAI(base_url=api, api_key="unused", default_headers=IDENTITY, max_retries=0)
+async def test_bad_requests_get_openais_error_object_with_what_to_fix(api: Api) -> None:
+    client = async_client(api)
     with pytest.raises(openai.NotFoundError) as missing:
         await client.chat.completions.create(model="gpt-nonexistent", messages=[{"role": "user", "content": "hi"}])
     assert missing.value.code == "model_not_found" and "tier-2" in missing.value.message
@@ -114,16 +126,15 @@ async def test_bad_requests_get_openais_error_object_with_what_to_fix(api: str) 
     await client.close()
 
 
-async def test_litellm_completion_uses_tiermesh_as_an_openai_compatible_base_url(api: str) -> None:
+async def test_litellm_completion_uses_tiermesh_as_an_openai_compatible_base_url(api: Api) -> None:
     def ask() -> object:
         import litellm
 
         try:
             return litellm.completion(
                 model="openai/auto",
-                api_base=api,
-                api_key="unused",
-                extra_headers=IDENTITY,
+                api_base=api.url,
+                api_key=api.token,
                 messages=[{"role": "user", "content": "olá"}],
             )
         finally:
@@ -189,17 +200,14 @@ def grammar(events: list[object]) -> list[str]:
     return out
 
 
-async def test_the_stream_matches_the_simulators_own_openai_stream_field_by_field(
-    api_and_mesh: tuple[str, Mesh],
-) -> None:
-    api, mesh = api_and_mesh
+async def test_the_stream_matches_the_simulators_own_openai_stream_field_by_field(api: Api) -> None:
     body = {
         "messages": [{"role": "user", "content": "hello there"}],
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    ours = await sse_objects(api, {**body, "model": "tier-1"}, IDENTITY)
-    theirs = await sse_objects(mesh.sim_url + "/v1", {**body, "model": "sim-fast"}, {})
+    ours = await sse_objects(api.url, {**body, "model": "tier-1"}, api.auth)
+    theirs = await sse_objects(api.mesh.sim_url + "/v1", {**body, "model": "sim-fast"}, {})
     assert grammar(ours) == grammar(theirs) == ["role", "text", "finish", "usage", "done"]
     ours_shapes = [shape(e) for e in ours]
     theirs_shapes = [shape(e) for e in theirs]
@@ -207,3 +215,42 @@ async def test_the_stream_matches_the_simulators_own_openai_stream_field_by_fiel
     assert ours_shapes[-3:] == theirs_shapes[-3:]  # finish, usage, [DONE]
     text_chunk = next(s for s, e in zip(ours_shapes, ours, strict=True) if grammar([e]) == ["text"])
     assert text_chunk == next(s for s, e in zip(theirs_shapes, theirs, strict=True) if grammar([e]) == ["text"])
+
+
+async def test_the_edge_refuses_a_missing_or_bad_key_with_openais_401(api: Api) -> None:
+    for key in ("not-a-token", api.token[:-4] + "AAAA"):
+        client = async_client(api, key)
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+        await client.close()
+        assert refused.value.status_code == 401 and refused.value.code == "invalid_api_key"
+        assert refused.value.message  # Envoy's reason, in OpenAI's error object
+    async with httpx.AsyncClient() as raw:
+        resp = await raw.get(api.url + "/models")
+    assert resp.status_code == 401 and resp.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_rate_limited_caller_gets_429_with_retry_after(api: Api) -> None:
+    token = api.mesh.token(segment="standard")
+    client = openai.AsyncOpenAI(base_url=api.url, api_key=token, max_retries=0)
+    for _ in range(STANDARD_PER_MINUTE):
+        await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    await client.close()
+    assert limited.value.status_code == 429 and limited.value.code == "rate_limit_exceeded"
+    retry_after = int(limited.value.response.headers["retry-after"])
+    assert 1 <= retry_after <= 60  # seconds until the minute's window resets
+
+
+async def test_identity_headers_a_client_sends_are_not_believed(api: Api) -> None:
+    forged = {**api.auth, "x-tiermesh-user": "someone-else", "x-tiermesh-segment": "enterprise"}
+    async with httpx.AsyncClient(timeout=30) as raw:
+        resp = await raw.post(
+            api.url + "/chat/completions",
+            json={"model": "auto", "messages": [{"role": "user", "content": "Explain database sharding"}]},
+            headers=forged,
+        )
+    assert resp.status_code == 200
+    decision = resp.json()["tiermesh"]["decision"]
+    assert decision["segment"] == "vip"  # the token's, not the forged header's

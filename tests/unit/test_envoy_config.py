@@ -56,14 +56,21 @@ def test_streams_are_never_cut_and_retried_only_when_they_never_started(tmp_path
     assert unary.route.retry_policy is not None and unary.route.retry_policy.num_retries == 2
     assert routes.index(unary) < routes.index(streaming[0])  # the exact path wins over the prefix
     guards = [r.name for r in routes if r.direct_response is not None]
-    assert guards == ["unserved-protocol", "no-exp-claim", "bad-sub-claim", "bad-segment-claim", "bad-role-claim"]
+    assert guards == ["no-exp-claim", "bad-sub-claim", "bad-segment-claim", "bad-role-claim", "unserved-protocol"]
+    # The OpenAI-compatible API's JSON is served under /v1/ only: its route comes after the token
+    # checks and before the refusal of every other non-gRPC request.
+    api = next(r for r in routes if r.name == "openai")
+    assert api.match.prefix == "/v1/" and api.route.cluster == "openai" and api.route.rate_limits
+    assert routes.index(api) == guards.index("unserved-protocol")
     assert max(routes.index(r) for r in routes if r.direct_response is not None) < routes.index(unary)
 
 
 def test_only_the_reads_the_web_app_needs_reach_other_services_each_behind_its_guard(tmp_path: Path) -> None:
     hcm = hcm_of(tmp_path)
     routes = hcm.route_config.virtual_hosts[0].routes
-    elsewhere = {r.match.path or r.match.prefix: r for r in routes if r.route and r.route.cluster != "router"}
+    elsewhere = {
+        r.match.path or r.match.prefix: r for r in routes if r.route and r.route.cluster not in ("router", "openai")
+    }
     assert set(elsewhere) == set(envoy.READS)
     for path, (cluster, streams, guard) in envoy.READS.items():
         read = elsewhere[path]
