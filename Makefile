@@ -59,7 +59,7 @@ browser:
 
 ## proto: generate the Python code and the web app's TypeScript client from the protos
 proto: setup web/node_modules/.installed
-	rm -rf gen/python/tiermesh gen/python/tiermesh_rls
+	rm -rf gen/python/tiermesh gen/python/tiermesh_rls gen/python/tiermesh_authz
 	mkdir -p gen/python
 	$(PY) -m grpc_tools.protoc -I proto \
 	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \

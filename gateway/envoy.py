@@ -51,7 +51,10 @@ from envoy_data_plane.envoy.config.overload import v3 as overload
 from envoy_data_plane.envoy.config.ratelimit import v3 as ratelimit_config
 from envoy_data_plane.envoy.config.route import v3 as route
 from envoy_data_plane.envoy.extensions.access_loggers.stream import v3 as stream_log
+from envoy_data_plane.envoy.extensions.common.matching import v3 as matching
+from envoy_data_plane.envoy.extensions.filters.common.matcher.action import v3 as matcher_action
 from envoy_data_plane.envoy.extensions.filters.http.cors import v3 as cors
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz import v3 as ext_authz
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web import v3 as grpc_web
 from envoy_data_plane.envoy.extensions.filters.http.jwt_authn import v3 as jwt_authn
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit import v3 as local_ratelimit
@@ -69,14 +72,19 @@ from envoy_data_plane.envoy.type import v3 as type_v3
 from envoy_data_plane.envoy.type.matcher import v3 as matcher
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
+from envoy_data_plane.xds.core import v3 as xds_core
+from envoy_data_plane.xds.type.matcher import v3 as xds_matcher
 
 from gateway import keys
-from services.runtime import config, identity, reflection, tls
+from services.runtime import apikeys, config, identity, reflection, tls
 
 PUBLIC_PREFIXES = ("/tiermesh.router.v1.RouterService/",)
 # The OpenAI-compatible API (services.openai), served on the same port.
 OPENAI_PREFIX = "/v1/"
 OPENAI_CLUSTER = "openai"
+# API keys are checked by Analytics, which keeps them (see services.analytics.keys).
+KEYS_CLUSTER = "analytics"
+API_KEYS = "tiermesh.api_keys"
 UNARY_PATHS = ("/tiermesh.router.v1.RouterService/Route",)
 # The read RPCs served at the edge besides the Router's: path -> (cluster, streams?, guard), where
 # the guard (see _READER_LUA) is `own:N` (field N of the request names a user, who must be the
@@ -323,8 +331,9 @@ def _reader_filter() -> hcm_v3.HttpFilter:
 
 
 def _rate_limits() -> list[route.RateLimit]:
-    """One call to the RateLimit service per request (after the token is verified) with two
-    descriptors: the client's address, and the verified user within their segment."""
+    """One call to the RateLimit service per request (after the token or key is verified) with
+    these descriptors: the client's address, the verified user within their segment, and the
+    API key's team when it has one."""
     return [
         route.RateLimit(stage=0, actions=[route.RateLimitAction(remote_address=route.RateLimitActionRemoteAddress())]),
         route.RateLimit(
@@ -340,6 +349,17 @@ def _rate_limits() -> list[route.RateLimit]:
                         header_name=identity.USER, descriptor_key="user"
                     )
                 ),
+            ],
+        ),
+        # A request with an API key of a team also counts for its team (no team, no descriptor).
+        route.RateLimit(
+            stage=0,
+            actions=[
+                route.RateLimitAction(
+                    request_headers=route.RateLimitActionRequestHeaders(
+                        header_name=identity.TEAM, descriptor_key="team"
+                    )
+                )
             ],
         ),
     ]
@@ -496,12 +516,99 @@ def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> hcm_v3.HttpF
         "envoy.filters.http.jwt_authn",
         jwt_authn.JwtAuthentication(
             providers={"tiermesh": provider},
-            # The catch-all: no path reaches a service without a verified token.
             rules=[
+                # A request that carries an API key instead: the key check after this filter
+                # (`_api_key_filter`, run for exactly these requests) verifies it. It runs after
+                # this one because jwt_authn clears the identity headers it would write itself.
+                *(
+                    jwt_authn.RequirementRule(match=route.RouteMatch(prefix="/", headers=[carries]))
+                    for carries in _key_headers()
+                ),
+                # The catch-all: no path reaches a service without a verified token.
                 jwt_authn.RequirementRule(
                     match=route.RouteMatch(prefix="/"), requires=jwt_authn.JwtRequirement(provider_name="tiermesh")
-                )
+                ),
             ],
+        ),
+    )
+
+
+def _key_headers() -> list[route.HeaderMatcher]:
+    """A request carries an API key when it has either of these headers (see apikeys.from_headers)."""
+    return [
+        route.HeaderMatcher(name=apikeys.API_KEY_HEADER, present_match=True),
+        route.HeaderMatcher(
+            name="authorization",
+            string_match=matcher.StringMatcher(prefix=f"Bearer {apikeys.PREFIX}", ignore_case=True),
+        ),
+    ]
+
+
+def _header_present(name: str, string_match: xds_matcher.StringMatcher) -> xds_matcher.MatcherMatcherListPredicate:
+    return xds_matcher.MatcherMatcherListPredicate(
+        single_predicate=xds_matcher.MatcherMatcherListPredicateSinglePredicate(
+            input=xds_core.TypedExtensionConfig(
+                name=name, typed_config=AnyMessage.pack(matcher.HttpRequestHeaderMatchInput(header_name=name))
+            ),
+            value_match=string_match,
+        )
+    )
+
+
+def _api_key_filter() -> hcm_v3.HttpFilter:
+    """ext_authz for API keys, run only for a request that carries one (`x-api-key`, or a bearer
+    credential starting `tm-`): a request with a JWT never waits for it. The key check
+    (Analytics' `Authorization` service, over mutual TLS) answers from memory; it sees only the
+    two headers that can carry a key. A key it accepts becomes the verified identity headers,
+    and the key leaves the request; one it refuses is a 401 that says why. When the check cannot
+    be reached, the request is refused (503): a key is never taken on trust."""
+    check = ext_authz.ExtAuthz(
+        grpc_service=core.GrpcService(
+            envoy_grpc=core.GrpcServiceEnvoyGrpc(cluster_name=KEYS_CLUSTER), timeout=timedelta(seconds=2)
+        ),
+        transport_api_version=core.ApiVersion.V3,
+        failure_mode_allow=False,
+        status_on_error=type_v3.HttpStatus(code=type_v3.StatusCode.ServiceUnavailable),
+        allowed_headers=matcher.ListStringMatcher(
+            patterns=[matcher.StringMatcher(exact=h) for h in ("authorization", apikeys.API_KEY_HEADER)]
+        ),
+        stat_prefix="api_keys",
+    )
+    no_key = xds_matcher.MatcherMatcherListPredicate(
+        not_matcher=xds_matcher.MatcherMatcherListPredicate(
+            or_matcher=xds_matcher.MatcherMatcherListPredicatePredicateList(
+                predicate=[
+                    _header_present(
+                        apikeys.API_KEY_HEADER,
+                        xds_matcher.StringMatcher(
+                            safe_regex=xds_matcher.RegexMatcher(
+                                google_re2=xds_matcher.RegexMatcherGoogleRe2(), regex=".*"
+                            )
+                        ),
+                    ),
+                    _header_present(
+                        "authorization", xds_matcher.StringMatcher(prefix=f"Bearer {apikeys.PREFIX}", ignore_case=True)
+                    ),
+                ]
+            )
+        )
+    )
+    skip = xds_core.TypedExtensionConfig(name="skip", typed_config=AnyMessage.pack(matcher_action.SkipFilter()))
+    return _http_filter(
+        API_KEYS,
+        matching.ExtensionWithMatcher(
+            extension_config=core.TypedExtensionConfig(
+                name="envoy.filters.http.ext_authz", typed_config=AnyMessage.pack(check)
+            ),
+            xds_matcher=xds_matcher.Matcher(
+                matcher_list=xds_matcher.MatcherMatcherList(
+                    matchers=[
+                        xds_matcher.MatcherMatcherListFieldMatcher(
+                            predicate=no_key, on_match=xds_matcher.MatcherOnMatch(action=skip)
+                        )
+                    ]
+                )
+            ),
         ),
     )
 
@@ -1063,6 +1170,7 @@ def build(tree: Mapping[str, Any], jwks_path: Path | None = None, probe_port: in
             _http_filter("envoy.filters.http.cors", cors.Cors()),
             _local_backstop(tree),
             _jwt_filter(tree, jwks_path),
+            _api_key_filter(),
             _ratelimit_filter(tree),
             _lua(FRAME_CHECK, _FRAME_LUA),
             _reader_filter(),

@@ -292,3 +292,75 @@ def affected(payload: str) -> tuple[set[str], set[str], bool]:
     users: Iterable[str] = data.get("users", [])
     segments: Iterable[str] = data.get("segments", [])
     return set(users), set(segments), False
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+KEYS_CHANNEL = "api_keys_changed"
+KEY_COLUMNS = "id, key_digest, user_id, segment, team, role, budget_micro_usd, created_at, expires_at, revoked_at"
+MAX_LISTED_KEYS = 10_000
+
+
+async def create_key(
+    conn: asyncpg.Connection,
+    key_id: str,
+    key_digest: bytes,
+    user: str,
+    segment: str,
+    team: str,
+    role: str,
+    budget_micro_usd: int,
+    expires_at: datetime | None,
+) -> asyncpg.Record:
+    """Store a new key (its digest only) and announce it; returns its row."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "INSERT INTO api_keys (id, key_digest, user_id, segment, team, role, budget_micro_usd, expires_at) "  # noqa: S608
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {KEY_COLUMNS}",
+            key_id,
+            key_digest,
+            user,
+            segment,
+            team,
+            role,
+            budget_micro_usd,
+            expires_at,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, key_id)
+    return row
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: str) -> asyncpg.Record | None:
+    """Revoke a key (once: a second revoke keeps the first time) and announce it; None when no
+    key has this id."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {KEY_COLUMNS}",  # noqa: S608
+            key_id,
+        )
+        if row is not None:
+            await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, key_id)
+    return row
+
+
+async def list_keys(conn: asyncpg.Connection, user: str, include_revoked: bool) -> list[asyncpg.Record]:
+    """Keys, newest first: one user's or everyone's; live ones only unless `include_revoked`."""
+    live = "" if include_revoked else " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+    return list(
+        await conn.fetch(
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 = '' OR user_id = $1){live} "  # noqa: S608
+            "ORDER BY created_at DESC, id LIMIT $2",
+            user,
+            MAX_LISTED_KEYS,
+        )
+    )
+
+
+async def live_keys(conn: asyncpg.Connection, ids: Sequence[str] | None = None) -> list[asyncpg.Record]:
+    """Every key that may still be used (or only those of `ids`), for the edge's key cache."""
+    query = (
+        f"SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"  # noqa: S608
+    )
+    if ids is None:
+        return list(await conn.fetch(query))
+    return list(await conn.fetch(query + " AND id = ANY($1)", list(ids)))

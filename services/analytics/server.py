@@ -13,11 +13,14 @@ import contextlib
 import logging
 
 import asyncpg
+from tiermesh.analytics.v1 import admin_service_pb2 as admin_pb
 from tiermesh.analytics.v1 import analytics_service_pb2 as pb
+from tiermesh_authz.v3 import external_auth_pb2 as authz_pb
 
 from services.analytics import config as analytics_config
 from services.analytics import db
 from services.analytics.config import AnalyticsConfig
+from services.analytics.keys import AdminServicer, KeyCache, KeyCheck
 from services.analytics.live import Live
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.writer import CONNECTION_ERRORS, UsageWriter, load_spill
@@ -102,6 +105,7 @@ async def main() -> None:
         writer.accept(spilled, replayed=True)
         log_.info("usage from the spill file queued for the database", extra={"rows": len(spilled)})
     servicer = AnalyticsServicer(writer, live, database.pool)
+    key_cache = KeyCache(cfg.database_url, database.pool)
     tasks: list[asyncio.Task[None]] = []
 
     async def watch(service: Service) -> None:
@@ -140,6 +144,7 @@ async def main() -> None:
     async def on_start(service: Service) -> None:
         writer.start()
         live.start()
+        key_cache.start()
         tasks.append(asyncio.create_task(watch(service), name="watch"))
         tasks.append(asyncio.create_task(jobs(database, cfg), name="jobs"))
 
@@ -155,10 +160,15 @@ async def main() -> None:
             task.cancel()
         await writer.stop(timeout_s=10.0, spill_path=cfg.spill_path)
         await live.stop()
+        await key_cache.stop()
         with contextlib.suppress(Exception):
             await database.close()
 
     served = contract.served(pb.DESCRIPTOR.services_by_name["AnalyticsService"], servicer)
+    admin = contract.served(
+        admin_pb.DESCRIPTOR.services_by_name["AdminService"], AdminServicer(database.pool, key_cache)
+    )
+    key_check = contract.served(authz_pb.DESCRIPTOR.services_by_name["Authorization"], KeyCheck(key_cache))
     await serve(
         "analytics",
         tree,
@@ -175,5 +185,9 @@ async def main() -> None:
             served.path("RecordUsage"): (tls.INFERENCE, tls.OPERATOR),
             served.path("GetSpend"): (tls.ROUTER, tls.OPERATOR, tls.EDGE),
             served.path("WatchSpend"): (tls.ROUTER, tls.OPERATOR, tls.EDGE),
+            # API keys: made, listed and revoked by operators; checked by the edge (ext_authz).
+            **{admin.path(m): (tls.OPERATOR,) for m in ("CreateKey", "ListKeys", "RevokeKey")},
+            key_check.path("Check"): (tls.EDGE, tls.OPERATOR),
         },
+        also=(admin, key_check),
     )

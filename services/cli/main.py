@@ -69,6 +69,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return asyncio.run(migrate())
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from services.cli.keys import keys
+
+    return asyncio.run(keys(args))
+
+
 def _top_k(raw: str) -> int:
     value = int(raw)
     if not 1 <= value <= 50:
@@ -188,6 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="create the analytics database if needed and apply its migrations")
     migrate.set_defaults(func=_cmd_migrate)
+
+    keys = sub.add_parser("keys", help="API keys: create (shown once), list, revoke (operators)")
+    key_actions = keys.add_subparsers(dest="action", required=True, metavar="create|list|revoke")
+    create = key_actions.add_parser("create", help="make a key; prints it once")
+    create.add_argument("--user", required=True, help="the identity the key acts as (like a token's sub)")
+    create.add_argument("--segment", choices=["standard", "vip", "enterprise"], required=True)
+    create.add_argument("--team", default="", help="a team, for rate limits per team")
+    create.add_argument("--budget-usd", type=float, default=0.0, help="the user's monthly budget in USD")
+    create.add_argument("--expires", default="", help="lifetime: 30m, 24h, 90d, 52w (default: never)")
+    create.add_argument("--role", choices=["operator"], default="", help="operator: may read every user's spend")
+    listing = key_actions.add_parser("list", help="list keys (never their secrets), newest first")
+    listing.add_argument("--user", default="", help="only this user's keys")
+    listing.add_argument("--all", action="store_true", help="revoked and expired keys too")
+    revoke = key_actions.add_parser("revoke", help="revoke a key for good; the edge refuses it within a second")
+    revoke.add_argument("id", help="the key's id (key_...), from `tiermesh keys list`")
+    for action in (create, listing, revoke):
+        action.add_argument("--json", action="store_true", help="print JSON")
+        action.add_argument("--target", help="Analytics address host:port (default: services.analytics from config)")
+        action.set_defaults(func=_cmd_keys)
 
     token = sub.add_parser("token", help="mint a development token (signed with the dev key)")
     token.add_argument("--user", required=True, help="the token's subject")

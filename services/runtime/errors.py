@@ -7,6 +7,7 @@
     ├── DeadlineExceeded     DEADLINE_EXCEEDED  the caller's deadline passed
     ├── Unauthenticated      UNAUTHENTICATED    no valid identity
     ├── PermissionDenied     PERMISSION_DENIED  the identity may not do this
+    ├── NotFound             NOT_FOUND          what the request names does not exist
     └── Internal             INTERNAL           a bug: logged with its traceback
 
 Services raise these; the runtime's interceptor turns them into the status and message the
@@ -46,6 +47,10 @@ class Unauthenticated(TiermeshError):
 
 class PermissionDenied(TiermeshError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFound(TiermeshError):
+    code = grpc.StatusCode.NOT_FOUND
 
 
 class Internal(TiermeshError):

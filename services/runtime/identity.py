@@ -24,6 +24,9 @@ SEGMENT = "x-tiermesh-segment"
 # user's spend and the model catalog through the edge.
 ROLE = "x-tiermesh-role"
 OPERATOR = "operator"
+# Set by the edge for a request that came with an API key: the key's id and its team, if any.
+KEY = "x-tiermesh-key"
+TEAM = "x-tiermesh-team"
 INTENT = "x-tiermesh-intent"
 COMPLEXITY = "x-tiermesh-complexity"
 REQUEST_ID = "x-request-id"
@@ -33,7 +36,7 @@ CLIENT_REQUEST_ID = "x-client-request-id"
 # end the stream at; Envoy does not enforce it.
 DEADLINE = "x-tiermesh-grpc-timeout"
 # Every header an edge client could send to pose as someone; Envoy removes them on arrival.
-EDGE_ONLY = (USER, USER_BIN, SEGMENT, ROLE, INTENT, COMPLEXITY, CLIENT_REQUEST_ID)
+EDGE_ONLY = (USER, USER_BIN, SEGMENT, ROLE, KEY, TEAM, INTENT, COMPLEXITY, CLIENT_REQUEST_ID)
 
 # The segments, from the contract's enum: standard, vip, enterprise.
 SEGMENTS = tuple(v.name.removeprefix("SEGMENT_").lower() for v in common_pb2.Segment.DESCRIPTOR.values if v.number != 0)

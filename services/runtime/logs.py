@@ -16,6 +16,8 @@ from typing import Any
 
 from opentelemetry import trace
 
+from services.runtime import apikeys
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -28,7 +30,7 @@ def current_trace_id() -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON line; extra= fields are added as keys."""
+    """Formats a record as one JSON line; extra= fields are added as keys; API keys are redacted."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -48,7 +50,9 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        # An API key in a message, a field or a traceback (a client's header echoed in an error)
+        # never reaches a log: whoever reads logs must not be able to act as the key's user.
+        return apikeys.redact(json.dumps(out, ensure_ascii=False, default=str))
 
 
 def setup(service: str, level: str = "info") -> logging.Logger:

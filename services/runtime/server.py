@@ -618,8 +618,9 @@ async def serve(
     max_message_bytes: int = 8 * 1024 * 1024,
     callers: Mapping[str, Collection[str]] | None = None,
     traced: bool = True,
+    also: Sequence[Served] = (),
 ) -> None:
-    """Run service `name`, serving `contract`, where the config says it listens (with its
+    """Run service `name`, serving `contract` (and the contracts in `also`), where the config says it listens (with its
     certificate when TLS is on), until SIGTERM/SIGINT and its drain. `callers` maps a full
     method name to the roles allowed to call it (checked only with TLS, where a role is proven).
     `traced=False` is for a service on every request's hot path that answers in microseconds
@@ -627,10 +628,16 @@ async def serve(
     from services.runtime import config, tls
 
     host, port = config.endpoint(tree, name)
+    contracts = [contract, *also]
+
+    def register(server: grpc.aio.Server) -> None:
+        for served in contracts:
+            served.register(server)
+
     service = Service(
         name,
-        service_names=[contract.name],
-        register=contract.register,
+        service_names=[c.name for c in contracts],
+        register=register,
         host=host,
         port=port,
         grace_s=config.get_float(tree, "shutdown_grace_s", 20.0, where="", hi=3600),

@@ -1,0 +1,212 @@
+"""API keys end to end, on a mesh with two Router and two Analytics replicas behind the real
+Envoy: made and revoked with the `tiermesh keys` CLI, used by the official `openai` package (as
+`Authorization: Bearer tm-...`), by plain HTTP (`x-api-key`) and by gRPC, refused within a second
+of a revoke by every replica's key cache, and never stored or logged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import httpx
+import openai
+import pytest
+from tiermesh.analytics.v1 import admin_service_pb2 as admin_pb
+from tiermesh.analytics.v1 import admin_service_pb2_grpc as admin_grpc
+from tiermesh.common.v1 import common_pb2 as c
+from tiermesh.router.v1 import router_service_pb2 as pb
+from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
+
+from services.runtime import apikeys, tls
+from tests.analytics.conftest import drop_database
+from tests.integration.mesh import Mesh, start_mesh
+
+pytestmark = pytest.mark.integration
+
+TIERMESH = str(Path(sys.executable).parent / "tiermesh")
+LIMITS = (
+    "[{key: segment, value: standard, descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: 1000}}]},"
+    " {key: segment, value: vip, descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: 1000}}]},"
+    " {key: team, value: tiny, rate_limit: {unit: minute, requests_per_unit: 2}},"
+    " {key: remote_address, rate_limit: {unit: minute, requests_per_unit: 100000}}]"
+)
+
+
+@pytest.fixture(scope="module")
+async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    database = f"tiermesh_keys_{uuid.uuid4().hex[:10]}"
+    m = await start_mesh(
+        tmp_path_factory.mktemp("keys"),
+        ["simulator", "inference", "analytics", "router", "openai", "ratelimit", "envoy"],
+        replicas={"router": 2, "analytics": 2},
+        TIERMESH_SIMULATOR__TOKEN_DELAY_MS="1",
+        TIERMESH_ANALYTICS__DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
+        TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=LIMITS,
+        TIERMESH_RATELIMIT__TIMEOUT_MS="2000",
+    )
+    m.env["DATABASE"] = database
+    yield m
+    await m.sup.stop()
+    await drop_database(database)
+
+
+def keys_cli(mesh: Mesh, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **mesh.env}
+    return subprocess.run([TIERMESH, "keys", *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def create(mesh: Mesh, *args: str) -> tuple[str, str]:
+    """A new key through the CLI: (id, secret)."""
+    user = f"key-user-{uuid.uuid4().hex[:8]}"
+    made = keys_cli(mesh, "create", "--user", user, "--segment", "vip", "--json", *args)
+    assert made.returncode == 0, made.stderr
+    out = json.loads(made.stdout)
+    return out["key"]["id"], out["secret"]
+
+
+def api(mesh: Mesh) -> str:
+    return f"http://{mesh.target('envoy')}/v1"
+
+
+async def models_status(mesh: Mesh, headers: dict[str, str]) -> tuple[int, dict[str, object]]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        resp = await client.get(api(mesh) + "/models", headers=headers)
+    return resp.status_code, resp.json()
+
+
+async def test_a_key_works_with_the_openai_sdk_over_http_and_over_grpc(mesh: Mesh) -> None:
+    key_id, secret = create(mesh, "--team", "support")
+    assert apikeys.well_formed(secret) and key_id.startswith("key_")
+    client = openai.AsyncOpenAI(base_url=api(mesh), api_key=secret, max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Explain database sharding"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content and completion.usage and completion.usage.total_tokens > 0
+    assert completion.model_extra is not None
+    assert completion.model_extra["tiermesh"]["decision"]["segment"] == "vip"  # the key's segment
+    stream = await client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [ch async for ch in stream]
+    await client.close()
+    assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 2
+    assert chunks[-1].usage is not None
+    # The same key as x-api-key, and from a gRPC client: the same identity after the edge.
+    assert (await models_status(mesh, {"x-api-key": secret}))[0] == 200
+    async with mesh.edge() as channel:
+        events = [
+            e
+            async for e in pb_grpc.RouterServiceStub(channel).Chat(
+                pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="hello")]),
+                metadata=(("x-api-key", secret),),
+                timeout=30,
+            )
+        ]
+    assert events[0].decision.segment == c.SEGMENT_VIP
+
+
+async def test_bad_keys_are_refused_with_a_reason(mesh: Mesh) -> None:
+    unknown = apikeys.new_secret()
+    for headers, reason in (
+        ({"authorization": f"Bearer {unknown}"}, "not valid"),
+        ({"x-api-key": unknown}, "not valid"),
+        ({"x-api-key": "tm-short"}, "malformed"),
+        ({"x-api-key": ""}, "malformed"),
+    ):
+        status, body = await models_status(mesh, headers)
+        assert status == 401, (headers, body)
+        error = body["error"]
+        assert isinstance(error, dict) and reason in str(error["message"]) and error["code"] == "invalid_api_key"
+    async with mesh.edge() as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await pb_grpc.RouterServiceStub(channel).Route(
+                pb.RouteRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="hi")]),
+                metadata=(("x-api-key", unknown),),
+                timeout=10,
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and "not valid" in (refused.value.details() or "")
+
+
+async def test_a_revoked_key_is_refused_by_every_replica_within_a_second(mesh: Mesh) -> None:
+    key_id, secret = create(mesh)
+    # Envoy asks both Analytics replicas in turn: both know the key.
+    for _ in range(6):
+        assert (await models_status(mesh, {"authorization": f"Bearer {secret}"}))[0] == 200
+    revoked = keys_cli(mesh, "revoke", key_id)
+    assert revoked.returncode == 0 and key_id in revoked.stdout, revoked.stderr
+    await asyncio.sleep(1.0)
+    client = openai.AsyncOpenAI(base_url=api(mesh), api_key=secret, max_retries=0)
+    for _ in range(6):  # each replica, several times over
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 401 and "revoked" in refused.value.message
+    await client.close()
+    listed = keys_cli(mesh, "list", "--all", "--json")
+    assert listed.returncode == 0
+    mine = next(k for k in json.loads(listed.stdout) if k["id"] == key_id)
+    assert "revokedAt" in mine
+    assert key_id not in keys_cli(mesh, "list").stdout  # live keys only by default
+
+
+async def test_a_teams_keys_share_the_teams_rate_limit(mesh: Mesh) -> None:
+    _, first = create(mesh, "--team", "tiny")
+    _, second = create(mesh, "--team", "tiny")
+    assert (await models_status(mesh, {"x-api-key": first}))[0] == 200
+    assert (await models_status(mesh, {"x-api-key": second}))[0] == 200
+    status, body = await models_status(mesh, {"x-api-key": second})  # the team's third this minute
+    assert status == 429, body
+
+
+async def test_keys_are_made_only_by_operators_and_checked_on_the_way_in(mesh: Mesh) -> None:
+    async with tls.channel(mesh.tree, "analytics", tls.ROUTER) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await admin_grpc.AdminServiceStub(channel).CreateKey(
+                admin_pb.CreateKeyRequest(user="u", segment=c.SEGMENT_VIP), timeout=10
+            )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Not served at the edge at all, whatever the token.
+    token = mesh.token(role="operator")
+    async with mesh.edge() as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as hidden:
+            await admin_grpc.AdminServiceStub(channel).ListKeys(
+                admin_pb.ListKeysRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=10
+            )
+    assert hidden.value.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND)
+    for args, message in (
+        (["--user", "a\x07b", "--segment", "vip"], "control characters"),
+        (["--user", "u", "--segment", "vip", "--team", "no spaces"], "team"),
+        (["--user", "u", "--segment", "vip", "--budget-usd", "1e12"], "budget_usd"),
+        (["--user", "u", "--segment", "vip", "--budget-usd", "nan"], "budget_usd"),
+        (["--user", "x" * 257, "--segment", "vip"], "256"),
+        (["--user", "u", "--segment", "vip", "--expires", "soon"], "--expires"),
+    ):
+        made = keys_cli(mesh, "create", *args)
+        assert made.returncode != 0 and message in made.stderr, (args, made.stderr)
+    missing = keys_cli(mesh, "revoke", "key_0000000000000000")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+async def test_no_key_is_stored_or_logged(mesh: Mesh) -> None:
+    _, secret = create(mesh)
+    assert (await models_status(mesh, {"x-api-key": secret}))[0] == 200
+    assert (await models_status(mesh, {"authorization": f"Bearer {apikeys.new_secret()}"}))[0] == 401
+    dump = subprocess.run(
+        ["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "--data-only", mesh.env["DATABASE"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "api_keys" in dump and apikeys.digest(secret).hex() in dump  # the digest is there ...
+    assert secret not in dump and not apikeys.PATTERN.search(dump)  # ... and no key at all
+    for name in mesh.sup.parts:
+        leaked = [line for line in mesh.logs(name) if apikeys.PATTERN.search(line)]
+        assert not leaked, f"{name} logged a key: {leaked[:2]}"
