@@ -77,6 +77,8 @@ class Key:
             out.append((identity.ROLE, self.role))
         if self.team:
             out.append((identity.TEAM, self.team))
+        if self.budget_micro_usd:
+            out.append((identity.BUDGET, str(self.budget_micro_usd)))
         return out
 
 

@@ -58,7 +58,7 @@ def _identity(headers: Mapping[str, str]) -> tuple[tuple[str, Any], ...]:
         {k: headers[k] for k in (identity.USER, identity.SEGMENT) if k in headers}
     )
     metadata: list[tuple[str, Any]] = [identity.user_metadata(user), (identity.SEGMENT, segment)]
-    for key in (identity.REQUEST_ID, identity.CLIENT_REQUEST_ID, identity.DEADLINE):
+    for key in (identity.REQUEST_ID, identity.CLIENT_REQUEST_ID, identity.DEADLINE, identity.BUDGET):
         value = headers.get(key)
         if value and value.isascii() and value.isprintable():
             metadata.append((key, value))

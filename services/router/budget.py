@@ -87,13 +87,13 @@ ALLOW = BudgetStatus("allow")
 
 
 class BudgetCheck(Protocol):
-    async def status(self, user: str, segment: str) -> BudgetStatus: ...
+    async def status(self, user: str, segment: str, own_limit: int | None = None) -> BudgetStatus: ...
 
 
 class NoBudgets:
     """Every user may spend: no budgets are configured."""
 
-    async def status(self, user: str, segment: str) -> BudgetStatus:
+    async def status(self, user: str, segment: str, own_limit: int | None = None) -> BudgetStatus:
         return ALLOW
 
 
@@ -144,9 +144,11 @@ class SpendBudgets:
         self._cache[key] = (now + self.budgets.cache_s, spent)
         return spent
 
-    async def status(self, user: str, segment: str) -> BudgetStatus:
+    async def status(self, user: str, segment: str, own_limit: int | None = None) -> BudgetStatus:
+        """The verdict for this user; `own_limit` (an API key's budget for its user) comes before
+        the configured ones. Without any budget that applies, no spend is looked up."""
         b = self.budgets
-        user_limit = b.users.get(user, b.per_user_by_segment.get(segment)) if user else None
+        user_limit = (own_limit or b.users.get(user, b.per_user_by_segment.get(segment))) if user else None
         if user_limit is not None:
             spent = await self._month_spend(user, "")
             if spent is not None and spent >= user_limit:

@@ -53,9 +53,9 @@ async def main() -> None:
     grounding = Grounding(grounding_settings, kpb_grpc.KnowledgeServiceStub(knowledge_channel).Search)
     budgets = load_budgets(tree)
     analytics_channel = tls.channel(tree, "analytics", "router", options=config.QUICK_RECONNECT)
-    budget_check = (
-        SpendBudgets(budgets, apb_grpc.AnalyticsServiceStub(analytics_channel).GetSpend) if budgets.any else None
-    )
+    # Always the spend-checking budgets: an API key may bring a budget of its own even when the
+    # config has none (without any that applies, no spend is looked up).
+    budget_check = SpendBudgets(budgets, apb_grpc.AnalyticsServiceStub(analytics_channel).GetSpend)
     servicer = RouterServicer(
         router,
         generate_raw,

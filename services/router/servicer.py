@@ -49,6 +49,13 @@ def identity_from(context: Context) -> tuple[str, str]:
     return identity.user_and_segment(metadata)
 
 
+def own_budget_from(context: Context) -> int | None:
+    """The monthly budget the caller's API key sets for its user (from the edge, as the identity)."""
+    if not identity.trusted(tls.peer_role(context), tls.EDGE, tls.OPENAI):
+        return None
+    return identity.own_budget(identity.metadata_dict(context.invocation_metadata()))
+
+
 def last_user_text(messages: Sequence[c.ChatMessage]) -> str:
     """The message being answered: the last one the user wrote."""
     for m in reversed(messages):
@@ -126,9 +133,11 @@ class RouterServicer:
         self.budget = budget or NoBudgets()
         self.grounding = grounding or Grounding(GroundingSettings(enabled=False), None)
 
-    async def _decide(self, messages: Sequence[c.ChatMessage], tier: int, user: str, segment: str) -> Decision:
+    async def _decide(
+        self, messages: Sequence[c.ChatMessage], tier: int, user: str, segment: str, context: Context
+    ) -> Decision:
         decision = self.router.decide(last_user_text(messages), segment, tier)
-        status = await self.budget.status(user, segment)
+        status = await self.budget.status(user, segment, own_budget_from(context))
         metrics.budget_verdict(status.action)
         if status.action != "allow":
             reasons = list(decision.reasons)
@@ -140,7 +149,7 @@ class RouterServicer:
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         validate(request)
         user, segment = identity_from(context)
-        decision = await self._decide(request.messages, request.tier, user, segment)
+        decision = await self._decide(request.messages, request.tier, user, segment, context)
         return pb.RouteResponse(decision=decision_pb(decision, logs.request_id_var.get()))
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatResponse | bytes]:
@@ -148,7 +157,7 @@ class RouterServicer:
         request_id = logs.request_id_var.get()
         user, segment = identity_from(context)
         client_request_id = identity.client_request_id(identity.metadata_dict(context.invocation_metadata()))
-        decision = await self._decide(request.messages, request.tier, user, segment)
+        decision = await self._decide(request.messages, request.tier, user, segment, context)
         log.info(
             "routed",
             extra={

@@ -27,6 +27,9 @@ OPERATOR = "operator"
 # Set by the edge for a request that came with an API key: the key's id and its team, if any.
 KEY = "x-tiermesh-key"
 TEAM = "x-tiermesh-team"
+# An API key's own monthly budget for its user, in micro-dollars (the Router's budget check).
+BUDGET = "x-tiermesh-budget-micro-usd"
+MAX_BUDGET_MICRO_USD = 10**12
 INTENT = "x-tiermesh-intent"
 COMPLEXITY = "x-tiermesh-complexity"
 REQUEST_ID = "x-request-id"
@@ -36,7 +39,7 @@ CLIENT_REQUEST_ID = "x-client-request-id"
 # end the stream at; Envoy does not enforce it.
 DEADLINE = "x-tiermesh-grpc-timeout"
 # Every header an edge client could send to pose as someone; Envoy removes them on arrival.
-EDGE_ONLY = (USER, USER_BIN, SEGMENT, ROLE, KEY, TEAM, INTENT, COMPLEXITY, CLIENT_REQUEST_ID)
+EDGE_ONLY = (USER, USER_BIN, SEGMENT, ROLE, KEY, TEAM, BUDGET, INTENT, COMPLEXITY, CLIENT_REQUEST_ID)
 
 # The segments, from the contract's enum: standard, vip, enterprise.
 SEGMENTS = tuple(v.name.removeprefix("SEGMENT_").lower() for v in common_pb2.Segment.DESCRIPTOR.values if v.number != 0)
@@ -64,6 +67,14 @@ def user_and_segment(metadata: dict[str, str]) -> tuple[str, str]:
     user = (metadata.get(USER_BIN) or metadata.get(USER) or "").strip()[:MAX_USER_CHARS]
     segment = metadata.get(SEGMENT, "")
     return user, segment if segment in SEGMENTS else DEFAULT_SEGMENT
+
+
+def own_budget(metadata: dict[str, str]) -> int | None:
+    """The monthly budget (micro-dollars) the caller's API key sets for its user; None for none."""
+    raw = metadata.get(BUDGET, "")
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_BUDGET_MICRO_USD:
+        return None
+    return int(raw)
 
 
 def client_request_id(metadata: dict[str, str]) -> str:

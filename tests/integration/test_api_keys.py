@@ -50,6 +50,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         TIERMESH_ANALYTICS__DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{database}",
         TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=LIMITS,
         TIERMESH_RATELIMIT__TIMEOUT_MS="2000",
+        TIERMESH_ANALYTICS__BUDGETS__CACHE_S="0",  # each chat sees the spend so far
     )
     m.env["DATABASE"] = database
     yield m
@@ -210,3 +211,24 @@ async def test_no_key_is_stored_or_logged(mesh: Mesh) -> None:
     for name in mesh.sup.parts:
         leaked = [line for line in mesh.logs(name) if apikeys.PATTERN.search(line)]
         assert not leaked, f"{name} logged a key: {leaked[:2]}"
+
+
+async def test_a_keys_budget_applies_to_its_user(mesh: Mesh) -> None:
+    _, secret = create(mesh, "--budget-usd", "0.000001")  # spent by the first answer
+    client = openai.AsyncOpenAI(base_url=api(mesh), api_key=secret, max_retries=0)
+    question = [{"role": "user", "content": "Explain database sharding and its trade-offs in detail"}]
+    first = await client.chat.completions.create(model="auto", messages=question)  # type: ignore[arg-type]
+    assert first.model_extra is not None
+    tier = first.model_extra["tiermesh"]["decision"]["tier"]
+    assert tier > 1
+    reasons: list[str] = []
+    for _ in range(50):  # until the first answer's usage is recorded
+        later = await client.chat.completions.create(model="auto", messages=question)  # type: ignore[arg-type]
+        assert later.model_extra is not None
+        decision = later.model_extra["tiermesh"]["decision"]
+        if decision["tier"] == tier - 1:
+            reasons = decision["reasons"]
+            break
+        await asyncio.sleep(0.1)
+    await client.close()
+    assert reasons and "monthly budget spent" in reasons[0], reasons

@@ -98,7 +98,20 @@ def test_identity_headers_are_stripped_before_the_token_is_checked(tmp_path: Pat
     assert [m.remove for m in mutations if m.remove] == ["grpc-timeout"]
     jwt_cfg = filters[names.index("envoy.filters.http.jwt_authn")].typed_config.unpack()
     assert isinstance(jwt_cfg, jwt_authn.JwtAuthentication)
-    assert [(r.match.prefix, r.requires.provider_name) for r in jwt_cfg.rules] == [("/", "tiermesh")]
+    # A request with an API key skips the token check only to meet the key check, which runs
+    # for exactly those requests (the same two headers), after it and before the rate limits.
+    *key_rules, catch_all = jwt_cfg.rules
+    assert (catch_all.match.prefix, catch_all.requires.provider_name) == ("/", "tiermesh")
+    assert [r.requires for r in key_rules] == [None, None]
+    assert [h.name for r in key_rules for h in r.match.headers] == ["x-api-key", "authorization"]
+    keyed = filters[names.index(envoy.API_KEYS)].typed_config.unpack()
+    predicates = keyed.xds_matcher.matcher_list.matchers[0].predicate.not_matcher.or_matcher.predicate
+    assert [p.single_predicate.input.name for p in predicates] == ["x-api-key", "authorization"]
+    check = keyed.extension_config.typed_config.unpack()
+    assert check.failure_mode_allow is False and check.grpc_service.envoy_grpc.cluster_name == "analytics"
+    assert [m.exact for m in check.allowed_headers.patterns] == ["authorization", "x-api-key"]
+    jwt_at, keys_at = names.index("envoy.filters.http.jwt_authn"), names.index(envoy.API_KEYS)
+    assert jwt_at < keys_at < names.index("envoy.filters.http.ratelimit")
     provider = jwt_cfg.providers["tiermesh"]
     assert [(h.name, h.value_prefix) for h in provider.from_headers] == [("authorization", "Bearer ")]
     assert not provider.from_params and provider.forward is False
