@@ -31,10 +31,12 @@ from tests.integration.mesh import Mesh, start_mesh
 pytestmark = pytest.mark.integration
 
 TIERMESH = str(Path(sys.executable).parent / "tiermesh")
+WEB = Path(__file__).resolve().parents[2] / "web"
 LIMITS = (
     "[{key: segment, value: standard, descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: 1000}}]},"
     " {key: segment, value: vip, descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: 1000}}]},"
     " {key: team, value: tiny, rate_limit: {unit: minute, requests_per_unit: 2}},"
+    " {key: team, value: node, rate_limit: {unit: minute, requests_per_unit: 2}},"
     " {key: remote_address, rate_limit: {unit: minute, requests_per_unit: 100000}}]"
 )
 
@@ -232,3 +234,32 @@ async def test_a_keys_budget_applies_to_its_user(mesh: Mesh) -> None:
         await asyncio.sleep(0.1)
     await client.close()
     assert reasons and "monthly budget spent" in reasons[0], reasons
+
+
+async def test_the_official_openai_npm_package_from_node(mesh: Mesh) -> None:
+    _, live = create(mesh)
+    revoked_id, revoked = create(mesh)
+    _, team = create(mesh, "--team", "node")
+    assert keys_cli(mesh, "revoke", revoked_id).returncode == 0
+    await asyncio.sleep(1.0)
+    env = {
+        **os.environ,
+        "TIERMESH_OPENAI_BASE_URL": api(mesh),
+        "TIERMESH_API_KEY": live,
+        "TIERMESH_REVOKED_KEY": revoked,
+        "TIERMESH_TEAM_KEY": team,
+        "TIERMESH_TEAM_PER_MINUTE": "2",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        "--test",
+        "clients/openai-sdk.test.mjs",
+        cwd=WEB,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    report = out.decode()
+    assert proc.returncode == 0, report
+    assert "# pass 5" in report and "# fail 0" in report, report
