@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import trace
 
@@ -37,7 +38,7 @@ from services.inference.cache import AnswerCache, CachedAnswer, cache_key
 from services.inference.config import Deployment, InferenceConfig
 from services.inference.provider import ContextTooLong, Provider, ProviderError
 from services.inference.retry import Backoff, RetryBudget
-from services.runtime.errors import DeadlineExceeded, Unavailable
+from services.runtime.errors import DeadlineExceeded, InvalidArgument, Unavailable
 
 log = logging.getLogger("tiermesh.inference.engine")
 
@@ -54,6 +55,7 @@ class GenerateInput:
     context_id: str = ""
     request_id: str = ""
     deadline: float | None = None  # monotonic time
+    deployment: str = ""  # pinned by the caller: the only one tried
 
 
 @dataclass(frozen=True)
@@ -223,11 +225,17 @@ class Engine:
         self._background: set[asyncio.Task[None]] = set()
         metrics.watch_deployments({name: b.observed_state for name, b in self.breakers.items()}, self.healthy)
 
-    def candidates(self, tier: int) -> list[Deployment]:
+    def candidates(self, tier: int, pinned: str = "") -> list[Deployment]:
         """The tier's deployments in the order to try: usable ones (healthy, breaker not open)
         cheapest first, then the rest (they may have recovered), each group cheapest first.
-        Reading the order changes no breaker: only a call (`allow`) moves one to half-open."""
+        Reading the order changes no breaker: only a call (`allow`) moves one to half-open.
+        A `pinned` deployment is the only one."""
         deps = list(self.cfg.tiers[tier])
+        if pinned:
+            deps = [d for d in deps if d.name == pinned]
+            if not deps:
+                names = ", ".join(d.name for d in self.cfg.tiers[tier])
+                raise InvalidArgument(f"deployment: tier {tier} has no deployment {pinned!r}; it has {names}")
 
         def key(d: Deployment) -> tuple[bool, int]:
             usable = (
@@ -244,6 +252,7 @@ class Engine:
     async def generate(self, req: GenerateInput) -> AsyncIterator[Event]:
         """The events of one answer: a cached one replayed, or the first deployment (in
         `candidates` order) that answers, else the default response or UNAVAILABLE."""
+        candidates = self.candidates(req.tier, req.deployment)
         key = self._cache_key(req)
         if key and not req.bypass_cache:
             assert self.cache is not None
@@ -254,7 +263,7 @@ class Engine:
                 return
         self.budget.deposit()
         run = _Run(req, [{"role": role, "content": content} for role, content in req.messages])
-        for d in self.candidates(req.tier):
+        for d in candidates:
             if not self._may_call(run, d):
                 continue
             if run.path:
@@ -276,7 +285,9 @@ class Engine:
     def _cache_key(self, req: GenerateInput) -> str:
         if self.cache is None:
             return ""
-        params = {"max_tokens": req.max_tokens or None, "temperature": req.temperature}
+        params: dict[str, Any] = {"max_tokens": req.max_tokens or None, "temperature": req.temperature}
+        if req.deployment:  # a pinned answer comes from that deployment, even from the cache
+            params["deployment"] = req.deployment
         return cache_key(req.tier, req.messages, params, req.context_id)
 
     def _may_call(self, run: _Run, d: Deployment) -> bool:

@@ -187,6 +187,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             temperature=request.temperature if request.HasField("temperature") else None,
             bypass_cache=request.bypass_cache,
             context_id=request.context_id,
+            deployment=request.deployment,
             request_id=logs.request_id_var.get(),
             deadline=None if remaining is None else time.monotonic() + remaining,
         )

@@ -58,7 +58,7 @@ def _identity(headers: Mapping[str, str]) -> tuple[tuple[str, Any], ...]:
         {k: headers[k] for k in (identity.USER, identity.SEGMENT) if k in headers}
     )
     metadata: list[tuple[str, Any]] = [identity.user_metadata(user), (identity.SEGMENT, segment)]
-    for key in (identity.REQUEST_ID, identity.CLIENT_REQUEST_ID, identity.DEADLINE, identity.BUDGET):
+    for key in (identity.REQUEST_ID, identity.CLIENT_REQUEST_ID, identity.DEADLINE, identity.BUDGET, identity.ROLE):
         value = headers.get(key)
         if value and value.isascii() and value.isprintable():
             metadata.append((key, value))
@@ -76,9 +76,12 @@ def _from_edge(request: web.Request) -> bool:
 
 
 class OpenAIApi:
-    def __init__(self, chat: Callable[..., Any], timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, chat: Callable[..., Any], timeout_s: float = 600.0, deployments: Mapping[str, int] | None = None
+    ) -> None:
         self.chat = chat
         self.timeout_s = timeout_s
+        self.deployments = dict(deployments or {})  # name -> tier: models a caller may pin
         self.draining = False
 
     def app(self) -> web.Application:
@@ -98,12 +101,12 @@ class OpenAIApi:
         return web.Response(status=503 if self.draining else 200, text="draining" if self.draining else "ok")
 
     async def models(self, _: web.Request) -> web.Response:
-        ids = [AUTO, *TIER_MODELS]
+        ids = [AUTO, *TIER_MODELS, *self.deployments]
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "tiermesh"} for m in ids]
         return web.json_response({"object": "list", "data": data})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        req = parse_request(await request.read())
+        req = parse_request(await request.read(), self.deployments)
         metadata = _identity(request.headers if _from_edge(request) else {})
         call = self.chat(req.chat_request(), metadata=metadata, timeout=self.timeout_s)
         events = call.__aiter__()
@@ -161,4 +164,4 @@ def build(tree: Mapping[str, Any]) -> OpenAIApi:
     """The API over a channel to the Router, calling as the `openai` role."""
     channel = tls.channel(dict(tree), "router", tls.OPENAI)
     timeout_s = config.get_float(config.section(tree, "openai"), "timeout_s", 600.0, where="openai", lo=1, hi=86_400)
-    return OpenAIApi(pb_grpc.RouterServiceStub(channel).Chat, timeout_s)
+    return OpenAIApi(pb_grpc.RouterServiceStub(channel).Chat, timeout_s, config.deployment_tiers(tree))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,12 +94,14 @@ class CompletionRequest:
     include_usage: bool = False
     max_tokens: int = 0
     temperature: float | None = None
+    deployment: str = ""  # a deployment's name as the model pins it (the operator role only)
 
     def chat_request(self) -> pb.ChatRequest:
         request = pb.ChatRequest(
             messages=[c.ChatMessage(role=c.ChatRole.ValueType(role), content=text) for role, text in self.messages],
             tier=c.Tier.ValueType(self.tier),
             max_tokens=self.max_tokens,
+            deployment=self.deployment,
         )
         if self.temperature is not None:
             request.temperature = self.temperature
@@ -130,7 +133,7 @@ def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     return value
 
 
-def parse_request(raw: bytes) -> CompletionRequest:
+def parse_request(raw: bytes, deployments: Collection[str] = ()) -> CompletionRequest:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -149,10 +152,11 @@ def parse_request(raw: bytes) -> CompletionRequest:
         model = AUTO
     if not isinstance(model, str):
         raise _bad("model: must be a string such as 'auto' or 'tier-2'", "model", "invalid_type")
-    if model != AUTO and model not in TIER_MODELS:
+    if model != AUTO and model not in TIER_MODELS and model not in deployments:
         raise ApiError(
             404,
-            f"The model `{model[:200]}` does not exist: use 'auto' (routed) or one of {', '.join(TIER_MODELS)}",
+            f"The model `{model[:200]}` does not exist: use 'auto' (routed), one of {', '.join(TIER_MODELS)}, "
+            "or a deployment's name (GET /v1/models lists them)",
             param="model",
             code="model_not_found",
         )
@@ -199,6 +203,7 @@ def parse_request(raw: bytes) -> CompletionRequest:
     return CompletionRequest(
         model=model,
         tier=TIER_MODELS.get(model, 0),
+        deployment=model if model in deployments and model not in TIER_MODELS and model != AUTO else "",
         messages=tuple(parsed),
         stream=stream,
         include_usage=include_usage,

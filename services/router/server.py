@@ -63,6 +63,7 @@ async def main() -> None:
         max_deadline_s=max_deadline_s(tree),
         budget=budget_check,
         grounding=grounding,
+        deployments=config.deployment_tiers(tree),
     )
 
     async def stop() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -19,7 +19,7 @@ from services.router.grounding import Grounded, Grounding, GroundingSettings, wi
 from services.router.intent import INTENTS
 from services.router.policy import Decision, Router
 from services.runtime import identity, logs, tls
-from services.runtime.errors import DeadlineExceeded, TiermeshError
+from services.runtime.errors import DeadlineExceeded, NotFound, PermissionDenied, TiermeshError
 from services.runtime.identity import SEGMENTS
 from services.runtime.server import DRAINING, Context, time_remaining
 from services.runtime.validation import validate
@@ -54,6 +54,14 @@ def own_budget_from(context: Context) -> int | None:
     if not identity.trusted(tls.peer_role(context), tls.EDGE, tls.OPENAI):
         return None
     return identity.own_budget(identity.metadata_dict(context.invocation_metadata()))
+
+
+def is_operator(context: Context) -> bool:
+    """Does the caller's verified identity carry the operator role (a token's `role` claim or an
+    API key's), as the edge or the OpenAI-compatible API behind it says?"""
+    if not identity.trusted(tls.peer_role(context), tls.EDGE, tls.OPENAI):
+        return False
+    return identity.metadata_dict(context.invocation_metadata()).get(identity.ROLE) == identity.OPERATOR
 
 
 def last_user_text(messages: Sequence[c.ChatMessage]) -> str:
@@ -125,6 +133,7 @@ class RouterServicer:
         budget: BudgetCheck | None = None,
         grounding: Grounding | None = None,
         max_deadline_s: float = 590.0,
+        deployments: Mapping[str, int] | None = None,
     ) -> None:
         self.router = router
         self.generate_raw = generate_raw
@@ -132,6 +141,19 @@ class RouterServicer:
         self.max_deadline_s = max_deadline_s
         self.budget = budget or NoBudgets()
         self.grounding = grounding or Grounding(GroundingSettings(enabled=False), None)
+        self.deployments = dict(deployments or {})  # name -> tier, for callers that pin one
+
+    def _pinned_tier(self, request: pb.ChatRequest, context: Context) -> int:
+        """The tier the request pins: its deployment's (operators only), else its `tier`."""
+        if not request.deployment:
+            return request.tier
+        if not is_operator(context):
+            raise PermissionDenied("deployment: pinning a deployment needs the operator role; leave it empty")
+        tier = self.deployments.get(request.deployment)
+        if tier is None:
+            known = ", ".join(sorted(self.deployments)) or "none"
+            raise NotFound(f"deployment: no deployment {request.deployment!r}; deployments are {known}")
+        return tier
 
     async def _decide(
         self, messages: Sequence[c.ChatMessage], tier: int, user: str, segment: str, context: Context
@@ -157,7 +179,10 @@ class RouterServicer:
         request_id = logs.request_id_var.get()
         user, segment = identity_from(context)
         client_request_id = identity.client_request_id(identity.metadata_dict(context.invocation_metadata()))
-        decision = await self._decide(request.messages, request.tier, user, segment, context)
+        decision = await self._decide(request.messages, self._pinned_tier(request, context), user, segment, context)
+        if request.deployment:
+            reasons = [f"deployment {request.deployment} pinned by the caller (operator role)", *decision.reasons]
+            decision = dataclasses.replace(decision, reasons=reasons)
         log.info(
             "routed",
             extra={
@@ -216,6 +241,7 @@ class RouterServicer:
             max_tokens=request.max_tokens,
             bypass_cache=request.bypass_cache,
             context_id=grounded.context_id,
+            deployment=request.deployment,
         )
         if request.HasField("temperature"):
             generate.temperature = request.temperature

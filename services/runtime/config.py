@@ -385,6 +385,18 @@ def health_endpoint(tree: Mapping[str, Any], name: str) -> tuple[str, int]:
     return _port_of(tree, name, "health_port", HEALTH_DEFAULT_PORTS[name], lo=1)
 
 
+def deployment_tiers(tree: Mapping[str, Any]) -> dict[str, int]:
+    """Each configured deployment's name and its tier (`inference.tiers`), for the parts that let
+    a caller pin one; Inference checks the deployments themselves."""
+    out: dict[str, int] = {}
+    raw = section(tree, "inference").get("tiers")
+    for tier, items in raw.items() if isinstance(raw, Mapping) else ():
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, Mapping) and isinstance(item.get("name"), str) and str(tier).isdigit():
+                out[item["name"]] = int(tier)
+    return out
+
+
 def default_collection(tree: Mapping[str, Any]) -> str:
     """The knowledge collection chats search and `tiermesh ingest/search` use when none is named
     (`knowledge.default_collection`)."""

@@ -365,7 +365,12 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
     conn = await asyncpg.connect(fresh_database_url)
     other = await asyncpg.connect(fresh_database_url)
     try:
-        assert await db.migrate(conn) == ["0001_usage_events", "0002_rollups", "0003_client_request_id"]
+        assert await db.migrate(conn) == [
+            "0001_usage_events",
+            "0002_rollups",
+            "0003_client_request_id",
+            "0004_api_keys",
+        ]
         assert await db.migrate(conn) == []  # idempotent
         from datetime import UTC, datetime, timedelta
 

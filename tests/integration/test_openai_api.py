@@ -122,7 +122,8 @@ async def test_bad_requests_get_openais_error_object_with_what_to_fix(api: Api) 
         await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], temperature=7)
     assert bad_temperature.value.param == "temperature"
     models = await client.models.list()
-    assert {m.id for m in models.data} == {"auto", "tier-1", "tier-2", "tier-3", "tier-4"}
+    ids = {m.id for m in models.data}
+    assert {"auto", "tier-1", "tier-2", "tier-3", "tier-4", "sim-fast", "sim-premium"} <= ids
     await client.close()
 
 
@@ -254,3 +255,22 @@ async def test_identity_headers_a_client_sends_are_not_believed(api: Api) -> Non
     assert resp.status_code == 200
     decision = resp.json()["tiermesh"]["decision"]
     assert decision["segment"] == "vip"  # the token's, not the forged header's
+
+
+async def test_an_operator_pins_a_deployment_by_name_and_no_one_else_may(api: Api) -> None:
+    operator = openai.AsyncOpenAI(base_url=api.url, api_key=api.mesh.token(role="operator"), max_retries=0)
+    raw = await operator.chat.completions.with_raw_response.create(
+        model="sim-balanced", messages=[{"role": "user", "content": "hello"}]
+    )
+    pinned = raw.parse()
+    assert raw.headers["x-tiermesh-model"] == "sim-balanced" and raw.headers["x-tiermesh-tier"] == "2"
+    assert pinned.model_extra is not None and "pinned" in pinned.model_extra["tiermesh"]["decision"]["reasons"][0]
+    with pytest.raises(openai.NotFoundError) as unknown:
+        await operator.chat.completions.create(model="sim-nonexistent", messages=[{"role": "user", "content": "hi"}])
+    assert unknown.value.code == "model_not_found"
+    await operator.close()
+    client = async_client(api)
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await client.chat.completions.create(model="sim-balanced", messages=[{"role": "user", "content": "hello"}])
+    await client.close()
+    assert denied.value.status_code == 403 and "operator role" in denied.value.message

@@ -26,7 +26,7 @@ from tiermesh.common.v1 import common_pb2 as tiermesh_dot_common_dot_v1_dot_comm
 from tiermesh.common.v1 import limits_pb2 as tiermesh_dot_common_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tiermesh/inference/v1/inference_service.proto\x12\x15tiermesh.inference.v1\x1a\x1ftiermesh/common/v1/common.proto\x1a\x1ftiermesh/common/v1/limits.proto\"\xa1\x02\n\x0fGenerateRequest\x12;\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.tiermesh.common.v1.ChatMessageB\x08\xca\xf3\x18\x04\x08\x01 A\x12\x30\n\x04tier\x18\x02 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x08\xca\xf3\x18\x04\x08\x01\x38\x01\x12*\n\nmax_tokens\x18\x03 \x01(\rB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xc0@\x12\x30\n\x0btemperature\x18\x04 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\x00@H\x00\x88\x01\x01\x12\x14\n\x0c\x62ypass_cache\x18\x05 \x01(\x08\x12\x1b\n\ncontext_id\x18\x06 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x01\x42\x0e\n\x0c_temperature\"\xf6\x01\n\x10GenerateResponse\x12>\n\x0emodel_selected\x18\x01 \x01(\x0b\x32$.tiermesh.inference.v1.ModelSelectedH\x00\x12.\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1d.tiermesh.common.v1.TextDeltaH\x00\x12\x33\n\x04\x64one\x18\x03 \x01(\x0b\x32#.tiermesh.inference.v1.GenerateDoneH\x00\x12\x34\n\x07restart\x18\x04 \x01(\x0b\x32!.tiermesh.common.v1.StreamRestartH\x00\x42\x07\n\x05\x65vent\"Z\n\rModelSelected\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x04tier\x18\x03 \x01(\x0e\x32\x18.tiermesh.common.v1.Tier\"\xfc\x01\n\x0cGenerateDone\x12(\n\x05usage\x18\x01 \x01(\x0b\x32\x19.tiermesh.common.v1.Usage\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x37\n\rfinish_reason\x18\x05 \x01(\x0e\x32 .tiermesh.common.v1.FinishReason\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x15\n\rfallback_path\x18\x07 \x03(\t\x12-\n\x08\x61ttempts\x18\x08 \x03(\x0b\x32\x1b.tiermesh.common.v1.Attempt\"C\n\x11ListModelsRequest\x12.\n\x04tier\x18\x01 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x06\xca\xf3\x18\x02\x38\x01\"F\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .tiermesh.inference.v1.ModelInfo\"\xed\x01\n\tModelInfo\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x04tier\x18\x03 \x01(\x0e\x32\x18.tiermesh.common.v1.Tier\x12\x10\n\x08provider\x18\x04 \x01(\t\x12 \n\x18input_micro_usd_per_mtok\x18\x05 \x01(\x03\x12!\n\x19output_micro_usd_per_mtok\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ontext_window\x18\x07 \x01(\r\x12\x0f\n\x07healthy\x18\x08 \x01(\x08\x12\x15\n\rbreaker_state\x18\t \x01(\t2\xd4\x01\n\x10InferenceService\x12]\n\x08Generate\x12&.tiermesh.inference.v1.GenerateRequest\x1a\'.tiermesh.inference.v1.GenerateResponse0\x01\x12\x61\n\nListModels\x12(.tiermesh.inference.v1.ListModelsRequest\x1a).tiermesh.inference.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tiermesh/inference/v1/inference_service.proto\x12\x15tiermesh.inference.v1\x1a\x1ftiermesh/common/v1/common.proto\x1a\x1ftiermesh/common/v1/limits.proto\"\xbe\x02\n\x0fGenerateRequest\x12;\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.tiermesh.common.v1.ChatMessageB\x08\xca\xf3\x18\x04\x08\x01 A\x12\x30\n\x04tier\x18\x02 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x08\xca\xf3\x18\x04\x08\x01\x38\x01\x12*\n\nmax_tokens\x18\x03 \x01(\rB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xc0@\x12\x30\n\x0btemperature\x18\x04 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\x00@H\x00\x88\x01\x01\x12\x14\n\x0c\x62ypass_cache\x18\x05 \x01(\x08\x12\x1b\n\ncontext_id\x18\x06 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x01\x12\x1b\n\ndeployment\x18\x07 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x01\x42\x0e\n\x0c_temperature\"\xf6\x01\n\x10GenerateResponse\x12>\n\x0emodel_selected\x18\x01 \x01(\x0b\x32$.tiermesh.inference.v1.ModelSelectedH\x00\x12.\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1d.tiermesh.common.v1.TextDeltaH\x00\x12\x33\n\x04\x64one\x18\x03 \x01(\x0b\x32#.tiermesh.inference.v1.GenerateDoneH\x00\x12\x34\n\x07restart\x18\x04 \x01(\x0b\x32!.tiermesh.common.v1.StreamRestartH\x00\x42\x07\n\x05\x65vent\"Z\n\rModelSelected\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x04tier\x18\x03 \x01(\x0e\x32\x18.tiermesh.common.v1.Tier\"\xfc\x01\n\x0cGenerateDone\x12(\n\x05usage\x18\x01 \x01(\x0b\x32\x19.tiermesh.common.v1.Usage\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x37\n\rfinish_reason\x18\x05 \x01(\x0e\x32 .tiermesh.common.v1.FinishReason\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x15\n\rfallback_path\x18\x07 \x03(\t\x12-\n\x08\x61ttempts\x18\x08 \x03(\x0b\x32\x1b.tiermesh.common.v1.Attempt\"C\n\x11ListModelsRequest\x12.\n\x04tier\x18\x01 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x06\xca\xf3\x18\x02\x38\x01\"F\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .tiermesh.inference.v1.ModelInfo\"\xed\x01\n\tModelInfo\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x04tier\x18\x03 \x01(\x0e\x32\x18.tiermesh.common.v1.Tier\x12\x10\n\x08provider\x18\x04 \x01(\t\x12 \n\x18input_micro_usd_per_mtok\x18\x05 \x01(\x03\x12!\n\x19output_micro_usd_per_mtok\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ontext_window\x18\x07 \x01(\r\x12\x0f\n\x07healthy\x18\x08 \x01(\x08\x12\x15\n\rbreaker_state\x18\t \x01(\t2\xd4\x01\n\x10InferenceService\x12]\n\x08Generate\x12&.tiermesh.inference.v1.GenerateRequest\x1a\'.tiermesh.inference.v1.GenerateResponse0\x01\x12\x61\n\nListModels\x12(.tiermesh.inference.v1.ListModelsRequest\x1a).tiermesh.inference.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,22 +43,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST'].fields_by_name['temperature']._serialized_options = b'\312\363\030\022)\000\000\000\000\000\000\000\0001\000\000\000\000\000\000\000@'
   _globals['_GENERATEREQUEST'].fields_by_name['context_id']._loaded_options = None
   _globals['_GENERATEREQUEST'].fields_by_name['context_id']._serialized_options = b'\312\363\030\003\030\200\001'
+  _globals['_GENERATEREQUEST'].fields_by_name['deployment']._loaded_options = None
+  _globals['_GENERATEREQUEST'].fields_by_name['deployment']._serialized_options = b'\312\363\030\003\030\200\001'
   _globals['_LISTMODELSREQUEST'].fields_by_name['tier']._loaded_options = None
   _globals['_LISTMODELSREQUEST'].fields_by_name['tier']._serialized_options = b'\312\363\030\0028\001'
   _globals['_GENERATEREQUEST']._serialized_start=139
-  _globals['_GENERATEREQUEST']._serialized_end=428
-  _globals['_GENERATERESPONSE']._serialized_start=431
-  _globals['_GENERATERESPONSE']._serialized_end=677
-  _globals['_MODELSELECTED']._serialized_start=679
-  _globals['_MODELSELECTED']._serialized_end=769
-  _globals['_GENERATEDONE']._serialized_start=772
-  _globals['_GENERATEDONE']._serialized_end=1024
-  _globals['_LISTMODELSREQUEST']._serialized_start=1026
-  _globals['_LISTMODELSREQUEST']._serialized_end=1093
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1095
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1165
-  _globals['_MODELINFO']._serialized_start=1168
-  _globals['_MODELINFO']._serialized_end=1405
-  _globals['_INFERENCESERVICE']._serialized_start=1408
-  _globals['_INFERENCESERVICE']._serialized_end=1620
+  _globals['_GENERATEREQUEST']._serialized_end=457
+  _globals['_GENERATERESPONSE']._serialized_start=460
+  _globals['_GENERATERESPONSE']._serialized_end=706
+  _globals['_MODELSELECTED']._serialized_start=708
+  _globals['_MODELSELECTED']._serialized_end=798
+  _globals['_GENERATEDONE']._serialized_start=801
+  _globals['_GENERATEDONE']._serialized_end=1053
+  _globals['_LISTMODELSREQUEST']._serialized_start=1055
+  _globals['_LISTMODELSREQUEST']._serialized_end=1122
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1124
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1194
+  _globals['_MODELINFO']._serialized_start=1197
+  _globals['_MODELINFO']._serialized_end=1434
+  _globals['_INFERENCESERVICE']._serialized_start=1437
+  _globals['_INFERENCESERVICE']._serialized_end=1649
 # @@protoc_insertion_point(module_scope)

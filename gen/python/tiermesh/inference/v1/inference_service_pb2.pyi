@@ -31,6 +31,7 @@ class GenerateRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     BYPASS_CACHE_FIELD_NUMBER: _builtins.int
     CONTEXT_ID_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     tier: _common_pb2.Tier.ValueType
     """tier is the tier whose models answer; required."""
     max_tokens: _builtins.int
@@ -42,6 +43,10 @@ class GenerateRequest(_message.Message):
     context_id: _builtins.str
     """context_id identifies the retrieved knowledge put into the messages (part of the cache
     key); empty when there is none. At most 128 code points.
+    """
+    deployment: _builtins.str
+    """deployment, when set, is the only deployment of the tier that may answer (a caller pinned
+    it); INVALID_ARGUMENT when the tier has no deployment of that name.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
@@ -58,10 +63,11 @@ class GenerateRequest(_message.Message):
         temperature: _builtins.float | None = ...,
         bypass_cache: _builtins.bool = ...,
         context_id: _builtins.str = ...,
+        deployment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "bypass_cache", b"bypass_cache", "context_id", b"context_id", "max_tokens", b"max_tokens", "messages", b"messages", "temperature", b"temperature", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "bypass_cache", b"bypass_cache", "context_id", b"context_id", "deployment", b"deployment", "max_tokens", b"max_tokens", "messages", b"messages", "temperature", b"temperature", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015

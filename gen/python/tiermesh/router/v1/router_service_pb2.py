@@ -26,7 +26,7 @@ from tiermesh.common.v1 import common_pb2 as tiermesh_dot_common_dot_v1_dot_comm
 from tiermesh.common.v1 import limits_pb2 as tiermesh_dot_common_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'tiermesh/router/v1/router_service.proto\x12\x12tiermesh.router.v1\x1a\x1ftiermesh/common/v1/common.proto\x1a\x1ftiermesh/common/v1/limits.proto\"\xfe\x01\n\x0b\x43hatRequest\x12;\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.tiermesh.common.v1.ChatMessageB\x08\xca\xf3\x18\x04\x08\x01 @\x12*\n\nmax_tokens\x18\x02 \x01(\rB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xc0@\x12\x30\n\x0btemperature\x18\x03 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\x00@H\x00\x88\x01\x01\x12.\n\x04tier\x18\x04 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x06\xca\xf3\x18\x02\x38\x01\x12\x14\n\x0c\x62ypass_cache\x18\x05 \x01(\x08\x42\x0e\n\x0c_temperature\"\x94\x02\n\x0c\x43hatResponse\x12\x35\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32!.tiermesh.router.v1.RouteDecisionH\x00\x12.\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1d.tiermesh.common.v1.TextDeltaH\x00\x12,\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1c.tiermesh.router.v1.ChatDoneH\x00\x12\x34\n\x07restart\x18\x04 \x01(\x0b\x32!.tiermesh.common.v1.StreamRestartH\x00\x12\x30\n\x08\x63itation\x18\x05 \x01(\x0b\x32\x1c.tiermesh.router.v1.CitationH\x00\x42\x07\n\x05\x65vent\"_\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\r\n\x05index\x18\x04 \x01(\r\x12\x11\n\tchunk_ids\x18\x05 \x03(\t\"\xb7\x02\n\rRouteDecision\x12&\n\x04tier\x18\x01 \x01(\x0e\x32\x18.tiermesh.common.v1.Tier\x12*\n\x06intent\x18\x02 \x01(\x0e\x32\x1a.tiermesh.common.v1.Intent\x12\x19\n\x11intent_confidence\x18\x03 \x01(\x02\x12\x32\n\ncomplexity\x18\x04 \x01(\x0e\x32\x1e.tiermesh.common.v1.Complexity\x12\x18\n\x10\x63omplexity_score\x18\x05 \x01(\x02\x12,\n\x07segment\x18\x06 \x01(\x0e\x32\x1b.tiermesh.common.v1.Segment\x12\x0f\n\x07reasons\x18\x07 \x03(\t\x12\x16\n\x0epolicy_version\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"\x97\x02\n\x08\x43hatDone\x12(\n\x05usage\x18\x01 \x01(\x0b\x32\x19.tiermesh.common.v1.Usage\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x37\n\rfinish_reason\x18\x05 \x01(\x0e\x32 .tiermesh.common.v1.FinishReason\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x15\n\rfallback_path\x18\x07 \x03(\t\x12-\n\x08\x61ttempts\x18\x08 \x03(\x0b\x32\x1b.tiermesh.common.v1.Attempt\x12\x1d\n\x15knowledge_unavailable\x18\t \x01(\x08\"{\n\x0cRouteRequest\x12;\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.tiermesh.common.v1.ChatMessageB\x08\xca\xf3\x18\x04\x08\x01 @\x12.\n\x04tier\x18\x02 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x06\xca\xf3\x18\x02\x38\x01\"D\n\rRouteResponse\x12\x33\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32!.tiermesh.router.v1.RouteDecision2\xaa\x01\n\rRouterService\x12K\n\x04\x43hat\x12\x1f.tiermesh.router.v1.ChatRequest\x1a .tiermesh.router.v1.ChatResponse0\x01\x12L\n\x05Route\x12 .tiermesh.router.v1.RouteRequest\x1a!.tiermesh.router.v1.RouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'tiermesh/router/v1/router_service.proto\x12\x12tiermesh.router.v1\x1a\x1ftiermesh/common/v1/common.proto\x1a\x1ftiermesh/common/v1/limits.proto\"\x9b\x02\n\x0b\x43hatRequest\x12;\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.tiermesh.common.v1.ChatMessageB\x08\xca\xf3\x18\x04\x08\x01 @\x12*\n\nmax_tokens\x18\x02 \x01(\rB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xc0@\x12\x30\n\x0btemperature\x18\x03 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\x00@H\x00\x88\x01\x01\x12.\n\x04tier\x18\x04 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x06\xca\xf3\x18\x02\x38\x01\x12\x14\n\x0c\x62ypass_cache\x18\x05 \x01(\x08\x12\x1b\n\ndeployment\x18\x06 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x01\x42\x0e\n\x0c_temperature\"\x94\x02\n\x0c\x43hatResponse\x12\x35\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32!.tiermesh.router.v1.RouteDecisionH\x00\x12.\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1d.tiermesh.common.v1.TextDeltaH\x00\x12,\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1c.tiermesh.router.v1.ChatDoneH\x00\x12\x34\n\x07restart\x18\x04 \x01(\x0b\x32!.tiermesh.common.v1.StreamRestartH\x00\x12\x30\n\x08\x63itation\x18\x05 \x01(\x0b\x32\x1c.tiermesh.router.v1.CitationH\x00\x42\x07\n\x05\x65vent\"_\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\r\n\x05index\x18\x04 \x01(\r\x12\x11\n\tchunk_ids\x18\x05 \x03(\t\"\xb7\x02\n\rRouteDecision\x12&\n\x04tier\x18\x01 \x01(\x0e\x32\x18.tiermesh.common.v1.Tier\x12*\n\x06intent\x18\x02 \x01(\x0e\x32\x1a.tiermesh.common.v1.Intent\x12\x19\n\x11intent_confidence\x18\x03 \x01(\x02\x12\x32\n\ncomplexity\x18\x04 \x01(\x0e\x32\x1e.tiermesh.common.v1.Complexity\x12\x18\n\x10\x63omplexity_score\x18\x05 \x01(\x02\x12,\n\x07segment\x18\x06 \x01(\x0e\x32\x1b.tiermesh.common.v1.Segment\x12\x0f\n\x07reasons\x18\x07 \x03(\t\x12\x16\n\x0epolicy_version\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"\x97\x02\n\x08\x43hatDone\x12(\n\x05usage\x18\x01 \x01(\x0b\x32\x19.tiermesh.common.v1.Usage\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x37\n\rfinish_reason\x18\x05 \x01(\x0e\x32 .tiermesh.common.v1.FinishReason\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x15\n\rfallback_path\x18\x07 \x03(\t\x12-\n\x08\x61ttempts\x18\x08 \x03(\x0b\x32\x1b.tiermesh.common.v1.Attempt\x12\x1d\n\x15knowledge_unavailable\x18\t \x01(\x08\"{\n\x0cRouteRequest\x12;\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.tiermesh.common.v1.ChatMessageB\x08\xca\xf3\x18\x04\x08\x01 @\x12.\n\x04tier\x18\x02 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x06\xca\xf3\x18\x02\x38\x01\"D\n\rRouteResponse\x12\x33\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32!.tiermesh.router.v1.RouteDecision2\xaa\x01\n\rRouterService\x12K\n\x04\x43hat\x12\x1f.tiermesh.router.v1.ChatRequest\x1a .tiermesh.router.v1.ChatResponse0\x01\x12L\n\x05Route\x12 .tiermesh.router.v1.RouteRequest\x1a!.tiermesh.router.v1.RouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,24 +41,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATREQUEST'].fields_by_name['temperature']._serialized_options = b'\312\363\030\022)\000\000\000\000\000\000\000\0001\000\000\000\000\000\000\000@'
   _globals['_CHATREQUEST'].fields_by_name['tier']._loaded_options = None
   _globals['_CHATREQUEST'].fields_by_name['tier']._serialized_options = b'\312\363\030\0028\001'
+  _globals['_CHATREQUEST'].fields_by_name['deployment']._loaded_options = None
+  _globals['_CHATREQUEST'].fields_by_name['deployment']._serialized_options = b'\312\363\030\003\030\200\001'
   _globals['_ROUTEREQUEST'].fields_by_name['messages']._loaded_options = None
   _globals['_ROUTEREQUEST'].fields_by_name['messages']._serialized_options = b'\312\363\030\004\010\001 @'
   _globals['_ROUTEREQUEST'].fields_by_name['tier']._loaded_options = None
   _globals['_ROUTEREQUEST'].fields_by_name['tier']._serialized_options = b'\312\363\030\0028\001'
   _globals['_CHATREQUEST']._serialized_start=130
-  _globals['_CHATREQUEST']._serialized_end=384
-  _globals['_CHATRESPONSE']._serialized_start=387
-  _globals['_CHATRESPONSE']._serialized_end=663
-  _globals['_CITATION']._serialized_start=665
-  _globals['_CITATION']._serialized_end=760
-  _globals['_ROUTEDECISION']._serialized_start=763
-  _globals['_ROUTEDECISION']._serialized_end=1074
-  _globals['_CHATDONE']._serialized_start=1077
-  _globals['_CHATDONE']._serialized_end=1356
-  _globals['_ROUTEREQUEST']._serialized_start=1358
-  _globals['_ROUTEREQUEST']._serialized_end=1481
-  _globals['_ROUTERESPONSE']._serialized_start=1483
-  _globals['_ROUTERESPONSE']._serialized_end=1551
-  _globals['_ROUTERSERVICE']._serialized_start=1554
-  _globals['_ROUTERSERVICE']._serialized_end=1724
+  _globals['_CHATREQUEST']._serialized_end=413
+  _globals['_CHATRESPONSE']._serialized_start=416
+  _globals['_CHATRESPONSE']._serialized_end=692
+  _globals['_CITATION']._serialized_start=694
+  _globals['_CITATION']._serialized_end=789
+  _globals['_ROUTEDECISION']._serialized_start=792
+  _globals['_ROUTEDECISION']._serialized_end=1103
+  _globals['_CHATDONE']._serialized_start=1106
+  _globals['_CHATDONE']._serialized_end=1385
+  _globals['_ROUTEREQUEST']._serialized_start=1387
+  _globals['_ROUTEREQUEST']._serialized_end=1510
+  _globals['_ROUTERESPONSE']._serialized_start=1512
+  _globals['_ROUTERESPONSE']._serialized_end=1580
+  _globals['_ROUTERSERVICE']._serialized_start=1583
+  _globals['_ROUTERSERVICE']._serialized_end=1753
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,7 @@ class ChatRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     BYPASS_CACHE_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
     """max_tokens caps the answer length in tokens: 0 (the tier's default) to 8,192."""
     temperature: _builtins.float
@@ -38,6 +39,11 @@ class ChatRequest(_message.Message):
     """tier pins the tier; TIER_UNSPECIFIED (the default) lets the router decide."""
     bypass_cache: _builtins.bool
     """bypass_cache asks for a fresh answer even when a cached one exists."""
+    deployment: _builtins.str
+    """deployment pins the configured deployment that answers (`inference.tiers`), for the operator
+    role only (PERMISSION_DENIED otherwise; NOT_FOUND for an unknown name): its tier is the
+    decision's and no other deployment is tried. Empty (the default) lets tiermesh choose.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
         """messages is the conversation so far, oldest first, ending with the user's message:
@@ -52,10 +58,11 @@ class ChatRequest(_message.Message):
         temperature: _builtins.float | None = ...,
         tier: _common_pb2.Tier.ValueType = ...,
         bypass_cache: _builtins.bool = ...,
+        deployment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "bypass_cache", b"bypass_cache", "max_tokens", b"max_tokens", "messages", b"messages", "temperature", b"temperature", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "bypass_cache", b"bypass_cache", "deployment", b"deployment", "max_tokens", b"max_tokens", "messages", b"messages", "temperature", b"temperature", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
