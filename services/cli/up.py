@@ -99,6 +99,10 @@ async def up(timeout_s: float, ingest_paths: list[str] | None = None, replicas: 
     if WEB in sup.parts:
         host, port = config.endpoint(tree, WEB)
         print(f"Chat in a browser: http://{host}:{port}", flush=True)
+    if "openai" in sup.parts:
+        print(
+            f"OpenAI SDKs: base URL http://{config.target(tree, 'envoy')}/v1 (a `tiermesh keys create` key)", flush=True
+        )
     print('Try: .venv/bin/tiermesh chat "how do I pay with Pix?"   ·   Ctrl-C stops everything\n', flush=True)
     waiter = asyncio.ensure_future(sup.wait_any_exit())
     stopper = asyncio.ensure_future(stop.wait())

@@ -64,6 +64,8 @@ async def main() -> None:
         # Chats search (the Router); only an operator changes what is in the knowledge base.
         callers={
             served.path("Search"): (tls.ROUTER, tls.OPERATOR),
+            # The OpenAI-compatible API's /v1/embeddings.
+            served.path("Embed"): (tls.OPENAI, tls.ROUTER, tls.OPERATOR),
             served.path("UpsertDocuments"): (tls.OPERATOR,),
             served.path("DeleteDocuments"): (tls.OPERATOR,),
         },

@@ -9,7 +9,7 @@ from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as pb_grpc
 
 from services.knowledge import metrics
 from services.knowledge.store import DocumentIn, KnowledgeStore, check_metadata_keys
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.server import Context
 from services.runtime.validation import validate
 
@@ -81,4 +81,21 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
                 )
                 for h in hits
             ]
+        )
+
+    async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
+        validate(request)
+        embedder = self.store.embedder
+        if request.model and request.model != embedder.name:
+            raise NotFound(f"model: this knowledge base embeds with {embedder.name!r}, not {request.model[:100]!r}")
+        texts = list(request.texts)
+        counts = embedder.count_tokens(texts)
+        vectors = await embedder.embed(texts)
+        return pb.EmbedResponse(
+            embeddings=[
+                pb.Embedding(values=vector.tolist(), truncated=n > embedder.max_tokens)
+                for vector, n in zip(vectors, counts, strict=True)
+            ],
+            model=embedder.name,
+            prompt_tokens=sum(min(n, embedder.max_tokens) for n in counts),
         )

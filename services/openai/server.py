@@ -1,13 +1,16 @@
-"""The OpenAI-compatible HTTP API: `/v1/chat/completions` (streamed and not) and `/v1/models`,
-translated to RouterService.Chat, so routing, grounding, the cache, fallbacks, usage and budgets
-all apply as for any gRPC client.
+"""The OpenAI-compatible HTTP API: `/v1/chat/completions` (streamed and not), `/v1/models` and
+`/v1/embeddings`. Chat is translated to RouterService.Chat, so routing, grounding, the cache,
+fallbacks, usage and budgets all apply as for any gRPC client; embeddings come from Knowledge's
+model (KnowledgeService.Embed).
 
-It sits behind the edge: Envoy verifies the caller's token, applies the rate limits and writes the
-identity headers (`x-tiermesh-user`, `x-tiermesh-segment`), which this service passes on to the
-Router with a certificate of its own role (`openai`), the one besides the edge's whose identity
-headers the Router honours. tiermesh's facts about an answer travel in response headers
-(`x-tiermesh-tier`, `-intent`, `-request-id`, and, when not streamed, `-cost-usd` and
-`-model`) and in the `tiermesh` field of the chunks (see services.openai.wire).
+It sits behind the edge: Envoy verifies the caller's token or API key, applies the rate limits and
+writes the identity headers (`x-tiermesh-user`, `-segment`, `-role`, and a key's budget), which
+this service honours only from the edge's certificate and passes on to the Router with a
+certificate of its own role (`openai`), the one besides the edge's whose identity headers the
+Router honours. tiermesh's facts about an answer travel in response headers (`x-tiermesh-tier`,
+`-intent`, `-request-id`, and, when not streamed, `-cost-usd` and `-model`) and in the `tiermesh`
+field of the chunks (see services.openai.wire). `model` is `auto`, `tier-N`, or a deployment's
+name (the Router lets only the operator role pin one).
 """
 
 from __future__ import annotations
@@ -22,9 +25,20 @@ from typing import Any
 import grpc
 from aiohttp import web
 from tiermesh.common.v1 import common_pb2 as c
+from tiermesh.knowledge.v1 import knowledge_service_pb2 as kpb
+from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as kpb_grpc
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
-from services.openai.wire import AUTO, TIER_MODELS, ApiError, Stream, from_grpc, parse_request
+from services.openai.wire import (
+    AUTO,
+    TIER_MODELS,
+    ApiError,
+    Stream,
+    embeddings_response,
+    from_grpc,
+    parse_embeddings,
+    parse_request,
+)
 from services.runtime import config, identity, tls
 
 MAX_BODY_BYTES = 1 << 20  # the contract allows 64 messages of 32,000 characters; JSON adds little
@@ -77,9 +91,14 @@ def _from_edge(request: web.Request) -> bool:
 
 class OpenAIApi:
     def __init__(
-        self, chat: Callable[..., Any], timeout_s: float = 600.0, deployments: Mapping[str, int] | None = None
+        self,
+        chat: Callable[..., Any],
+        timeout_s: float = 600.0,
+        deployments: Mapping[str, int] | None = None,
+        embed: Callable[..., Any] | None = None,
     ) -> None:
         self.chat = chat
+        self.embed = embed
         self.timeout_s = timeout_s
         self.deployments = dict(deployments or {})  # name -> tier: models a caller may pin
         self.draining = False
@@ -88,6 +107,7 @@ class OpenAIApi:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[openai_errors])
         app.router.add_post("/v1/chat/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         return app
 
     def health_app(self) -> web.Application:
@@ -104,6 +124,20 @@ class OpenAIApi:
         ids = [AUTO, *TIER_MODELS, *self.deployments]
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "tiermesh"} for m in ids]
         return web.json_response({"object": "list", "data": data})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """Embeddings from the knowledge base's model (Knowledge's Embed), in OpenAI's format."""
+        req = parse_embeddings(await request.read())
+        if self.embed is None:
+            raise ApiError(503, "embeddings are not served here: Knowledge is not configured", "service_unavailable")
+        try:
+            reply = await self.embed(kpb.EmbedRequest(texts=req.texts, model=req.model), timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            err = from_grpc(exc.code(), exc.details() or "")
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                err.param, err.code = "model", "model_not_found"
+            raise err from None
+        return web.json_response(embeddings_response(reply, req.base64))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_request(await request.read(), self.deployments)
@@ -141,11 +175,11 @@ class OpenAIApi:
         response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
         await response.prepare(request)
         try:
-            for line in stream.events(first):
-                await response.write(line)
+            await response.write(b"".join(stream.events(first)))
             async for event in events:
-                for line in stream.events(event):
-                    await response.write(line)
+                lines = stream.events(event)
+                if lines:
+                    await response.write(lines[0] if len(lines) == 1 else b"".join(lines))
         except grpc.aio.AioRpcError as exc:
             # The status is sent; OpenAI streams report a late error as one more event.
             await response.write(b"data: " + from_grpc(exc.code(), exc.details() or "").body() + b"\n\n")
@@ -164,4 +198,6 @@ def build(tree: Mapping[str, Any]) -> OpenAIApi:
     """The API over a channel to the Router, calling as the `openai` role."""
     channel = tls.channel(dict(tree), "router", tls.OPENAI)
     timeout_s = config.get_float(config.section(tree, "openai"), "timeout_s", 600.0, where="openai", lo=1, hi=86_400)
-    return OpenAIApi(pb_grpc.RouterServiceStub(channel).Chat, timeout_s, config.deployment_tiers(tree))
+    knowledge = tls.channel(dict(tree), "knowledge", tls.OPENAI, options=config.QUICK_RECONNECT)
+    embed = kpb_grpc.KnowledgeServiceStub(knowledge).Embed
+    return OpenAIApi(pb_grpc.RouterServiceStub(channel).Chat, timeout_s, config.deployment_tiers(tree), embed)

@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import struct
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,13 +135,19 @@ def _int(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     return value
 
 
-def parse_request(raw: bytes, deployments: Collection[str] = ()) -> CompletionRequest:
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or the 400 OpenAI would answer."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not valid JSON: send a JSON object", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    return body
+
+
+def parse_request(raw: bytes, deployments: Collection[str] = ()) -> CompletionRequest:
+    body = _json_object(raw)
     for name, why in UNSUPPORTED.items():
         if body.get(name) not in (None, False, [], {}):
             raise _bad(why, name, "unsupported_parameter")
@@ -231,6 +239,10 @@ class Stream:
         self.extension: dict[str, Any] = {}
         self.finish: str | None = None
         self.usage: dict[str, int] | None = None
+        # A text chunk is most of a stream: its bytes around the text are made once, and only
+        # the text is encoded per chunk (the same JSON `_chunk` would make, key for key).
+        head, _, tail = self._chunk({"content": ""}, None).partition(b'"content":""')
+        self._delta_head, self._delta_tail = head + b'"content":', tail
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -272,8 +284,9 @@ class Stream:
             self.extension.setdefault("citations", []).append(cite)
             return [self._chunk({}, None, {"citation": cite})]
         if kind == "delta":
-            self.text.append(event.delta.text)
-            return [self._chunk({"content": event.delta.text}, None)]
+            text = event.delta.text
+            self.text.append(text)
+            return [self._delta_head + json.dumps(text, ensure_ascii=False).encode() + self._delta_tail]
         if kind == "restart":
             r = event.restart
             self.text.clear()
@@ -345,3 +358,51 @@ def from_grpc(code: grpc.StatusCode, message: str, retry_after_s: int | None = N
     status, kind, error_code = _GRPC_TO_HTTP.get(code, (500, "server_error", None))
     headers = {"retry-after": str(max(1, retry_after_s))} if status == 429 and retry_after_s is not None else {}
     return ApiError(status, message or code.name.lower().replace("_", " "), kind, None, error_code, headers)
+
+
+# --- /v1/embeddings --------------------------------------------------------------------------
+
+EMBEDDING_FIELDS = frozenset({"input", "model", "encoding_format", "user", "dimensions"})
+ENCODINGS = ("float", "base64")
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    texts: tuple[str, ...]
+    model: str  # as the caller named it; "" for the knowledge base's own
+    base64: bool
+
+
+def parse_embeddings(raw: bytes) -> EmbeddingRequest:
+    """A `/v1/embeddings` body; text inputs only (a string or a list of strings). The model is
+    `auto` or the knowledge base's embedding model (NOT_FOUND from Knowledge otherwise)."""
+    body = _json_object(raw)
+    unknown = sorted(k for k in body if k not in EMBEDDING_FIELDS)
+    if unknown:
+        raise _bad(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0], "unknown_parameter")
+    if body.get("dimensions") is not None:
+        raise _bad("dimensions is not supported: the embedding model's size is fixed; leave it out", "dimensions")
+    value = body.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise _bad("input: send a string or a non-empty list of strings (token arrays are not supported)", "input")
+    model = body.get("model", AUTO)
+    if not isinstance(model, str) or not model:
+        raise _bad("model: must be a string such as 'auto'", "model", "invalid_type")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ENCODINGS:
+        raise _bad(f"encoding_format: must be one of {', '.join(ENCODINGS)}", "encoding_format")
+    return EmbeddingRequest(tuple(texts), "" if model == AUTO else model, encoding == "base64")
+
+
+def embeddings_response(reply: Any, base64_encoded: bool) -> dict[str, Any]:
+    """Knowledge's EmbedResponse as OpenAI's embedding list (float lists, or little-endian
+    float32 bytes in base64 as the official SDKs ask for by default)."""
+    data = []
+    for i, e in enumerate(reply.embeddings):
+        vector: Any = list(e.values)
+        if base64_encoded:
+            vector = base64.b64encode(struct.pack(f"<{len(e.values)}f", *e.values)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    usage = {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens}
+    return {"object": "list", "data": data, "model": reply.model, "usage": usage}

@@ -438,7 +438,7 @@ def test_migrate_command(tmp_path: Path, fresh_database_url: str) -> None:
     tiermesh = str(Path(os.sys.executable).parent / "tiermesh")
     first = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "applied 0001_usage_events, 0002_rollups, 0003_client_request_id"
+    assert first.stdout.strip() == "applied 0001_usage_events, 0002_rollups, 0003_client_request_id, 0004_api_keys"
     again = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == "the database schema is up to date"
 

@@ -162,7 +162,7 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
         assert all(line.split()[-2:] == ["ok", "closed"] for line in lines[1:])
 
         health = subprocess.run([*enter, TIERMESH, "health"], env=env, capture_output=True, text=True, timeout=30)
-        statuses = dict(line.split()[:2] for line in health.stdout.splitlines()[:8] if line.strip())
+        statuses = dict(line.split()[:2] for line in health.stdout.splitlines()[:9] if line.strip())
         expected = {
             "simulator": "SERVING",
             "inference": "SERVING",
@@ -170,6 +170,7 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
             "analytics": "SERVING",
             "router": "SERVING",
             "ratelimit": "SERVING",
+            "openai": "SERVING",
             "envoy": "SERVING",
             # `make test` builds the web app first, so `tiermesh up` serves it too
             "web": "SERVING" if web_built() else "NOT_BUILT",

@@ -45,7 +45,7 @@ class Api:
 async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     mesh: Mesh = await start_mesh(
         tmp_path_factory.mktemp("openai"),
-        ["simulator", "inference", "analytics", "router", "openai", "ratelimit", "envoy"],
+        ["simulator", "inference", "knowledge", "analytics", "router", "openai", "ratelimit", "envoy"],
         TIERMESH_SIMULATOR__TOKEN_DELAY_MS="1",
         TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=LIMITS,
         TIERMESH_RATELIMIT__TIMEOUT_MS="2000",
@@ -274,3 +274,33 @@ async def test_an_operator_pins_a_deployment_by_name_and_no_one_else_may(api: Ap
         await client.chat.completions.create(model="sim-balanced", messages=[{"role": "user", "content": "hello"}])
     await client.close()
     assert denied.value.status_code == 403 and "operator role" in denied.value.message
+
+
+async def test_embeddings_come_from_the_knowledge_bases_model_in_either_encoding(api: Api) -> None:
+    def embed() -> openai.types.CreateEmbeddingResponse:
+        with sync_client(api) as client:  # the SDK asks for base64 and decodes it
+            return client.embeddings.create(model="auto", input=["Where is my order?", "Onde está meu pedido?"])
+
+    reply = await asyncio.to_thread(embed)
+    assert [d.index for d in reply.data] == [0, 1] and reply.model == "all-MiniLM-L6-v2"
+    assert reply.usage.prompt_tokens > 0 and reply.usage.total_tokens == reply.usage.prompt_tokens
+    vector = reply.data[0].embedding
+    assert len(vector) == 384 and abs(sum(v * v for v in vector) - 1.0) < 1e-3
+    async with httpx.AsyncClient(timeout=30) as raw:
+        floats = await raw.post(
+            api.url + "/embeddings",
+            json={"model": "all-MiniLM-L6-v2", "input": "Where is my order?", "encoding_format": "float"},
+            headers=api.auth,
+        )
+    assert floats.status_code == 200
+    same = floats.json()["data"][0]["embedding"]
+    assert max(abs(a - b) for a, b in zip(same, vector, strict=True)) < 1e-5
+    client = async_client(api)
+    with pytest.raises(openai.NotFoundError) as other_model:
+        await client.embeddings.create(model="text-embedding-3-large", input="hi")
+    assert other_model.value.code == "model_not_found" and "all-MiniLM-L6-v2" in other_model.value.message
+    for bad, param in (([], "input"), ([[1, 2, 3]], "input"), ([""], "texts[0]"), ("x" * 16_385, "16384")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.embeddings.create(model="auto", input=bad, encoding_format="float")  # type: ignore[arg-type]
+        assert param in str(refused.value.param) + refused.value.message, refused.value.message
+    await client.close()

@@ -10,11 +10,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
+from tiermesh.analytics.v1 import admin_service_pb2 as admin_pb
 from tiermesh.analytics.v1 import analytics_service_pb2 as apb
 from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.knowledge.v1 import knowledge_service_pb2 as kpb
 from tiermesh.router.v1 import router_service_pb2 as pb
+from tiermesh_authz.v3 import external_auth_pb2 as authz
 from tiermesh_rls.v3 import rls_pb2 as rls
 
 
@@ -43,9 +45,20 @@ EXAMPLES: dict[str, Callable[[], Message]] = {
         collection=FUZZ_COLLECTION, document_ids=["a"]
     ),
     "tiermesh.knowledge.v1.KnowledgeService/Search": lambda: kpb.SearchRequest(collection=FUZZ_COLLECTION, query="x"),
+    "tiermesh.knowledge.v1.KnowledgeService/Embed": lambda: kpb.EmbedRequest(texts=["x"]),
     "tiermesh.analytics.v1.AnalyticsService/RecordUsage": _usage,
     "tiermesh.analytics.v1.AnalyticsService/GetSpend": lambda: apb.GetSpendRequest(user="fuzz"),
     "tiermesh.analytics.v1.AnalyticsService/WatchSpend": lambda: apb.WatchSpendRequest(user="fuzz"),
+    "tiermesh.analytics.v1.AdminService/CreateKey": lambda: admin_pb.CreateKeyRequest(
+        user="fuzz", segment=c.SEGMENT_STANDARD, expires_in_s=60
+    ),
+    "tiermesh.analytics.v1.AdminService/ListKeys": lambda: admin_pb.ListKeysRequest(user="fuzz"),
+    "tiermesh.analytics.v1.AdminService/RevokeKey": lambda: admin_pb.RevokeKeyRequest(id="key_0000000000000000"),
+    "envoy.service.auth.v3.Authorization/Check": lambda: authz.CheckRequest(
+        attributes=authz.AttributeContext(
+            request=authz.Request(http=authz.HttpRequest(headers={"x-api-key": "tm-" + "x" * 43}))
+        )
+    ),
     "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit": lambda: rls.RateLimitRequest(
         domain="fuzz",
         descriptors=[rls.RateLimitDescriptor(entries=[rls.RateLimitDescriptor.Entry(key="k", value="v")])],
@@ -56,14 +69,18 @@ PART_OF = {
     "tiermesh.inference.v1.InferenceService": "inference",
     "tiermesh.knowledge.v1.KnowledgeService": "knowledge",
     "tiermesh.analytics.v1.AnalyticsService": "analytics",
+    "tiermesh.analytics.v1.AdminService": "analytics",
+    "envoy.service.auth.v3.Authorization": "analytics",
     "envoy.service.ratelimit.v3.RateLimitService": "ratelimit",
 }
-SERVICES = tuple(PART_OF.values())
+SERVICES = tuple(dict.fromkeys(PART_OF.values()))  # the parts, each once
 _DESCRIPTORS = {
     "tiermesh.router.v1.RouterService": pb.DESCRIPTOR,
     "tiermesh.inference.v1.InferenceService": ipb.DESCRIPTOR,
     "tiermesh.knowledge.v1.KnowledgeService": kpb.DESCRIPTOR,
     "tiermesh.analytics.v1.AnalyticsService": apb.DESCRIPTOR,
+    "tiermesh.analytics.v1.AdminService": admin_pb.DESCRIPTOR,
+    "envoy.service.auth.v3.Authorization": authz.DESCRIPTOR,
     "envoy.service.ratelimit.v3.RateLimitService": rls.DESCRIPTOR,
 }
 
@@ -113,7 +130,9 @@ def _all() -> list[Rpc]:
             ("Check", False, health_pb2.HealthCheckRequest, lambda: health_pb2.HealthCheckRequest()),
             ("List", False, health_pb2.HealthListRequest, lambda: health_pb2.HealthListRequest()),
         ):
-            out.append(Rpc(part, f"/grpc.health.v1.Health/{name}", streaming, cls, example))
+            rpc = Rpc(part, f"/grpc.health.v1.Health/{name}", streaming, cls, example)
+            if rpc not in out:  # health once per part
+                out.append(rpc)
     return out
 
 

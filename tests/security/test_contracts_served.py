@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 BUF = Path(sys.executable).with_name("buf")
 REFLECTION = ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection")
-CONTRACT_OF = {part: service for service, part in PART_OF.items()}
+CONTRACTS_OF = {part: [service for service, p in PART_OF.items() if p == part] for part in SERVICES}
 
 
 @pytest.mark.parametrize("rpc", RPCS, ids=lambda r: f"{r.part}{r.path}")
@@ -54,30 +54,31 @@ def files(reply: rpb.ServerReflectionResponse) -> dict[str, descriptor_pb2.FileD
 @pytest.mark.parametrize("part", SERVICES)
 @pytest.mark.parametrize("version", ["v1", "v1alpha"])
 async def test_each_service_describes_its_contract_by_reflection(attack: Attack, part: str, version: str) -> None:
-    contract = CONTRACT_OF[part]
-    expected = {r.path.rsplit("/", 1)[1] for r in RPCS if r.path.startswith(f"/{contract}/")}
+    contracts = CONTRACTS_OF[part]
     async with attack.mesh.channel(part) as channel:
-        listed, described, itself = await reflect(
+        listed, itself, *described = await reflect(
             channel,
             version,
             rpb.ServerReflectionRequest(list_services=""),
-            rpb.ServerReflectionRequest(file_containing_symbol=contract),
             rpb.ServerReflectionRequest(file_containing_symbol=f"grpc.reflection.{version}.ServerReflection"),
+            *(rpb.ServerReflectionRequest(file_containing_symbol=contract) for contract in contracts),
         )
     names = {s.name for s in listed.list_services_response.service}
-    assert names == {contract, "grpc.health.v1.Health", *REFLECTION}
-    package, service = contract.rsplit(".", 1)
-    found = [
-        {m.name for m in s.method}
-        for f in files(described).values()
-        if f.package == package
-        for s in f.service
-        if s.name == service
-    ]
-    assert found == [expected]
-    # The answer carries every file it imports: a client can build every message from it.
-    fdps = files(described)
-    assert all(dep in fdps for f in fdps.values() for dep in f.dependency)
+    assert names == {*contracts, "grpc.health.v1.Health", *REFLECTION}
+    for contract, reply in zip(contracts, described, strict=True):
+        expected = {r.path.rsplit("/", 1)[1] for r in RPCS if r.path.startswith(f"/{contract}/")}
+        package, service = contract.rsplit(".", 1)
+        found = [
+            {m.name for m in s.method}
+            for f in files(reply).values()
+            if f.package == package
+            for s in f.service
+            if s.name == service
+        ]
+        assert found == [expected], contract
+        # The answer carries every file it imports: a client can build every message from it.
+        fdps = files(reply)
+        assert all(dep in fdps for f in fdps.values() for dep in f.dependency)
     assert any(f.package == f"grpc.reflection.{version}" for f in files(itself).values())
 
 

@@ -172,3 +172,16 @@ def test_the_official_openai_types_accept_every_chunk_and_the_completion() -> No
     assert parsed[-1].usage is not None and parsed[-1].usage.total_tokens == 10
     completion = ChatCompletion.model_validate(stream.completion())
     assert completion.choices[0].message.content == "Olá, tudo" and completion.choices[0].finish_reason == "length"
+
+
+def test_a_text_chunk_is_exactly_the_json_of_its_chunk_whatever_the_text() -> None:
+    for include_usage in (False, True):
+        stream = Stream("chatcmpl-x", 1, "auto", include_usage)
+        for text in ('say "hi"\n', "olá 李 🚀", "\\u0000", "</script>", ""):
+            event = pb.ChatResponse(delta=c.TextDelta(text=text))
+            (chunk,) = stream.events(event)
+            assert chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
+            obj = json.loads(chunk[6:])
+            assert obj["choices"][0]["delta"] == {"content": text} and obj["choices"][0]["finish_reason"] is None
+            assert ("usage" in obj) == include_usage
+            assert chunk == stream._chunk({"content": text}, None)

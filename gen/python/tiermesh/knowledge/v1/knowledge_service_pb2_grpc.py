@@ -50,6 +50,11 @@ class KnowledgeServiceStub:
                 request_serializer=tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.SearchRequest.SerializeToString,
                 response_deserializer=tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/tiermesh.knowledge.v1.KnowledgeService/Embed',
+                request_serializer=tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServiceServicer:
@@ -79,6 +84,14 @@ class KnowledgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed returns the knowledge base's embedding of each text (unit length), in order: what the
+        OpenAI-compatible API's `/v1/embeddings` serves. NOT_FOUND when `model` names another model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KnowledgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.SearchRequest.FromString,
                     response_serializer=tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.SearchResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.EmbedRequest.FromString,
+                    response_serializer=tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class KnowledgeService:
             '/tiermesh.knowledge.v1.KnowledgeService/Search',
             tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.SearchRequest.SerializeToString,
             tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiermesh.knowledge.v1.KnowledgeService/Embed',
+            tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.EmbedRequest.SerializeToString,
+            tiermesh_dot_knowledge_dot_v1_dot_knowledge__service__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

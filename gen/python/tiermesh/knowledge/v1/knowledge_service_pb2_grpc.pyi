@@ -43,6 +43,10 @@ class KnowledgeServiceStub:
     """Search returns the chunks most relevant to a query, best first: hybrid of meaning (embedding
     cosine) and keywords (BM25, with cross-language synonyms).
     """
+    Embed: _grpc.UnaryUnaryMultiCallable[_knowledge_service_pb2.EmbedRequest, _knowledge_service_pb2.EmbedResponse]
+    """Embed returns the knowledge base's embedding of each text (unit length), in order: what the
+    OpenAI-compatible API's `/v1/embeddings` serves. NOT_FOUND when `model` names another model.
+    """
 
 @_typing.type_check_only
 class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
@@ -58,6 +62,10 @@ class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
     Search: _aio.UnaryUnaryMultiCallable[_knowledge_service_pb2.SearchRequest, _knowledge_service_pb2.SearchResponse]  # type: ignore[assignment]
     """Search returns the chunks most relevant to a query, best first: hybrid of meaning (embedding
     cosine) and keywords (BM25, with cross-language synonyms).
+    """
+    Embed: _aio.UnaryUnaryMultiCallable[_knowledge_service_pb2.EmbedRequest, _knowledge_service_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embed returns the knowledge base's embedding of each text (unit length), in order: what the
+    OpenAI-compatible API's `/v1/embeddings` serves. NOT_FOUND when `model` names another model.
     """
 
 class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +97,16 @@ class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_knowledge_service_pb2.SearchResponse, _abc.Awaitable[_knowledge_service_pb2.SearchResponse]]:
         """Search returns the chunks most relevant to a query, best first: hybrid of meaning (embedding
         cosine) and keywords (BM25, with cross-language synonyms).
+        """
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _knowledge_service_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_service_pb2.EmbedResponse, _abc.Awaitable[_knowledge_service_pb2.EmbedResponse]]:
+        """Embed returns the knowledge base's embedding of each text (unit length), in order: what the
+        OpenAI-compatible API's `/v1/embeddings` serves. NOT_FOUND when `model` names another model.
         """
 
 def add_KnowledgeServiceServicer_to_server(servicer: KnowledgeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

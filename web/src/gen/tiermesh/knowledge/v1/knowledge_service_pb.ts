@@ -11,7 +11,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tiermesh/knowledge/v1/knowledge_service.proto.
  */
 export const file_tiermesh_knowledge_v1_knowledge_service: GenFile = /*@__PURE__*/
-  fileDesc("Ci10aWVybWVzaC9rbm93bGVkZ2UvdjEva25vd2xlZGdlX3NlcnZpY2UucHJvdG8SFXRpZXJtZXNoLmtub3dsZWRnZS52MSLWAQoIRG9jdW1lbnQSFwoCaWQYASABKAlCC8rzGAcIARABGIACEhYKBXRpdGxlGAIgASgJQgfK8xgDGIAEEhoKBHRleHQYAyABKAlCDMrzGAgIARABGICJehJMCghtZXRhZGF0YRgEIAMoCzItLnRpZXJtZXNoLmtub3dsZWRnZS52MS5Eb2N1bWVudC5NZXRhZGF0YUVudHJ5QgvK8xgHICBAQEiACBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEieAoWVXBzZXJ0RG9jdW1lbnRzUmVxdWVzdBIfCgpjb2xsZWN0aW9uGAEgASgJQgvK8xgHCAEQARiAARI9Cglkb2N1bWVudHMYAiADKAsyHy50aWVybWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnRCCcrzGAUIASCAAiJNChdVcHNlcnREb2N1bWVudHNSZXNwb25zZRIaChJkb2N1bWVudHNfdXBzZXJ0ZWQYASABKA0SFgoOY2h1bmtzX3dyaXR0ZW4YAiABKA0iWgoWRGVsZXRlRG9jdW1lbnRzUmVxdWVzdBIfCgpjb2xsZWN0aW9uGAEgASgJQgvK8xgHCAEQARiAARIfCgxkb2N1bWVudF9pZHMYAiADKAlCCcrzGAUIASCACCI0ChdEZWxldGVEb2N1bWVudHNSZXNwb25zZRIZChFkb2N1bWVudHNfZGVsZXRlZBgBIAEoDSKfAgoNU2VhcmNoUmVxdWVzdBIfCgpjb2xsZWN0aW9uGAEgASgJQgvK8xgHCAEQARiAARIaCgVxdWVyeRgCIAEoCUILyvMYBwgBEAEYgCASJQoFdG9wX2sYAyABKA1CFsrzGBIpAAAAAAAAAAAxAAAAAAAASUASTwoHZmlsdGVycxgEIAMoCzIxLnRpZXJtZXNoLmtub3dsZWRnZS52MS5TZWFyY2hSZXF1ZXN0LkZpbHRlcnNFbnRyeUILyvMYByAQQEBIgAgSKQoJbWluX3Njb3JlGAUgASgCQhbK8xgSKQAAAAAAAAAAMQAAAAAAAPA/Gi4KDEZpbHRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj4KDlNlYXJjaFJlc3BvbnNlEiwKBmNodW5rcxgBIAMoCzIcLnRpZXJtZXNoLmtub3dsZWRnZS52MS5DaHVuayKUAgoFQ2h1bmsSEwoLZG9jdW1lbnRfaWQYASABKAkSEAoIY2h1bmtfaWQYAiABKAkSDQoFdGl0bGUYAyABKAkSDAoEdGV4dBgEIAEoCRINCgVzdGFydBgFIAEoDRILCgNlbmQYBiABKA0SDQoFc2NvcmUYByABKAISFgoOc2VtYW50aWNfc2NvcmUYCCABKAISFQoNa2V5d29yZF9zY29yZRgJIAEoAhI8CghtZXRhZGF0YRgKIAMoCzIqLnRpZXJtZXNoLmtub3dsZWRnZS52MS5DaHVuay5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ATLNAgoQS25vd2xlZGdlU2VydmljZRJwCg9VcHNlcnREb2N1bWVudHMSLS50aWVybWVzaC5rbm93bGVkZ2UudjEuVXBzZXJ0RG9jdW1lbnRzUmVxdWVzdBouLnRpZXJtZXNoLmtub3dsZWRnZS52MS5VcHNlcnREb2N1bWVudHNSZXNwb25zZRJwCg9EZWxldGVEb2N1bWVudHMSLS50aWVybWVzaC5rbm93bGVkZ2UudjEuRGVsZXRlRG9jdW1lbnRzUmVxdWVzdBouLnRpZXJtZXNoLmtub3dsZWRnZS52MS5EZWxldGVEb2N1bWVudHNSZXNwb25zZRJVCgZTZWFyY2gSJC50aWVybWVzaC5rbm93bGVkZ2UudjEuU2VhcmNoUmVxdWVzdBolLnRpZXJtZXNoLmtub3dsZWRnZS52MS5TZWFyY2hSZXNwb25zZWIGcHJvdG8z", [file_tiermesh_common_v1_limits]);
+  fileDesc("Ci10aWVybWVzaC9rbm93bGVkZ2UvdjEva25vd2xlZGdlX3NlcnZpY2UucHJvdG8SFXRpZXJtZXNoLmtub3dsZWRnZS52MSLWAQoIRG9jdW1lbnQSFwoCaWQYASABKAlCC8rzGAcIARABGIACEhYKBXRpdGxlGAIgASgJQgfK8xgDGIAEEhoKBHRleHQYAyABKAlCDMrzGAgIARABGICJehJMCghtZXRhZGF0YRgEIAMoCzItLnRpZXJtZXNoLmtub3dsZWRnZS52MS5Eb2N1bWVudC5NZXRhZGF0YUVudHJ5QgvK8xgHICBAQEiACBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEieAoWVXBzZXJ0RG9jdW1lbnRzUmVxdWVzdBIfCgpjb2xsZWN0aW9uGAEgASgJQgvK8xgHCAEQARiAARI9Cglkb2N1bWVudHMYAiADKAsyHy50aWVybWVzaC5rbm93bGVkZ2UudjEuRG9jdW1lbnRCCcrzGAUIASCAAiJNChdVcHNlcnREb2N1bWVudHNSZXNwb25zZRIaChJkb2N1bWVudHNfdXBzZXJ0ZWQYASABKA0SFgoOY2h1bmtzX3dyaXR0ZW4YAiABKA0iWgoWRGVsZXRlRG9jdW1lbnRzUmVxdWVzdBIfCgpjb2xsZWN0aW9uGAEgASgJQgvK8xgHCAEQARiAARIfCgxkb2N1bWVudF9pZHMYAiADKAlCCcrzGAUIASCACCI0ChdEZWxldGVEb2N1bWVudHNSZXNwb25zZRIZChFkb2N1bWVudHNfZGVsZXRlZBgBIAEoDSKfAgoNU2VhcmNoUmVxdWVzdBIfCgpjb2xsZWN0aW9uGAEgASgJQgvK8xgHCAEQARiAARIaCgVxdWVyeRgCIAEoCUILyvMYBwgBEAEYgCASJQoFdG9wX2sYAyABKA1CFsrzGBIpAAAAAAAAAAAxAAAAAAAASUASTwoHZmlsdGVycxgEIAMoCzIxLnRpZXJtZXNoLmtub3dsZWRnZS52MS5TZWFyY2hSZXF1ZXN0LkZpbHRlcnNFbnRyeUILyvMYByAQQEBIgAgSKQoJbWluX3Njb3JlGAUgASgCQhbK8xgSKQAAAAAAAAAAMQAAAAAAAPA/Gi4KDEZpbHRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIj4KDlNlYXJjaFJlc3BvbnNlEiwKBmNodW5rcxgBIAMoCzIcLnRpZXJtZXNoLmtub3dsZWRnZS52MS5DaHVuayKUAgoFQ2h1bmsSEwoLZG9jdW1lbnRfaWQYASABKAkSEAoIY2h1bmtfaWQYAiABKAkSDQoFdGl0bGUYAyABKAkSDAoEdGV4dBgEIAEoCRINCgVzdGFydBgFIAEoDRILCgNlbmQYBiABKA0SDQoFc2NvcmUYByABKAISFgoOc2VtYW50aWNfc2NvcmUYCCABKAISFQoNa2V5d29yZF9zY29yZRgJIAEoAhI8CghtZXRhZGF0YRgKIAMoCzIqLnRpZXJtZXNoLmtub3dsZWRnZS52MS5DaHVuay5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJGCgxFbWJlZFJlcXVlc3QSHgoFdGV4dHMYASADKAlCD8rzGAsIARABGICAASCAAhIWCgVtb2RlbBgCIAEoCUIHyvMYAxiAAiJrCg1FbWJlZFJlc3BvbnNlEjQKCmVtYmVkZGluZ3MYASADKAsyIC50aWVybWVzaC5rbm93bGVkZ2UudjEuRW1iZWRkaW5nEg0KBW1vZGVsGAIgASgJEhUKDXByb21wdF90b2tlbnMYAyABKA0iLgoJRW1iZWRkaW5nEg4KBnZhbHVlcxgBIAMoAhIRCgl0cnVuY2F0ZWQYAiABKAgyoQMKEEtub3dsZWRnZVNlcnZpY2UScAoPVXBzZXJ0RG9jdW1lbnRzEi0udGllcm1lc2gua25vd2xlZGdlLnYxLlVwc2VydERvY3VtZW50c1JlcXVlc3QaLi50aWVybWVzaC5rbm93bGVkZ2UudjEuVXBzZXJ0RG9jdW1lbnRzUmVzcG9uc2UScAoPRGVsZXRlRG9jdW1lbnRzEi0udGllcm1lc2gua25vd2xlZGdlLnYxLkRlbGV0ZURvY3VtZW50c1JlcXVlc3QaLi50aWVybWVzaC5rbm93bGVkZ2UudjEuRGVsZXRlRG9jdW1lbnRzUmVzcG9uc2USVQoGU2VhcmNoEiQudGllcm1lc2gua25vd2xlZGdlLnYxLlNlYXJjaFJlcXVlc3QaJS50aWVybWVzaC5rbm93bGVkZ2UudjEuU2VhcmNoUmVzcG9uc2USUgoFRW1iZWQSIy50aWVybWVzaC5rbm93bGVkZ2UudjEuRW1iZWRSZXF1ZXN0GiQudGllcm1lc2gua25vd2xlZGdlLnYxLkVtYmVkUmVzcG9uc2ViBnByb3RvMw", [file_tiermesh_common_v1_limits]);
 
 /**
  * Document is one document of a collection.
@@ -317,6 +317,98 @@ export const ChunkSchema: GenMessage<Chunk> = /*@__PURE__*/
   messageDesc(file_tiermesh_knowledge_v1_knowledge_service, 7);
 
 /**
+ * EmbedRequest lists the texts to embed.
+ *
+ * @generated from message tiermesh.knowledge.v1.EmbedRequest
+ */
+export type EmbedRequest = Message<"tiermesh.knowledge.v1.EmbedRequest"> & {
+  /**
+   * texts are embedded in order: 1 to 256 texts of 1 to 16,384 code points each, none blank.
+   * A text longer than the model's window is embedded from its beginning (`truncated` says so).
+   *
+   * @generated from field: repeated string texts = 1;
+   */
+  texts: string[];
+
+  /**
+   * model must be empty or the name of the embedding model Knowledge uses.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message tiermesh.knowledge.v1.EmbedRequest.
+ * Use `create(EmbedRequestSchema)` to create a new message.
+ */
+export const EmbedRequestSchema: GenMessage<EmbedRequest> = /*@__PURE__*/
+  messageDesc(file_tiermesh_knowledge_v1_knowledge_service, 8);
+
+/**
+ * EmbedResponse carries one embedding per text, in the request's order.
+ *
+ * @generated from message tiermesh.knowledge.v1.EmbedResponse
+ */
+export type EmbedResponse = Message<"tiermesh.knowledge.v1.EmbedResponse"> & {
+  /**
+   * embeddings are the vectors, in the order of the texts.
+   *
+   * @generated from field: repeated tiermesh.knowledge.v1.Embedding embeddings = 1;
+   */
+  embeddings: Embedding[];
+
+  /**
+   * model is the embedding model's name.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * prompt_tokens is the number of tokens the model read.
+   *
+   * @generated from field: uint32 prompt_tokens = 3;
+   */
+  promptTokens: number;
+};
+
+/**
+ * Describes the message tiermesh.knowledge.v1.EmbedResponse.
+ * Use `create(EmbedResponseSchema)` to create a new message.
+ */
+export const EmbedResponseSchema: GenMessage<EmbedResponse> = /*@__PURE__*/
+  messageDesc(file_tiermesh_knowledge_v1_knowledge_service, 9);
+
+/**
+ * Embedding is one text's vector.
+ *
+ * @generated from message tiermesh.knowledge.v1.Embedding
+ */
+export type Embedding = Message<"tiermesh.knowledge.v1.Embedding"> & {
+  /**
+   * values are the vector's components (unit length).
+   *
+   * @generated from field: repeated float values = 1;
+   */
+  values: number[];
+
+  /**
+   * truncated is true when the text was longer than the model's window.
+   *
+   * @generated from field: bool truncated = 2;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message tiermesh.knowledge.v1.Embedding.
+ * Use `create(EmbeddingSchema)` to create a new message.
+ */
+export const EmbeddingSchema: GenMessage<Embedding> = /*@__PURE__*/
+  messageDesc(file_tiermesh_knowledge_v1_knowledge_service, 10);
+
+/**
  * KnowledgeService stores a tenant's documents and finds the passages that ground an answer.
  *
  * @generated from service tiermesh.knowledge.v1.KnowledgeService
@@ -353,6 +445,17 @@ export const KnowledgeService: GenService<{
     methodKind: "unary";
     input: typeof SearchRequestSchema;
     output: typeof SearchResponseSchema;
+  },
+  /**
+   * Embed returns the knowledge base's embedding of each text (unit length), in order: what the
+   * OpenAI-compatible API's `/v1/embeddings` serves. NOT_FOUND when `model` names another model.
+   *
+   * @generated from rpc tiermesh.knowledge.v1.KnowledgeService.Embed
+   */
+  embed: {
+    methodKind: "unary";
+    input: typeof EmbedRequestSchema;
+    output: typeof EmbedResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tiermesh_knowledge_v1_knowledge_service, 0);
