@@ -36,11 +36,18 @@ GRPC_SERVICES = {
     "analytics": "tiermesh.analytics.v1.AnalyticsService",
     "ratelimit": "envoy.service.ratelimit.v3.RateLimitService",
 }
+# The HTTP services (aiohttp, behind Envoy): name -> the path their probes ask for on the
+# plaintext health port. No gRPC health and no metrics port.
+HTTP_SERVICES = {
+    "openai": "/health",
+}
+# Every Python service: the tiermesh image, tiermesh-env, its own certificate and role.
+PYTHON_SERVICES = (*GRPC_SERVICES, *HTTP_SERVICES)
 # The parts of the mesh itself (their pods run tiermesh's images or Envoy).
-MESH_PARTS = ("envoy", *GRPC_SERVICES, "web")
+MESH_PARTS = ("envoy", *PYTHON_SERVICES, "web")
 # The parts that scale out: every one in prod (Knowledge too, with the Qdrant server); HPAs and
 # PDBs in prod for each.
-SCALABLE = ("envoy", "router", "inference", "knowledge", "analytics", "ratelimit", "web")
+SCALABLE = ("envoy", "router", "inference", "knowledge", "analytics", "ratelimit", "openai", "web")
 # Kinds kubernetes-validate has no schema for (custom resources: Prometheus Operator,
 # cert-manager). Every other kind is validated.
 CUSTOM_KINDS = frozenset({"ServiceMonitor", "Certificate", "Issuer"})

@@ -46,6 +46,7 @@ VIRTUAL = (
 FROM_ANYWHERE = ("internet", "vpc", "prometheus", "kube-dns", "stranger")
 
 # --- the documented paths (deploy/k8s/README.md, "Network paths") ---------------------------------
+# The services that export traces and metrics (the OpenAI-compatible API does neither).
 PYTHON = ("router", "inference", "knowledge", "analytics", "ratelimit")
 METRICS = {"router": 9101, "inference": 9102, "knowledge": 9103, "analytics": 9104, "ratelimit": 9105, "envoy": 8081}
 MESH = {
@@ -54,9 +55,13 @@ MESH = {
     *{(src, "web", "3000") for src in FROM_ANYWHERE},
     # the edge
     ("envoy", "router", "50051"),
-    ("envoy", "analytics", "50054"),  # GetSpend, WatchSpend
+    ("envoy", "analytics", "50054"),  # GetSpend, WatchSpend, API-key checks (ext_authz)
     ("envoy", "inference", "50052"),  # ListModels
     ("envoy", "ratelimit", "50055"),
+    ("envoy", "openai", "8090"),  # the OpenAI-compatible API (/v1/)
+    # the OpenAI-compatible API
+    ("openai", "router", "50051"),  # Chat
+    ("openai", "knowledge", "50053"),  # Embed
     # the Router
     ("router", "inference", "50052"),
     ("router", "knowledge", "50053"),

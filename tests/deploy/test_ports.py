@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway import envoy, keys
 from services.runtime import config, tls
-from tests.deploy.conftest import GRPC_SERVICES, Rendered, config_tree, container, mounted_path
+from tests.deploy.conftest import GRPC_SERVICES, HTTP_SERVICES, Rendered, config_tree, container, mounted_path
 
 PROBE_PORT = 8081  # the Envoy probe listener (/ready, /stats/prometheus) `--target k8s` adds
 
@@ -37,6 +37,21 @@ def test_grpc_services_ports_match_the_config(overlay: Rendered, tmp_path: Path)
             "metrics": config.metrics_endpoint(tree, name)[1],
             "health": config.health_endpoint(tree, name)[1],
         }
+        ports = service_ports(overlay, name)
+        assert {n: p["port"] for n, p in ports.items()} == wanted, name
+        assert all(p["targetPort"] == n for n, p in ports.items()), name
+        assert container_ports(container(overlay.pod_spec(name), name)) == wanted, name
+
+
+def test_http_services_ports_match_the_config(overlay: Rendered, tmp_path: Path) -> None:
+    """The HTTP services: the TLS port Envoy calls and the plaintext health port, no metrics."""
+    tree = config_tree(overlay, tmp_path)
+    for name in HTTP_SERVICES:
+        svc = overlay.get("Service", name)
+        assert svc["spec"]["clusterIP"] == "None", name
+        assert svc["spec"]["selector"] == {"app.kubernetes.io/name": name}
+        assert config.metrics_endpoint(tree, name)[1] == 0, f"{name} now serves metrics: give it a metrics port"
+        wanted = {"http": config.endpoint(tree, name)[1], "health": config.health_endpoint(tree, name)[1]}
         ports = service_ports(overlay, name)
         assert {n: p["port"] for n, p in ports.items()} == wanted, name
         assert all(p["targetPort"] == n for n, p in ports.items()), name
@@ -90,7 +105,7 @@ def test_render_command_targets_kubernetes(overlay: Rendered) -> None:
 def test_envoy_clusters_point_at_the_services(overlay: Rendered, tmp_path: Path) -> None:
     bs, _ = bootstrap(overlay, tmp_path)
     clusters = {c.name: c for c in bs.static_resources.clusters}
-    for name in ("router", "analytics", "inference", "ratelimit"):
+    for name in ("router", "analytics", "inference", "ratelimit", "openai"):
         cluster = clusters[name]
         endpoints = [
             (lb.endpoint.address.socket_address.address, lb.endpoint.address.socket_address.port_value)
@@ -103,7 +118,8 @@ def test_envoy_clusters_point_at_the_services(overlay: Rendered, tmp_path: Path)
             assert svc is not None, f"cluster {name} points at {host}:{port}, but no Service {host} is rendered"
             assert svc["spec"]["clusterIP"] == "None", f"{host}: Envoy resolves every pod of a headless Service"
             assert port in {p["port"] for p in svc["spec"]["ports"]}, f"cluster {name}: {host}:{port}"
-            assert service_ports(overlay, host)["grpc"]["port"] == port
+            serving = "http" if host in HTTP_SERVICES else "grpc"
+            assert service_ports(overlay, host)[serving]["port"] == port, f"cluster {name}: {host}:{port}"
         # a host name is resolved (and re-resolved) to every pod behind it
         assert str(cluster.type).rsplit(".", 1)[-1].endswith("STRICT_DNS"), (name, cluster.type)
     listeners = {

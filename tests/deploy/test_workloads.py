@@ -13,8 +13,10 @@ from services.runtime import config
 from services.runtime.server import LIVENESS
 from tests.deploy.conftest import (
     GRPC_SERVICES,
+    HTTP_SERVICES,
     MESH_PARTS,
     NAME_LABEL,
+    PYTHON_SERVICES,
     SCALABLE,
     Rendered,
     all_containers,
@@ -48,6 +50,19 @@ def test_grpc_probes(overlay: Rendered, tmp_path: Path) -> None:
     startup = container(overlay.pod_spec("knowledge"), "knowledge")["startupProbe"]
     assert startup["grpc"]["port"] == config.health_endpoint(tree, "knowledge")[1]
     assert startup["failureThreshold"] * startup["periodSeconds"] >= 120
+
+
+def test_http_probes(overlay: Rendered, tmp_path: Path) -> None:
+    """The HTTP services are probed over plain HTTP on their health port (never the TLS port,
+    which wants a client certificate kubelet does not have): 200 while serving, 503 once draining."""
+    tree = config_tree(overlay, tmp_path)
+    for name, path in HTTP_SERVICES.items():
+        c = container(overlay.pod_spec(name), name)
+        _, health_port = config.health_endpoint(tree, name)
+        assert health_port != config.endpoint(tree, name)[1], name
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert c[probe]["httpGet"] == {"path": path, "port": health_port}, (name, probe)
+            assert "grpc" not in c[probe] and "tcpSocket" not in c[probe], (name, probe)
 
 
 def test_edge_and_web_probes(overlay: Rendered) -> None:
@@ -93,7 +108,7 @@ def test_every_container_is_hardened(overlay: Rendered) -> None:
 def test_writable_places_are_volumes(overlay: Rendered) -> None:
     """The root filesystem is read-only: the data dir and /tmp of every Python pod are emptyDirs."""
     data_dir = overlay.env()["TIERMESH_DATA_DIR"]
-    for name in (*GRPC_SERVICES, "envoy"):
+    for name in (*PYTHON_SERVICES, "envoy"):
         spec = overlay.pod_spec(name)
         python = container(spec, "render-bootstrap", init=True) if name == "envoy" else container(spec, name)
         for path in (data_dir, "/tmp"):
@@ -130,9 +145,9 @@ def test_python_pods_share_the_config_and_listen_on_the_pod(overlay: Rendered) -
     env = overlay.env()
     cm_env = overlay.generated("tiermesh-env")["metadata"]["name"]
     cm_config = overlay.generated("tiermesh-config")["metadata"]["name"]
-    for name in GRPC_SERVICES:
+    for name in PYTHON_SERVICES:
         assert env[f"TIERMESH_SERVICES__{name.upper()}__HOST"] == name  # callers: the Service's name
-    python = [(n, container(overlay.pod_spec(n), n)) for n in GRPC_SERVICES]
+    python = [(n, container(overlay.pod_spec(n), n)) for n in PYTHON_SERVICES]
     python.append(("envoy", container(overlay.pod_spec("envoy"), "render-bootstrap", init=True)))
     for name, c in python:
         spec = overlay.pod_spec(name)
@@ -146,7 +161,7 @@ def test_python_pods_share_the_config_and_listen_on_the_pod(overlay: Rendered) -
 def test_each_part_mounts_its_own_certificate(overlay: Rendered) -> None:
     env = overlay.env()
     files = [env["TIERMESH_TLS__CA_FILE"], env["TIERMESH_TLS__CERT_FILE"], env["TIERMESH_TLS__KEY_FILE"]]
-    roles = {n: n for n in GRPC_SERVICES}
+    roles = {n: n for n in PYTHON_SERVICES}
     for name, role in roles.items():
         spec = overlay.pod_spec(name)
         for path in files:
@@ -239,7 +254,7 @@ def test_dev_is_small() -> None:
         assert dev.get("Service", name)["spec"]["clusterIP"] == "None"
 
 
-@pytest.mark.parametrize("name", GRPC_SERVICES)
+@pytest.mark.parametrize("name", PYTHON_SERVICES)
 def test_rollouts_never_dip_capacity(name: str) -> None:
     for r in (rendered("dev"), rendered("prod")):
         strategy = r.get("Deployment", name)["spec"]["strategy"]
