@@ -31,6 +31,7 @@ from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.openai.wire import (
     AUTO,
+    DONE,
     TIER_MODELS,
     ApiError,
     Stream,
@@ -174,19 +175,27 @@ class OpenAIApi:
             return web.json_response(stream.completion(), headers=headers, dumps=_dumps)
         response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
         await response.prepare(request)
+        # Each write is a TLS record and a system call: the role chunk (no text) goes out with
+        # whatever comes next, and the last chunks with the end of the response.
+        pending = stream.events(first)
         try:
-            await response.write(b"".join(stream.events(first)))
             async for event in events:
                 lines = stream.events(event)
-                if lines:
-                    await response.write(lines[0] if len(lines) == 1 else b"".join(lines))
+                if not lines:
+                    continue
+                if pending:
+                    lines, pending = [*pending, *lines], []
+                if lines[-1] is DONE:
+                    pending = lines
+                    break
+                await response.write(lines[0] if len(lines) == 1 else b"".join(lines))
         except grpc.aio.AioRpcError as exc:
             # The status is sent; OpenAI streams report a late error as one more event.
-            await response.write(b"data: " + from_grpc(exc.code(), exc.details() or "").body() + b"\n\n")
+            pending.append(b"data: " + from_grpc(exc.code(), exc.details() or "").body() + b"\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             call.cancel()  # the client left: so does the answer (and the provider call behind it)
             raise
-        await response.write_eof()
+        await response.write_eof(b"".join(pending))
         return response
 
 
