@@ -93,6 +93,10 @@ READS = {
     "/tiermesh.analytics.v1.AnalyticsService/GetSpend": ("analytics", False, "own:3"),
     "/tiermesh.analytics.v1.AnalyticsService/WatchSpend": ("analytics", True, "own:1"),
     "/tiermesh.inference.v1.InferenceService/ListModels": ("inference", False, "operator"),
+    # API keys, for an operator's token or key (Analytics checks the role again).
+    "/tiermesh.analytics.v1.AdminService/CreateKey": ("analytics", False, "operator"),
+    "/tiermesh.analytics.v1.AdminService/ListKeys": ("analytics", False, "operator"),
+    "/tiermesh.analytics.v1.AdminService/RevokeKey": ("analytics", False, "operator"),
 }
 READER = "tiermesh.reader"
 # Kubernetes (`tiermesh render-envoy --target k8s`): kubelet and Prometheus reach Envoy's

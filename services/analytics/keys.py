@@ -31,10 +31,10 @@ from tiermesh_authz.v3 import external_auth_pb2 as authz
 
 from services.analytics import db
 from services.analytics.writer import CONNECTION_ERRORS
-from services.runtime import apikeys, identity
+from services.runtime import apikeys, identity, tls
 from services.runtime.backoff import Backoff
 from services.runtime.enums import name_of
-from services.runtime.errors import InvalidArgument, NotFound, Unavailable
+from services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.runtime.server import Context
 from services.runtime.validation import validate
 
@@ -203,6 +203,14 @@ def key_message(row: Mapping[str, Any]) -> pb.ApiKey:
     )
 
 
+def operator_only(context: Context) -> None:
+    """Through the edge, only a token or key with the operator role manages keys (the edge
+    checked it too); an operator's tool with its own certificate always may."""
+    who = tls.edge_reader(context)
+    if who is not None and not who[1]:
+        raise PermissionDenied("API keys are managed with the operator role only")
+
+
 class AdminServicer:
     """tiermesh.analytics.v1.AdminService: operators make, list and revoke keys."""
 
@@ -217,6 +225,7 @@ class AdminServicer:
             raise Unavailable(f"the key store (PostgreSQL) is unreachable: {exc}") from None
 
     async def CreateKey(self, request: pb.CreateKeyRequest, context: Context) -> pb.CreateKeyResponse:
+        operator_only(context)
         validate(request)
         if CONTROL.search(request.user) or not request.user.strip():
             raise InvalidArgument("user: must be 1 to 256 characters without control characters")
@@ -244,6 +253,7 @@ class AdminServicer:
         return pb.CreateKeyResponse(key=key_message(row), secret=secret)
 
     async def ListKeys(self, request: pb.ListKeysRequest, context: Context) -> pb.ListKeysResponse:
+        operator_only(context)
         validate(request)
         pool = await self._conn_pool()
         async with pool.acquire() as conn:
@@ -251,6 +261,7 @@ class AdminServicer:
         return pb.ListKeysResponse(keys=[key_message(r) for r in rows])
 
     async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Context) -> pb.RevokeKeyResponse:
+        operator_only(context)
         validate(request)
         pool = await self._conn_pool()
         async with pool.acquire() as conn:

@@ -186,7 +186,8 @@ async def main() -> None:
             served.path("GetSpend"): (tls.ROUTER, tls.OPERATOR, tls.EDGE),
             served.path("WatchSpend"): (tls.ROUTER, tls.OPERATOR, tls.EDGE),
             # API keys: made, listed and revoked by operators; checked by the edge (ext_authz).
-            **{admin.path(m): (tls.OPERATOR,) for m in ("CreateKey", "ListKeys", "RevokeKey")},
+            # Through the edge only for the operator role (checked there and in AdminServicer).
+            **{admin.path(m): (tls.OPERATOR, tls.EDGE) for m in ("CreateKey", "ListKeys", "RevokeKey")},
             key_check.path("Check"): (tls.EDGE, tls.OPERATOR),
         },
         also=(admin, key_check),
