@@ -304,3 +304,17 @@ async def test_embeddings_come_from_the_knowledge_bases_model_in_either_encoding
             await client.embeddings.create(model="auto", input=bad, encoding_format="float")  # type: ignore[arg-type]
         assert param in str(refused.value.param) + refused.value.message, refused.value.message
     await client.close()
+
+
+async def test_a_body_over_the_limit_is_413_and_a_wrong_method_405_in_openais_format(api: Api) -> None:
+    async with httpx.AsyncClient(timeout=30) as raw:
+        huge = await raw.post(
+            api.url + "/chat/completions",
+            content=b'{"model": "auto", "messages": [{"role": "user", "content": "' + b"x" * (2 << 20) + b'"}]}',
+            headers={**api.auth, "content-type": "application/json"},
+        )
+        wrong = await raw.get(api.url + "/chat/completions", headers=api.auth)
+        missing = await raw.post(api.url + "/responses", json={}, headers=api.auth)
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+    assert missing.status_code == 404 and "error" in missing.json()
