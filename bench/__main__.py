@@ -11,6 +11,7 @@ from bench import (
     inference_latency,
     knowledge_eval,
     mesh_latency,
+    openai_api,
     paced_cpu,
     ratelimit_burst,
     router_eval,
@@ -23,6 +24,8 @@ def main() -> None:
     startup.main([])
     print()
     compare.main()
+    print()
+    asyncio.run(openai_api.main())
     print()
     asyncio.run(mesh_latency.main())
     print()

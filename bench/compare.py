@@ -51,9 +51,7 @@ LITELLM = "litellm[proxy]==1.106.2"  # exactly the version tiermesh pins (1.107.
 VENV = REPO_ROOT / ".bench" / "litellm-venv"
 MASTER_KEY = "sk-bench-only"
 RESULTS = REPO_ROOT / "bench" / "results"
-PARTS = ["simulator", "inference", "analytics", "router", "openai", "ratelimit", "envoy"]
-# The OpenAI-compatible API, through the same edge: what the translation adds over gRPC.
-FACADE_CONCURRENCIES = (1, 16)
+PARTS = ["simulator", "inference", "analytics", "router", "ratelimit", "envoy"]
 # Every chat is checked against Redis; the limits are only high enough never to deny.
 BENCH_LIMITS = (
     "[{key: segment, value: standard, descriptors: [{key: user,"
@@ -214,10 +212,6 @@ async def one_pace(delay_ms: int, litellm: Path | None, folder: Path, results: l
         await scenario("tiermesh", "grpc-web-h2", web2, 16, pids)
         await web1.close()
         await web2.close()
-        facade = OpenAIChat(edge_url, "auto", token)
-        for conc in FACADE_CONCURRENCIES:
-            await scenario("tiermesh", "openai-sse", facade, conc, pids)
-        await facade.close()
         if delay_ms == 0:
             cached = GrpcChat(mesh.target("envoy"), token, bypass_cache=False, text="hello there")
             await cached(0)  # the answer is cached from here on

@@ -208,25 +208,28 @@ async def open_loop(
 # --- clients ------------------------------------------------------------------------------------
 
 
-def chat_request(n: int, bypass_cache: bool, text: str = "") -> pb.ChatRequest:
-    """A greeting (Knowledge is not asked), different each time unless `text` is given."""
-    content = text or f"hello there {n}"
+def chat_request(n: int, bypass_cache: bool, text: str = "", salt: str = "") -> pb.ChatRequest:
+    """A greeting (Knowledge is not asked), different each time unless `text` is given (`salt`
+    keeps one scenario's greetings apart from another's, and so out of its answers' cache)."""
+    content = text or f"hello there {salt}{n}"
     return pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=content)], bypass_cache=bypass_cache)
 
 
 class GrpcChat:
     """RouterService.Chat over gRPC through Envoy, as any gRPC client calls it."""
 
-    def __init__(self, target: str, token: str, bypass_cache: bool = True, text: str = "") -> None:
+    def __init__(self, target: str, token: str, bypass_cache: bool = True, text: str = "", salt: str = "") -> None:
         self.channel = grpc.aio.insecure_channel(target)
         self.stub = pb_grpc.RouterServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.bypass_cache = bypass_cache
         self.text = text
+        self.salt = salt
 
     async def __call__(self, n: int) -> float:
         first = 0.0
-        async for event in self.stub.Chat(chat_request(n, self.bypass_cache, self.text), metadata=self.metadata):
+        request = chat_request(n, self.bypass_cache, self.text, self.salt)
+        async for event in self.stub.Chat(request, metadata=self.metadata):
             if not first and event.HasField("delta"):
                 first = time.perf_counter()
         if not first:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SERVICES = ("envoy", "router", "inference", "ratelimit", "analytics", "openai")
+SERVICES = ("envoy", "router", "inference", "ratelimit", "analytics")
 
 
 def find(report: dict[str, Any], gateway: str, scenario: str, transport: str, concurrency: int = 1) -> dict[str, Any]:
@@ -106,24 +106,6 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{title}, gRPC-Web over HTTP/{transport[-1]}, c={conc}: first token p50 / whole p50, CPU",
                     "—",
                     f"{_ms(w, 'first_token_ms')} / {_ms(w, 'whole_ms')}, {w['cpu_total_ms']:.2f} ms",
-                    "—",
-                )
-        for conc in (1, 16):
-            api = find(report, "tiermesh", pace, "openai-sse", conc)
-            grpc_ = find(report, "tiermesh", pace, "grpc", conc)
-            if api and grpc_:
-                row(
-                    f"{title}, OpenAI API (SSE over HTTP/1.1), c={conc}: first token p50 / whole p50, CPU",
-                    "—",
-                    f"{_ms(api, 'first_token_ms')} / {_ms(api, 'whole_ms')}, {_cpu(api)}",
-                    "—",
-                )
-                row(
-                    f"{title}, OpenAI API, c={conc}: added over gRPC (first token p50, CPU per chat; the API's own)",
-                    "—",
-                    f"{api['first_token_ms']['p50'] - grpc_['first_token_ms']['p50']:+.1f} ms, "
-                    f"{api['cpu_total_ms'] - grpc_['cpu_total_ms']:+.2f} ms "
-                    f"({api['cpu_ms'].get('openai', 0.0):.2f} ms)",
                     "—",
                 )
     hit = find(report, "tiermesh", "cache-hit", "grpc")
