@@ -37,6 +37,9 @@ LIMITS = (
     " {key: segment, value: vip, descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: 1000}}]},"
     " {key: team, value: tiny, rate_limit: {unit: minute, requests_per_unit: 2}},"
     " {key: team, value: node, rate_limit: {unit: minute, requests_per_unit: 2}},"
+    " {key: team, value: py-sync, rate_limit: {unit: minute, requests_per_unit: 1}},"
+    " {key: team, value: py-async, rate_limit: {unit: minute, requests_per_unit: 1}},"
+    " {key: team, value: py-litellm, rate_limit: {unit: minute, requests_per_unit: 1}},"
     " {key: remote_address, rate_limit: {unit: minute, requests_per_unit: 100000}}]"
 )
 
@@ -271,3 +274,61 @@ async def test_the_official_openai_npm_package_from_node(mesh: Mesh) -> None:
     report = out.decode()
     assert proc.returncode == 0, report
     assert "# pass 5" in report and "# fail 0" in report, report
+
+
+def ask(client: str, base_url: str, key: str, content: str) -> None:
+    """One non-streamed chat with one of the Python clients, raising what the client raises."""
+    messages = [{"role": "user", "content": content}]
+    if client == "litellm":
+        import litellm
+
+        try:
+            litellm.completion(
+                model="openai/auto", api_base=base_url, api_key=key, messages=messages, max_retries=0, num_retries=0
+            )
+        finally:  # LiteLLM keeps the clients it made: close them, and forget them
+            cache = litellm.in_memory_llm_clients_cache
+            for made in list(getattr(cache, "cache_dict", {}).values()):
+                close = getattr(made, "close", None)
+                if callable(close) and not asyncio.iscoroutinefunction(close):
+                    close()
+            cache.flush_cache()  # type: ignore[no-untyped-call]
+        return
+    if client == "sync":
+        with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as sync_client:
+            sync_client.chat.completions.create(model="auto", messages=messages)  # type: ignore[arg-type]
+        return
+
+    async def once() -> None:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0) as async_client:
+            await async_client.chat.completions.create(model="auto", messages=messages)  # type: ignore[arg-type]
+
+    asyncio.run(once())
+
+
+@pytest.mark.parametrize("client", ["sync", "async", "litellm"])
+async def test_each_python_client_sees_a_revoked_key_a_rate_limit_and_a_bad_request(mesh: Mesh, client: str) -> None:
+    revoked_id, revoked = create(mesh)
+    _, limited = create(mesh, "--team", f"py-{client}")
+    _, live = create(mesh)
+    assert keys_cli(mesh, "revoke", revoked_id).returncode == 0
+    await asyncio.sleep(1.0)
+    url = api(mesh)
+
+    def statuses() -> list[tuple[int, str, str]]:
+        out = []
+        for key, content in ((revoked, "hi"), (live, "x" * 32_001), (limited, "hi"), (limited, "hi")):
+            try:
+                ask(client, url, key, content)
+                out.append((200, "", ""))
+            except openai.APIStatusError as exc:  # LiteLLM's errors are the openai package's too
+                # LiteLLM keeps the provider's headers apart from its own response object.
+                headers = getattr(exc, "litellm_response_headers", None) or exc.response.headers
+                out.append((exc.status_code, str(exc), headers.get("retry-after", "")))
+        return out
+
+    revoked_status, bad, first, limited_status = await asyncio.to_thread(statuses)
+    assert revoked_status[0] == 401 and "revoked" in revoked_status[1]
+    assert bad[0] == 400 and "32000" in bad[1]  # the contract's limit, in OpenAI's error object
+    assert first[0] == 200
+    assert limited_status[0] == 429 and 1 <= int(limited_status[2]) <= 60
