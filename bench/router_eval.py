@@ -1,8 +1,9 @@
 """`make bench-router`: routing quality on the held-out test split, and decision latency.
 
 Prints intent, complexity and tier accuracy (standard and vip users) against the labels, the
-confusion matrices, accuracy per language, and p50/p99 of an in-process decision. The gold tier
-is what the policy gives for the labelled intent and complexity.
+confusion matrices and accuracy per language (services.router.evaluate, as `tiermesh route
+--eval` does for a user's own file), and p50/p99 of an in-process decision. The gold tier is
+what the policy gives for the labelled intent and complexity.
 """
 
 from __future__ import annotations
@@ -11,22 +12,11 @@ import contextlib
 import gc
 import os
 import time
-from collections import Counter
 
 from bench.stats import percentile
-from services.router.complexity import LEVELS
-from services.router.intent import INTENTS
+from services.router.evaluate import Labelled, evaluate, render
 from services.router.policy import Router
 from services.router.train import load_rows
-
-
-def confusion(title: str, labels: tuple[str, ...], pairs: list[tuple[str, str]]) -> None:
-    counts = Counter(pairs)
-    width = max(len(label) for label in labels) + 1
-    print(f"\n{title} (rows: label, columns: predicted)")
-    print(" " * width + "".join(f"{label[:9]:>10}" for label in labels))
-    for gold in labels:
-        print(f"{gold:<{width}}" + "".join(f"{counts[(gold, pred)]:>10}" for pred in labels))
 
 
 def timed(router: Router, texts: list[str], reps: int) -> list[float]:
@@ -48,29 +38,11 @@ def main() -> None:
     rows = load_rows("test")
     train_n = len(load_rows("train"))
     print(f"routing evaluation on the test split: {len(rows)} messages (model trained on {train_n} others)")
-    intent_pairs, cx_pairs = [], []
-    tier_hits = {"standard": 0, "vip": 0}
-    by_lang: dict[str, list[int]] = {}
-    for row in rows:
-        d = router.decide(row["text"], "standard")
-        intent_pairs.append((row["intent"], d.intent))
-        cx_pairs.append((row["complexity"], d.complexity))
-        for segment in tier_hits:
-            predicted = router.decide(row["text"], segment).tier
-            gold = router.policy.select(row["complexity"], row["intent"], segment).tier
-            tier_hits[segment] += predicted == gold
-        by_lang.setdefault(row["lang"], []).append(int(d.intent == row["intent"]))
-    n = len(rows)
-    intent_acc = sum(g == p for g, p in intent_pairs) / n
-    cx_acc = sum(g == p for g, p in cx_pairs) / n
-    print(f"  intent accuracy      {intent_acc:.3f}")
-    print(f"  complexity accuracy  {cx_acc:.3f}")
-    for segment, hits in tier_hits.items():
-        print(f"  tier accuracy ({segment:<8}) {hits / n:.3f}")
-    for lang, hits in sorted(by_lang.items()):
-        print(f"  intent accuracy, {lang:<5} {sum(hits) / len(hits):.3f} ({len(hits)} messages)")
-    confusion("intent", INTENTS, intent_pairs)
-    confusion("complexity", LEVELS, cx_pairs)
+    for segment in ("standard", "vip"):
+        labelled = [Labelled(r["text"], r["intent"], r["complexity"], segment, lang=r["lang"]) for r in rows]
+        report = evaluate(router, labelled)
+        print(f"\n{segment} users:")
+        print(render(report))
     texts = [r["text"] for r in rows]
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # one core: fewer migrations, steadier tails

@@ -31,8 +31,16 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
-    from services.cli.route import route
+    from services.cli.route import route, route_eval
 
+    if args.eval:
+        if args.message:
+            print("tiermesh route: give a message or --eval FILE, not both", file=sys.stderr)
+            return 2
+        return route_eval(args.eval, args.json)
+    if not args.message:
+        print("tiermesh route: give the message to route (or --eval FILE.jsonl)", file=sys.stderr)
+        return 2
     message = " ".join(args.message)
     if message == "-":
         message = sys.stdin.read()
@@ -152,7 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=_cmd_chat)
 
     route = sub.add_parser("route", help="show the route decision for a message (no model is called)")
-    route.add_argument("message", nargs="+", help="the message ('-' reads it from stdin)")
+    route.add_argument("message", nargs="*", help="the message ('-' reads it from stdin)")
+    route.add_argument(
+        "--eval",
+        metavar="FILE.jsonl",
+        help="accuracy and confusion matrices on your labelled messages: one JSON object per line with "
+        "text, intent, complexity and optionally segment, tier and lang",
+    )
     route.add_argument("--segment", choices=["standard", "vip", "enterprise"], default="standard")
     route.add_argument("--tier", type=int, default=0, choices=[0, 1, 2, 3, 4], help="pin a tier, as a client could")
     route.add_argument("--json", action="store_true", help="print one JSON object")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from services.router.policy import TIER_NAMES, Router
 from services.runtime.errors import TiermeshError
@@ -28,4 +29,19 @@ def route(message: str, segment: str, as_json: bool, tier: int = 0) -> int:
     )
     for reason in decision.reasons:
         print(f"  why: {reason}")
+    return 0
+
+
+def route_eval(path: str, as_json: bool) -> int:
+    """`tiermesh route --eval FILE.jsonl`: how the shipped model and policy decide on the user's
+    own labelled messages."""
+    from services.router.evaluate import LabelError, evaluate, read_labelled, render
+
+    try:
+        rows = read_labelled(Path(path))
+    except LabelError as exc:
+        print(f"tiermesh route --eval: {exc}", file=sys.stderr)
+        return 2
+    report = evaluate(Router.load(), rows)
+    print(json.dumps(report.as_dict()) if as_json else render(report))
     return 0
