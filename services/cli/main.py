@@ -77,6 +77,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return asyncio.run(migrate())
 
 
+def _cmd_train_router(args: argparse.Namespace) -> int:
+    from services.cli.train_router import train_router
+
+    return train_router(args.data, args.out)
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from services.cli.keys import keys
 
@@ -208,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="create the analytics database if needed and apply its migrations")
     migrate.set_defaults(func=_cmd_migrate)
+
+    retrain = sub.add_parser(
+        "train-router", help="retrain the routing models with your labelled messages (kept only if not worse)"
+    )
+    retrain.add_argument("--data", required=True, help="a folder of *.jsonl labelled messages (route --eval's format)")
+    retrain.add_argument("--out", help="the model file to write (default: <data_dir>/router-models.json)")
+    retrain.set_defaults(func=_cmd_train_router)
 
     keys = sub.add_parser("keys", help="API keys: create (shown once), list, revoke (operators)")
     key_actions = keys.add_subparsers(dest="action", required=True, metavar="create|list|revoke")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from services.router.policy import TIER_NAMES, Router
+from services.runtime import config
 from services.runtime.errors import TiermeshError
 
 
@@ -15,7 +16,7 @@ def route(message: str, segment: str, as_json: bool, tier: int = 0) -> int:
         print("tiermesh route: the message is empty; pass the text to route", file=sys.stderr)
         return 2
     try:
-        decision = Router.load().decide(message, segment, tier)
+        decision = Router.from_config(config.load()).decide(message, segment, tier)
     except TiermeshError as exc:
         print(f"tiermesh route: {exc.code.name}: {exc}", file=sys.stderr)
         return 1
@@ -42,6 +43,6 @@ def route_eval(path: str, as_json: bool) -> int:
     except LabelError as exc:
         print(f"tiermesh route --eval: {exc}", file=sys.stderr)
         return 2
-    report = evaluate(Router.load(), rows)
+    report = evaluate(Router.from_config(config.load()), rows)
     print(json.dumps(report.as_dict()) if as_json else render(report))
     return 0

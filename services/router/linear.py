@@ -49,11 +49,14 @@ class LinearModel:
 
     @classmethod
     def load(cls, path: Path) -> LinearModel:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "model") -> LinearModel:
         classes = tuple(data["classes"])
         weights = {f: tuple(float(x) for x in w) for f, w in data["weights"].items()}
         if any(len(w) != len(classes) for w in weights.values()) or len(data["bias"]) != len(classes):
-            raise ValueError(f"{path}: every weight vector must have one value per class ({len(classes)})")
+            raise ValueError(f"{where}: every weight vector must have one value per class ({len(classes)})")
         return cls(classes, weights, tuple(float(b) for b in data["bias"]), dict(data.get("meta", {})))
 
 

@@ -7,6 +7,7 @@ and the policy's rules, and returns a `Decision` that says in plain words why.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,15 @@ import yaml
 from services.router.complexity import LEVELS, ComplexityAnalyzer
 from services.router.features import analyse
 from services.router.intent import INTENTS, IntentClassifier
+from services.router.linear import LinearModel
+from services.runtime import config
 from services.runtime.config import REPO_ROOT, ConfigError, check_keys
 from services.runtime.errors import PermissionDenied
 from services.runtime.identity import SEGMENTS
 
 POLICY_PATH = REPO_ROOT / "config" / "routing.yaml"
+# What `tiermesh train-router` writes: both models in one file (`router.models_path`).
+MODELS_FORMAT = "tiermesh-router-models/1"
 TIER_NAMES = {1: "fast", 2: "balanced", 3: "advanced", 4: "premium"}
 
 
@@ -185,14 +190,38 @@ class Router:
         self.complexity = complexity
 
     @classmethod
-    def load(cls, policy_path: Path = POLICY_PATH) -> Router:
+    def load(cls, policy_path: Path = POLICY_PATH, models_path: Path | None = None) -> Router:
+        """The Router of this policy, with the shipped models or those of a `tiermesh
+        train-router` file (`models_path`)."""
         policy = load_policy(policy_path)
         try:
-            intents = IntentClassifier.load(policy.min_intent_confidence)
-            complexity = ComplexityAnalyzer.load()
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"routing models cannot be loaded ({exc}); run `make train-router`") from None
+            if models_path is None:
+                intents = IntentClassifier.load(policy.min_intent_confidence)
+                complexity = ComplexityAnalyzer.load()
+            else:
+                bundle = json.loads(models_path.read_text(encoding="utf-8"))
+                if not isinstance(bundle, dict) or bundle.get("format") != MODELS_FORMAT:
+                    raise ValueError(f"{models_path} is not a file `tiermesh train-router` wrote")
+                intents = IntentClassifier(LinearModel.from_json(bundle["intent"]), policy.min_intent_confidence)
+                complexity = ComplexityAnalyzer(LinearModel.from_json(bundle["complexity"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            where = models_path or "the shipped ones: run `make train-router`"
+            raise ConfigError(f"routing models cannot be loaded ({exc}); models: {where}") from None
         return cls(policy, intents, complexity)
+
+    @classmethod
+    def from_config(cls, tree: Mapping[str, Any]) -> Router:
+        """The Router as the config says: `router.policy_path` and `router.models_path` (empty
+        for the shipped models), relative paths from the repository's root."""
+        node = config.section(tree, "router")
+
+        def path(key: str, default: str) -> Path | None:
+            raw = config.get_str(node, key, default, where="router")
+            if not raw:
+                return None
+            return Path(raw) if Path(raw).is_absolute() else config.REPO_ROOT / raw
+
+        return cls.load(path("policy_path", "config/routing.yaml") or POLICY_PATH, path("models_path", ""))
 
     def decide(self, text: str, segment: str = "standard", pinned_tier: int = 0) -> Decision:
         if segment not in SEGMENTS:

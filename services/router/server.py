@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as kpb_grpc
@@ -39,9 +37,15 @@ async def main() -> None:
     log = logs.setup("router", config.get_str(tree, "log_level", "info", where=""))
     observability.setup("router", tree)
     router_cfg = config.section(tree, "router")
-    policy_path = Path(config.get_str(router_cfg, "policy_path", "config/routing.yaml", where="router"))
-    router = Router.load(policy_path if policy_path.is_absolute() else config.REPO_ROOT / policy_path)
-    log.info("routing policy loaded", extra={"policy": router.policy.version, "rules": len(router.policy.rules)})
+    router = Router.from_config(tree)
+    log.info(
+        "routing policy loaded",
+        extra={
+            "policy": router.policy.version,
+            "rules": len(router.policy.rules),
+            "models": config.get_str(router_cfg, "models_path", "", where="router") or "shipped",
+        },
+    )
     channel = tls.channel(tree, "inference", "router")
     generate_raw = channel.unary_stream(
         "/tiermesh.inference.v1.InferenceService/Generate",

@@ -11,6 +11,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,16 @@ def load_rows(split: str) -> list[dict[str, str]]:
     return rows
 
 
-def data_fingerprint(rows: list[dict[str, str]]) -> str:
+def data_fingerprint(rows: Sequence[Mapping[str, str]]) -> str:
     digest = hashlib.sha256()
     for row in sorted(rows, key=lambda r: r["text"]):
         digest.update(f"{row['text']}\x00{row['intent']}\x00{row['complexity']}\x00".encode())
     return digest.hexdigest()[:16]
 
 
-def fit() -> tuple[LinearModel, LinearModel]:
-    rows = load_rows("train")
+def fit(extra: Sequence[Mapping[str, str]] = ()) -> tuple[LinearModel, LinearModel]:
+    """Both models from the train split (and `extra` labelled rows: text, intent, complexity)."""
+    rows = [*load_rows("train"), *extra]
     analyses = [analyse(r["text"]) for r in rows]
     meta = {"trained_on": len(rows), "data_sha256": data_fingerprint(rows)}
     intent_ex = [(intent.features(a), intent.INTENTS.index(r["intent"])) for a, r in zip(analyses, rows, strict=True)]
@@ -72,6 +74,13 @@ def fit() -> tuple[LinearModel, LinearModel]:
         f"(train accuracy {accuracy(cx_model, cx_ex):.3f})"
     )
     return intent_model, cx_model
+
+
+def bundle(intent_model: LinearModel, cx_model: LinearModel, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Both models as one file (`router.models_path`)."""
+    from services.router.policy import MODELS_FORMAT
+
+    return {"format": MODELS_FORMAT, "intent": intent_model.to_json(), "complexity": cx_model.to_json(), "meta": meta}
 
 
 def main() -> int:

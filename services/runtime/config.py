@@ -136,6 +136,7 @@ SCHEMA: dict[str, Any] = {
         "deadline_s": ANY,
         "max_deadline_s": ANY,
         "policy_path": ANY,
+        "models_path": ANY,
         "knowledge": frozenset(
             {
                 "enabled",
