@@ -33,6 +33,9 @@ class FullKnowledge(HalfKnowledge):
     async def DeleteDocuments(self, request: Any, context: Any) -> kpb.DeleteDocumentsResponse:
         return kpb.DeleteDocumentsResponse()
 
+    async def Embed(self, request: Any, context: Any) -> kpb.EmbedResponse:
+        return kpb.EmbedResponse()
+
 
 def test_a_servicer_missing_an_rpc_is_refused_naming_it() -> None:
     with pytest.raises(TypeError) as info:
