@@ -20,6 +20,8 @@ import openai
 import pytest
 from tiermesh.analytics.v1 import admin_service_pb2 as admin_pb
 from tiermesh.analytics.v1 import admin_service_pb2_grpc as admin_grpc
+from tiermesh.analytics.v1 import analytics_service_pb2 as apb
+from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 from tiermesh.common.v1 import common_pb2 as c
 from tiermesh.router.v1 import router_service_pb2 as pb
 from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -332,3 +334,33 @@ async def test_each_python_client_sees_a_revoked_key_a_rate_limit_and_a_bad_requ
     assert bad[0] == 400 and "32000" in bad[1]  # the contract's limit, in OpenAI's error object
     assert first[0] == 200
     assert limited_status[0] == 429 and 1 <= int(limited_status[2]) <= 60
+
+
+async def test_a_key_for_a_user_named_in_any_script_works_end_to_end(mesh: Mesh) -> None:
+    made = keys_cli(mesh, "create", "--user", "josé 李 🚀", "--segment", "enterprise", "--json")
+    assert made.returncode == 0, made.stderr
+    secret = json.loads(made.stdout)["secret"]
+    client = openai.AsyncOpenAI(base_url=api(mesh), api_key=secret, max_retries=0)
+    completion = await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "olá"}])
+    await client.close()
+    assert completion.model_extra is not None
+    assert completion.model_extra["tiermesh"]["decision"]["segment"] == "enterprise"
+    async with mesh.edge() as channel:
+        events = [
+            e
+            async for e in pb_grpc.RouterServiceStub(channel).Chat(
+                pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content="oi")]),
+                metadata=(("x-api-key", secret),),
+                timeout=30,
+            )
+        ]
+    assert events[0].decision.segment == c.SEGMENT_ENTERPRISE and events[-1].HasField("done")
+    # Both chats are billed to the key's user, by name, whatever its script.
+    async with tls.channel(mesh.tree, "analytics", tls.OPERATOR) as channel:
+        spend = apb_grpc.AnalyticsServiceStub(channel)
+        for _ in range(50):
+            reply = await spend.GetSpend(apb.GetSpendRequest(user="josé 李 🚀"), timeout=10)
+            if reply.totals.requests >= 2:
+                break
+            await asyncio.sleep(0.1)
+    assert reply.totals.requests == 2 and reply.totals.cost_micro_usd > 0
