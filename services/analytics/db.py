@@ -270,6 +270,7 @@ async def apply_retention(
             return deleted
         for table, column, days in (
             ("usage_events", "occurred_at", events_days),
+            ("route_decisions", "occurred_at", events_days),
             ("spend_minute", "bucket", minute_days),
             ("spend_hour", "bucket", hour_days),
         ):
@@ -292,6 +293,60 @@ def affected(payload: str) -> tuple[set[str], set[str], bool]:
     users: Iterable[str] = data.get("users", [])
     segments: Iterable[str] = data.get("segments", [])
     return set(users), set(segments), False
+
+
+# --- sampled route decisions -------------------------------------------------------------------
+
+DECISION_COLUMNS = (
+    "request_id",
+    "occurred_at",
+    "rule",
+    "tier",
+    "intent",
+    "intent_confidence",
+    "complexity",
+    "complexity_score",
+    "segment",
+    "policy_version",
+    "reasons",
+    "message_sha256",
+    "message_chars",
+    "message",
+)
+
+
+async def insert_decisions(conn: asyncpg.Connection, rows: Sequence[Row]) -> int:
+    """Store sampled decisions once per request id; returns how many were new."""
+    cols = ", ".join(DECISION_COLUMNS)
+    async with conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS decisions_stage (LIKE route_decisions INCLUDING DEFAULTS) "
+            "ON COMMIT DELETE ROWS"
+        )
+        await conn.copy_records_to_table("decisions_stage", records=rows, columns=DECISION_COLUMNS)
+        inserted = await conn.fetch(
+            f"INSERT INTO route_decisions ({cols}) SELECT DISTINCT ON (request_id) {cols} FROM decisions_stage "  # noqa: S608
+            "ORDER BY request_id ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+        )
+    return len(inserted)
+
+
+async def route_stats(pool: asyncpg.Pool, start: datetime, end: datetime | None) -> list[asyncpg.Record]:
+    """Per rule and tier: the sampled decisions of the range and their outcomes (usage by request id)."""
+    return list(
+        await pool.fetch(
+            "SELECT d.rule, d.tier, count(*) AS decisions, count(u.request_id) AS answered, "
+            "coalesce(sum(u.cost_micro_usd), 0)::bigint AS cost_micro_usd, "
+            "coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY u.latency_us), 0) AS latency_p50_us, "
+            "count(*) FILTER (WHERE cardinality(u.fallback_path) > 1) AS fell_back, "
+            "count(*) FILTER (WHERE u.degraded) AS degraded, count(*) FILTER (WHERE u.cached) AS cached "
+            "FROM route_decisions d LEFT JOIN usage_events u ON u.request_id = d.request_id "
+            "WHERE d.occurred_at >= $1 AND ($2::timestamptz IS NULL OR d.occurred_at < $2) "
+            "GROUP BY d.rule, d.tier ORDER BY decisions DESC, d.rule, d.tier",
+            start,
+            end,
+        )
+    )
 
 
 # --- API keys ------------------------------------------------------------------------------------

@@ -185,6 +185,9 @@ async def main() -> None:
             served.path("RecordUsage"): (tls.INFERENCE, tls.OPERATOR),
             served.path("GetSpend"): (tls.ROUTER, tls.OPERATOR, tls.EDGE),
             served.path("WatchSpend"): (tls.ROUTER, tls.OPERATOR, tls.EDGE),
+            # Sampled route decisions come from the Router; their statistics are for operators.
+            served.path("RecordDecisions"): (tls.ROUTER, tls.OPERATOR),
+            served.path("GetRouteStats"): (tls.OPERATOR,),
             # API keys: made, listed and revoked by operators; checked by the edge (ext_authz).
             # Through the edge only for the operator role (checked there and in AdminServicer).
             **{admin.path(m): (tls.OPERATOR, tls.EDGE) for m in ("CreateKey", "ListKeys", "RevokeKey")},

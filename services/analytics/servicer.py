@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +29,7 @@ DIMENSIONS = {
     pb.SPEND_DIMENSION_MODEL: "model",
 }
 MAX_FUTURE = timedelta(days=1)
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MIN_BUCKET_S = 60
 MAX_BUCKETS = 1440
 REFRESH_S = 30.0  # watchers recompute at least this often (a new month starts from zero)
@@ -95,6 +97,48 @@ def to_row(e: pb.UsageEvent, i: int, now: datetime) -> db.Row:
     )
 
 
+def time_range(request: pb.GetSpendRequest | pb.GetRouteStatsRequest) -> tuple[datetime, datetime | None]:
+    """(start, end) of a request's range: unset start is 24 hours before the end, unset end now."""
+    end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
+    start = (
+        request.start_time.ToDatetime(tzinfo=UTC)
+        if request.HasField("start_time")
+        else (end or datetime.now(UTC)) - timedelta(hours=24)
+    )
+    if end is not None and end <= start:
+        raise InvalidArgument("end_time: must be after start_time")
+    return start, end
+
+
+def decision_row(d: pb.RouteDecisionRecord, i: int, now: datetime) -> db.Row:
+    """One sampled decision as its row; what the contract's limits cannot say is checked here."""
+    if not d.request_id.strip():
+        raise InvalidArgument(f"decisions[{i}].request_id: must not be blank")
+    if d.message_sha256 and not SHA256_HEX.fullmatch(d.message_sha256):
+        raise InvalidArgument(f"decisions[{i}].message_sha256: must be 64 lower-case hex digits or empty")
+    occurred = d.occurred_at.ToDatetime(tzinfo=UTC) if d.HasField("occurred_at") else now
+    if occurred > now + MAX_FUTURE:
+        raise InvalidArgument(f"decisions[{i}].occurred_at: {occurred.isoformat()} is more than a day in the future")
+    if d.message_chars > 2**31 - 1:
+        raise InvalidArgument(f"decisions[{i}].message_chars: {d.message_chars} is over 2147483647")
+    return (
+        _clean(d.request_id),
+        occurred,
+        _clean(d.rule),
+        int(d.tier),
+        name_of(c.Intent, "INTENT_", d.intent),
+        d.intent_confidence,
+        name_of(c.Complexity, "COMPLEXITY_", d.complexity),
+        d.complexity_score,
+        segment_name(d.segment),
+        _clean(d.policy_version),
+        [_clean(r) for r in d.reasons],
+        d.message_sha256,
+        d.message_chars,
+        _clean(d.message) if d.message else None,
+    )
+
+
 def totals_pb(t: db.Totals) -> pb.SpendTotals:
     return pb.SpendTotals(
         requests=t.requests,
@@ -135,14 +179,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
     async def GetSpend(self, request: pb.GetSpendRequest, context: Context) -> pb.GetSpendResponse:
         validate(request)
-        end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
-        start = (
-            request.start_time.ToDatetime(tzinfo=UTC)
-            if request.HasField("start_time")
-            else (end or datetime.now(UTC)) - timedelta(hours=24)
-        )
-        if end is not None and end <= start:
-            raise InvalidArgument("end_time: must be after start_time")
+        start, end = time_range(request)
         if any(g == pb.SPEND_DIMENSION_UNSPECIFIED for g in request.group_by):
             raise InvalidArgument("group_by: SPEND_DIMENSION_UNSPECIFIED is not a dimension")
         bucket = request.bucket_s
@@ -175,6 +212,43 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 out.buckets.extend(buckets[at] for at in sorted(buckets))
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"the analytics database is unreachable: {exc}") from None
+        return out
+
+    async def RecordDecisions(self, request: pb.RecordDecisionsRequest, context: Context) -> pb.RecordDecisionsResponse:
+        validate(request)
+        now = datetime.now(UTC)
+        rows = [decision_row(d, i, now) for i, d in enumerate(request.decisions)]
+        pool = await self._db()
+        try:
+            async with pool.acquire() as conn:
+                stored = await db.insert_decisions(conn, rows)
+        except CONNECTION_ERRORS as exc:
+            raise Unavailable(f"the analytics database is unreachable: {exc}") from None
+        return pb.RecordDecisionsResponse(stored=stored)
+
+    async def GetRouteStats(self, request: pb.GetRouteStatsRequest, context: Context) -> pb.GetRouteStatsResponse:
+        validate(request)
+        start, end = time_range(request)
+        pool = await self._db()
+        try:
+            rows = await db.route_stats(pool, start, end)
+        except CONNECTION_ERRORS as exc:
+            raise Unavailable(f"the analytics database is unreachable: {exc}") from None
+        out = pb.GetRouteStatsResponse(decisions=sum(r["decisions"] for r in rows))
+        for r in rows:
+            out.rules.append(
+                pb.RuleStats(
+                    rule=r["rule"],
+                    tier=c.Tier.ValueType(r["tier"]),
+                    decisions=r["decisions"],
+                    answered=r["answered"],
+                    cost_micro_usd=r["cost_micro_usd"],
+                    latency_p50_ms=float(r["latency_p50_us"]) / 1000,
+                    fell_back=r["fell_back"],
+                    degraded=r["degraded"],
+                    cached=r["cached"],
+                )
+            )
         return out
 
     async def WatchSpend(self, request: pb.WatchSpendRequest, context: Context) -> AsyncIterator[pb.WatchSpendResponse]:

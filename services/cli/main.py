@@ -31,8 +31,13 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
-    from services.cli.route import route, route_eval
+    from services.cli.route import route, route_eval, route_stats
 
+    if args.stats:
+        if args.message or args.eval:
+            print("tiermesh route: --stats takes no message and no --eval", file=sys.stderr)
+            return 2
+        return asyncio.run(route_stats(args.since, args.json, args.target))
     if args.eval:
         if args.message:
             print("tiermesh route: give a message or --eval FILE, not both", file=sys.stderr)
@@ -176,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--segment", choices=["standard", "vip", "enterprise"], default="standard")
     route.add_argument("--tier", type=int, default=0, choices=[0, 1, 2, 3, 4], help="pin a tier, as a client could")
     route.add_argument("--json", action="store_true", help="print one JSON object")
+    route.add_argument(
+        "--stats",
+        action="store_true",
+        help="which rules fired in the sampled decisions (router.audit) and what they cost, from Analytics",
+    )
+    route.add_argument("--since", default="24h", help="with --stats: how far back: 30m, 24h, 7d (default 24h)")
+    route.add_argument("--target", help="with --stats: Analytics address host:port (default from config)")
     route.set_defaults(func=_cmd_route)
 
     models = sub.add_parser("models", help="list each tier's deployments with price, health and breaker state")

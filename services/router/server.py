@@ -7,6 +7,7 @@ from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as kpb_grpc
 from tiermesh.router.v1 import router_service_pb2 as pb
 
+from services.router.audit import DecisionAudit
 from services.router.budget import SpendBudgets, load_budgets
 from services.router.grounding import Grounding, GroundingSettings
 from services.router.policy import Router
@@ -60,6 +61,7 @@ async def main() -> None:
     # Always the spend-checking budgets: an API key may bring a budget of its own even when the
     # config has none (without any that applies, no spend is looked up).
     budget_check = SpendBudgets(budgets, apb_grpc.AnalyticsServiceStub(analytics_channel).GetSpend)
+    audit = DecisionAudit.from_config(tree, apb_grpc.AnalyticsServiceStub(analytics_channel).RecordDecisions)
     servicer = RouterServicer(
         router,
         generate_raw,
@@ -68,9 +70,11 @@ async def main() -> None:
         budget=budget_check,
         grounding=grounding,
         deployments=config.deployment_tiers(tree),
+        audit=audit,
     )
 
     async def stop() -> None:
+        await audit.close()
         await channel.close(None)
         await knowledge_channel.close(None)
         await analytics_channel.close(None)

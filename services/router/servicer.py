@@ -13,6 +13,7 @@ from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.router.v1 import router_service_pb2 as pb
 
 from services.router import budget, metrics
+from services.router.audit import DecisionAudit
 from services.router.budget import BudgetCheck, NoBudgets
 from services.router.complexity import LEVELS
 from services.router.grounding import Grounded, Grounding, GroundingSettings, with_context
@@ -134,6 +135,7 @@ class RouterServicer:
         grounding: Grounding | None = None,
         max_deadline_s: float = 590.0,
         deployments: Mapping[str, int] | None = None,
+        audit: DecisionAudit | None = None,
     ) -> None:
         self.router = router
         self.generate_raw = generate_raw
@@ -142,6 +144,7 @@ class RouterServicer:
         self.budget = budget or NoBudgets()
         self.grounding = grounding or Grounding(GroundingSettings(enabled=False), None)
         self.deployments = dict(deployments or {})  # name -> tier, for callers that pin one
+        self.audit = audit or DecisionAudit(None)
 
     def _pinned_tier(self, request: pb.ChatRequest, context: Context) -> int:
         """The tier the request pins: its deployment's (operators only), else its `tier`."""
@@ -196,6 +199,7 @@ class RouterServicer:
                 "policy": decision.policy_version,
             },
         )
+        self.audit.observe(decision, request_id, last_user_text(request.messages))
         metadata = (  # who asked and why this tier, for Inference (which bills it)
             (identity.REQUEST_ID, request_id),
             identity.user_metadata(user),

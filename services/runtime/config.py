@@ -137,6 +137,7 @@ SCHEMA: dict[str, Any] = {
         "max_deadline_s": ANY,
         "policy_path": ANY,
         "models_path": ANY,
+        "audit": frozenset({"sample_rate", "messages", "linger_ms"}),
         "knowledge": frozenset(
             {
                 "enabled",

@@ -49,6 +49,10 @@ EXAMPLES: dict[str, Callable[[], Message]] = {
     "tiermesh.analytics.v1.AnalyticsService/RecordUsage": _usage,
     "tiermesh.analytics.v1.AnalyticsService/GetSpend": lambda: apb.GetSpendRequest(user="fuzz"),
     "tiermesh.analytics.v1.AnalyticsService/WatchSpend": lambda: apb.WatchSpendRequest(user="fuzz"),
+    "tiermesh.analytics.v1.AnalyticsService/RecordDecisions": lambda: apb.RecordDecisionsRequest(
+        decisions=[apb.RouteDecisionRecord(request_id="fuzz-decision", rule="fuzz", tier=c.TIER_FAST)]
+    ),
+    "tiermesh.analytics.v1.AnalyticsService/GetRouteStats": lambda: apb.GetRouteStatsRequest(),
     "tiermesh.analytics.v1.AdminService/CreateKey": lambda: admin_pb.CreateKeyRequest(
         user="fuzz", segment=c.SEGMENT_STANDARD, expires_in_s=60
     ),

@@ -442,3 +442,241 @@ class WatchSpendResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchSpendResponse: _TypeAlias = WatchSpendResponse  # noqa: Y015
+
+@_typing.final
+class RouteDecisionRecord(_message.Message):
+    """RouteDecisionRecord is one sampled route decision, with the message only as a hash unless the
+    Router keeps messages (`router.audit.messages: keep`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    INTENT_FIELD_NUMBER: _builtins.int
+    INTENT_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    COMPLEXITY_FIELD_NUMBER: _builtins.int
+    COMPLEXITY_SCORE_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    MESSAGE_SHA256_FIELD_NUMBER: _builtins.int
+    MESSAGE_CHARS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """request_id is the request the decision routed: 1 to 128 code points."""
+    rule: _builtins.str
+    """rule is the policy rule that chose the tier: 1 to 128 code points."""
+    tier: _common_pb2.Tier.ValueType
+    """tier is the tier decided."""
+    intent: _common_pb2.Intent.ValueType
+    """intent is the detected intent."""
+    intent_confidence: _builtins.float
+    """intent_confidence is the intent model's confidence, 0 to 1."""
+    complexity: _common_pb2.Complexity.ValueType
+    """complexity is the analysed complexity."""
+    complexity_score: _builtins.float
+    """complexity_score is the complexity score, 0 to 1."""
+    segment: _common_pb2.Segment.ValueType
+    """segment is the caller's segment."""
+    policy_version: _builtins.str
+    """policy_version is the routing policy's version: at most 64 code points."""
+    message_sha256: _builtins.str
+    """message_sha256 is the SHA-256 of the routed message, 64 hex digits; empty when redacted."""
+    message_chars: _builtins.int
+    """message_chars is the routed message's length in code points."""
+    message: _builtins.str
+    """message is the routed message itself, only when the Router keeps messages: at most 32,000."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """occurred_at is when the decision was made: from 2000-01-01 to one day after the server's clock."""
+
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """reasons are the decision's reasons: at most 16, each at most 2,048 code points."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        rule: _builtins.str = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
+        intent: _common_pb2.Intent.ValueType = ...,
+        intent_confidence: _builtins.float = ...,
+        complexity: _common_pb2.Complexity.ValueType = ...,
+        complexity_score: _builtins.float = ...,
+        segment: _common_pb2.Segment.ValueType = ...,
+        policy_version: _builtins.str = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        message_sha256: _builtins.str = ...,
+        message_chars: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complexity", b"complexity", "complexity_score", b"complexity_score", "intent", b"intent", "intent_confidence", b"intent_confidence", "message", b"message", "message_chars", b"message_chars", "message_sha256", b"message_sha256", "occurred_at", b"occurred_at", "policy_version", b"policy_version", "reasons", b"reasons", "request_id", b"request_id", "rule", b"rule", "segment", b"segment", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteDecisionRecord: _TypeAlias = RouteDecisionRecord  # noqa: Y015
+
+@_typing.final
+class RecordDecisionsRequest(_message.Message):
+    """RecordDecisionsRequest carries sampled decisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteDecisionRecord]:
+        """decisions are 1 to 1,000 sampled decisions."""
+
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___RouteDecisionRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDecisionsRequest: _TypeAlias = RecordDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class RecordDecisionsResponse(_message.Message):
+    """RecordDecisionsResponse says how many decisions were new."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_FIELD_NUMBER: _builtins.int
+    stored: _builtins.int
+    """stored is the number of decisions not stored before."""
+    def __init__(
+        self,
+        *,
+        stored: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDecisionsResponse: _TypeAlias = RecordDecisionsResponse  # noqa: Y015
+
+@_typing.final
+class GetRouteStatsRequest(_message.Message):
+    """GetRouteStatsRequest names the time range."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time is the inclusive start; unset means 24 hours before end_time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """end_time is the exclusive end; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRouteStatsRequest: _TypeAlias = GetRouteStatsRequest  # noqa: Y015
+
+@_typing.final
+class RuleStats(_message.Message):
+    """RuleStats is what one rule's sampled decisions at one tier came to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    COST_MICRO_USD_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    FELL_BACK_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    """rule is the policy rule."""
+    tier: _common_pb2.Tier.ValueType
+    """tier is the tier it chose."""
+    decisions: _builtins.int
+    """decisions is the number of sampled decisions."""
+    answered: _builtins.int
+    """answered is how many of them have a recorded outcome (usage)."""
+    cost_micro_usd: _builtins.int
+    """cost_micro_usd is the answered requests' cost in all."""
+    latency_p50_ms: _builtins.float
+    """latency_p50_ms is the answered requests' median whole-answer latency."""
+    fell_back: _builtins.int
+    """fell_back is how many answers came from another deployment than the first tried."""
+    degraded: _builtins.int
+    """degraded is how many answers were the default response."""
+    cached: _builtins.int
+    """cached is how many answers came from the cache."""
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
+        decisions: _builtins.int = ...,
+        answered: _builtins.int = ...,
+        cost_micro_usd: _builtins.int = ...,
+        latency_p50_ms: _builtins.float = ...,
+        fell_back: _builtins.int = ...,
+        degraded: _builtins.int = ...,
+        cached: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "cached", b"cached", "cost_micro_usd", b"cost_micro_usd", "decisions", b"decisions", "degraded", b"degraded", "fell_back", b"fell_back", "latency_p50_ms", b"latency_p50_ms", "rule", b"rule", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleStats: _TypeAlias = RuleStats  # noqa: Y015
+
+@_typing.final
+class GetRouteStatsResponse(_message.Message):
+    """GetRouteStatsResponse lists each rule and tier, most decisions first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    decisions: _builtins.int
+    """decisions is the number of sampled decisions in the range."""
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleStats]:
+        """rules are the rules that fired, most decisions first."""
+
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___RuleStats] | None = ...,
+        decisions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRouteStatsResponse: _TypeAlias = GetRouteStatsResponse  # noqa: Y015

@@ -50,6 +50,16 @@ class AnalyticsServiceStub:
                 request_serializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.WatchSpendRequest.SerializeToString,
                 response_deserializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.WatchSpendResponse.FromString,
                 _registered_method=True)
+        self.RecordDecisions = channel.unary_unary(
+                '/tiermesh.analytics.v1.AnalyticsService/RecordDecisions',
+                request_serializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordDecisionsRequest.SerializeToString,
+                response_deserializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordDecisionsResponse.FromString,
+                _registered_method=True)
+        self.GetRouteStats = channel.unary_unary(
+                '/tiermesh.analytics.v1.AnalyticsService/GetRouteStats',
+                request_serializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.GetRouteStatsRequest.SerializeToString,
+                response_deserializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.GetRouteStatsResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -81,6 +91,22 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordDecisions(self, request, context):
+        """RecordDecisions stores a sample of the Router's decisions (its `router.audit`), to be
+        joined with their outcome (the usage of the same request id); idempotent by request id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRouteStats(self, request, context):
+        """GetRouteStats reports, for the sampled decisions of a time range, how often each rule fired
+        and what its requests cost, how long they took and how often they fell back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +124,16 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.WatchSpend,
                     request_deserializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.WatchSpendRequest.FromString,
                     response_serializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.WatchSpendResponse.SerializeToString,
+            ),
+            'RecordDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDecisions,
+                    request_deserializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordDecisionsRequest.FromString,
+                    response_serializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordDecisionsResponse.SerializeToString,
+            ),
+            'GetRouteStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRouteStats,
+                    request_deserializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.GetRouteStatsRequest.FromString,
+                    response_serializer=tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.GetRouteStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +218,60 @@ class AnalyticsService:
             '/tiermesh.analytics.v1.AnalyticsService/WatchSpend',
             tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.WatchSpendRequest.SerializeToString,
             tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.WatchSpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiermesh.analytics.v1.AnalyticsService/RecordDecisions',
+            tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordDecisionsRequest.SerializeToString,
+            tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRouteStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tiermesh.analytics.v1.AnalyticsService/GetRouteStats',
+            tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.GetRouteStatsRequest.SerializeToString,
+            tiermesh_dot_analytics_dot_v1_dot_analytics__service__pb2.GetRouteStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,14 @@ class AnalyticsServiceStub:
     """WatchSpend streams updated totals as usage arrives. Through the edge, the same rule as
     GetSpend: a token watches only its own user's spend unless it carries the operator role.
     """
+    RecordDecisions: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.RecordDecisionsRequest, _analytics_service_pb2.RecordDecisionsResponse]
+    """RecordDecisions stores a sample of the Router's decisions (its `router.audit`), to be
+    joined with their outcome (the usage of the same request id); idempotent by request id.
+    """
+    GetRouteStats: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetRouteStatsRequest, _analytics_service_pb2.GetRouteStatsResponse]
+    """GetRouteStats reports, for the sampled decisions of a time range, how often each rule fired
+    and what its requests cost, how long they took and how often they fell back.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -64,6 +72,14 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     WatchSpend: _aio.UnaryStreamMultiCallable[_analytics_service_pb2.WatchSpendRequest, _analytics_service_pb2.WatchSpendResponse]  # type: ignore[assignment]
     """WatchSpend streams updated totals as usage arrives. Through the edge, the same rule as
     GetSpend: a token watches only its own user's spend unless it carries the operator role.
+    """
+    RecordDecisions: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.RecordDecisionsRequest, _analytics_service_pb2.RecordDecisionsResponse]  # type: ignore[assignment]
+    """RecordDecisions stores a sample of the Router's decisions (its `router.audit`), to be
+    joined with their outcome (the usage of the same request id); idempotent by request id.
+    """
+    GetRouteStats: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetRouteStatsRequest, _analytics_service_pb2.GetRouteStatsResponse]  # type: ignore[assignment]
+    """GetRouteStats reports, for the sampled decisions of a time range, how often each rule fired
+    and what its requests cost, how long they took and how often they fell back.
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +114,26 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_analytics_service_pb2.WatchSpendResponse], _abc.AsyncIterator[_analytics_service_pb2.WatchSpendResponse]]:
         """WatchSpend streams updated totals as usage arrives. Through the edge, the same rule as
         GetSpend: a token watches only its own user's spend unless it carries the operator role.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordDecisions(
+        self,
+        request: _analytics_service_pb2.RecordDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.RecordDecisionsResponse, _abc.Awaitable[_analytics_service_pb2.RecordDecisionsResponse]]:
+        """RecordDecisions stores a sample of the Router's decisions (its `router.audit`), to be
+        joined with their outcome (the usage of the same request id); idempotent by request id.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRouteStats(
+        self,
+        request: _analytics_service_pb2.GetRouteStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.GetRouteStatsResponse, _abc.Awaitable[_analytics_service_pb2.GetRouteStatsResponse]]:
+        """GetRouteStats reports, for the sampled decisions of a time range, how often each rule fired
+        and what its requests cost, how long they took and how often they fell back.
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tiermesh/analytics/v1/analytics_service.proto.
  */
 export const file_tiermesh_analytics_v1_analytics_service: GenFile = /*@__PURE__*/
-  fileDesc("Ci10aWVybWVzaC9hbmFseXRpY3MvdjEvYW5hbHl0aWNzX3NlcnZpY2UucHJvdG8SFXRpZXJtZXNoLmFuYWx5dGljcy52MSK1BQoKVXNhZ2VFdmVudBIfCgpyZXF1ZXN0X2lkGAEgASgJQgvK8xgHCAEQARiAARIVCgR1c2VyGAIgASgJQgfK8xgDGIACEjQKB3NlZ21lbnQYAyABKA4yGy50aWVybWVzaC5jb21tb24udjEuU2VnbWVudEIGyvMYAjgBEi4KBHRpZXIYBCABKA4yGC50aWVybWVzaC5jb21tb24udjEuVGllckIGyvMYAjgBEhYKBW1vZGVsGAUgASgJQgfK8xgDGIACEhsKCmRlcGxveW1lbnQYBiABKAlCB8rzGAMYgAISKAoFdXNhZ2UYByABKAsyGS50aWVybWVzaC5jb21tb24udjEuVXNhZ2USQgoHbGF0ZW5jeRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIWyvMYEikAAAAAAAAAADEAAAAAABj1QBJOChN0aW1lX3RvX2ZpcnN0X3Rva2VuGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhbK8xgSKQAAAAAAAAAAMQAAAAAAGPVAEg4KBmNhY2hlZBgKIAEoCBIQCghkZWdyYWRlZBgLIAEoCBIgCg1mYWxsYmFja19wYXRoGAwgAygJQgnK8xgFGIACIBASMgoGaW50ZW50GA0gASgOMhoudGllcm1lc2guY29tbW9uLnYxLkludGVudEIGyvMYAjgBEjoKCmNvbXBsZXhpdHkYDiABKA4yHi50aWVybWVzaC5jb21tb24udjEuQ29tcGxleGl0eUIGyvMYAjgBEj4KC29jY3VycmVkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEINyvMYCSkAAADAoTbMQRIiChFjbGllbnRfcmVxdWVzdF9pZBgQIAEoCUIHyvMYAxiAASJSChJSZWNvcmRVc2FnZVJlcXVlc3QSPAoGZXZlbnRzGAEgAygLMiEudGllcm1lc2guYW5hbHl0aWNzLnYxLlVzYWdlRXZlbnRCCcrzGAUIASDoByInChNSZWNvcmRVc2FnZVJlc3BvbnNlEhAKCGFjY2VwdGVkGAEgASgNImkKC1NwZW5kVG90YWxzEhAKCHJlcXVlc3RzGAEgASgEEhUKDXByb21wdF90b2tlbnMYAiABKAQSGQoRY29tcGxldGlvbl90b2tlbnMYAyABKAQSFgoOY29zdF9taWNyb191c2QYBCABKAMihwEKClNwZW5kR3JvdXASOAoJZGltZW5zaW9uGAEgASgOMiUudGllcm1lc2guYW5hbHl0aWNzLnYxLlNwZW5kRGltZW5zaW9uEgsKA2tleRgCIAEoCRIyCgZ0b3RhbHMYAyABKAsyIi50aWVybWVzaC5hbmFseXRpY3MudjEuU3BlbmRUb3RhbHMioAIKD0dldFNwZW5kUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoEdXNlchgDIAEoCUIHyvMYAxiAAhI0CgdzZWdtZW50GAQgASgOMhsudGllcm1lc2guY29tbW9uLnYxLlNlZ21lbnRCBsrzGAI4ARJBCghncm91cF9ieRgFIAMoDjIlLnRpZXJtZXNoLmFuYWx5dGljcy52MS5TcGVuZERpbWVuc2lvbkIIyvMYBCAEOAESHwoIYnVja2V0X3MYBiABKA1CDcrzGAkxAAAAAAAY9UAipAEKC1NwZW5kQnVja2V0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKBnRvdGFscxgCIAEoCzIiLnRpZXJtZXNoLmFuYWx5dGljcy52MS5TcGVuZFRvdGFscxIxCgZncm91cHMYAyADKAsyIS50aWVybWVzaC5hbmFseXRpY3MudjEuU3BlbmRHcm91cCKuAQoQR2V0U3BlbmRSZXNwb25zZRIyCgZ0b3RhbHMYASABKAsyIi50aWVybWVzaC5hbmFseXRpY3MudjEuU3BlbmRUb3RhbHMSMQoGZ3JvdXBzGAIgAygLMiEudGllcm1lc2guYW5hbHl0aWNzLnYxLlNwZW5kR3JvdXASMwoHYnVja2V0cxgDIAMoCzIiLnRpZXJtZXNoLmFuYWx5dGljcy52MS5TcGVuZEJ1Y2tldCJgChFXYXRjaFNwZW5kUmVxdWVzdBIVCgR1c2VyGAEgASgJQgfK8xgDGIACEjQKB3NlZ21lbnQYAiABKA4yGy50aWVybWVzaC5jb21tb24udjEuU2VnbWVudEIGyvMYAjgBInMKEldhdGNoU3BlbmRSZXNwb25zZRIyCgZ0b3RhbHMYASABKAsyIi50aWVybWVzaC5hbmFseXRpY3MudjEuU3BlbmRUb3RhbHMSKQoFYXNfb2YYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKp0BCg5TcGVuZERpbWVuc2lvbhIfChtTUEVORF9ESU1FTlNJT05fVU5TUEVDSUZJRUQQABIYChRTUEVORF9ESU1FTlNJT05fVVNFUhABEhsKF1NQRU5EX0RJTUVOU0lPTl9TRUdNRU5UEAISGAoUU1BFTkRfRElNRU5TSU9OX1RJRVIQAxIZChVTUEVORF9ESU1FTlNJT05fTU9ERUwQBDK6AgoQQW5hbHl0aWNzU2VydmljZRJkCgtSZWNvcmRVc2FnZRIpLnRpZXJtZXNoLmFuYWx5dGljcy52MS5SZWNvcmRVc2FnZVJlcXVlc3QaKi50aWVybWVzaC5hbmFseXRpY3MudjEuUmVjb3JkVXNhZ2VSZXNwb25zZRJbCghHZXRTcGVuZBImLnRpZXJtZXNoLmFuYWx5dGljcy52MS5HZXRTcGVuZFJlcXVlc3QaJy50aWVybWVzaC5hbmFseXRpY3MudjEuR2V0U3BlbmRSZXNwb25zZRJjCgpXYXRjaFNwZW5kEigudGllcm1lc2guYW5hbHl0aWNzLnYxLldhdGNoU3BlbmRSZXF1ZXN0GikudGllcm1lc2guYW5hbHl0aWNzLnYxLldhdGNoU3BlbmRSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tiermesh_common_v1_common, file_tiermesh_common_v1_limits]);
+  fileDesc("Ci10aWVybWVzaC9hbmFseXRpY3MvdjEvYW5hbHl0aWNzX3NlcnZpY2UucHJvdG8SFXRpZXJtZXNoLmFuYWx5dGljcy52MSK1BQoKVXNhZ2VFdmVudBIfCgpyZXF1ZXN0X2lkGAEgASgJQgvK8xgHCAEQARiAARIVCgR1c2VyGAIgASgJQgfK8xgDGIACEjQKB3NlZ21lbnQYAyABKA4yGy50aWVybWVzaC5jb21tb24udjEuU2VnbWVudEIGyvMYAjgBEi4KBHRpZXIYBCABKA4yGC50aWVybWVzaC5jb21tb24udjEuVGllckIGyvMYAjgBEhYKBW1vZGVsGAUgASgJQgfK8xgDGIACEhsKCmRlcGxveW1lbnQYBiABKAlCB8rzGAMYgAISKAoFdXNhZ2UYByABKAsyGS50aWVybWVzaC5jb21tb24udjEuVXNhZ2USQgoHbGF0ZW5jeRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIWyvMYEikAAAAAAAAAADEAAAAAABj1QBJOChN0aW1lX3RvX2ZpcnN0X3Rva2VuGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhbK8xgSKQAAAAAAAAAAMQAAAAAAGPVAEg4KBmNhY2hlZBgKIAEoCBIQCghkZWdyYWRlZBgLIAEoCBIgCg1mYWxsYmFja19wYXRoGAwgAygJQgnK8xgFGIACIBASMgoGaW50ZW50GA0gASgOMhoudGllcm1lc2guY29tbW9uLnYxLkludGVudEIGyvMYAjgBEjoKCmNvbXBsZXhpdHkYDiABKA4yHi50aWVybWVzaC5jb21tb24udjEuQ29tcGxleGl0eUIGyvMYAjgBEj4KC29jY3VycmVkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEINyvMYCSkAAADAoTbMQRIiChFjbGllbnRfcmVxdWVzdF9pZBgQIAEoCUIHyvMYAxiAASJSChJSZWNvcmRVc2FnZVJlcXVlc3QSPAoGZXZlbnRzGAEgAygLMiEudGllcm1lc2guYW5hbHl0aWNzLnYxLlVzYWdlRXZlbnRCCcrzGAUIASDoByInChNSZWNvcmRVc2FnZVJlc3BvbnNlEhAKCGFjY2VwdGVkGAEgASgNImkKC1NwZW5kVG90YWxzEhAKCHJlcXVlc3RzGAEgASgEEhUKDXByb21wdF90b2tlbnMYAiABKAQSGQoRY29tcGxldGlvbl90b2tlbnMYAyABKAQSFgoOY29zdF9taWNyb191c2QYBCABKAMihwEKClNwZW5kR3JvdXASOAoJZGltZW5zaW9uGAEgASgOMiUudGllcm1lc2guYW5hbHl0aWNzLnYxLlNwZW5kRGltZW5zaW9uEgsKA2tleRgCIAEoCRIyCgZ0b3RhbHMYAyABKAsyIi50aWVybWVzaC5hbmFseXRpY3MudjEuU3BlbmRUb3RhbHMioAIKD0dldFNwZW5kUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoEdXNlchgDIAEoCUIHyvMYAxiAAhI0CgdzZWdtZW50GAQgASgOMhsudGllcm1lc2guY29tbW9uLnYxLlNlZ21lbnRCBsrzGAI4ARJBCghncm91cF9ieRgFIAMoDjIlLnRpZXJtZXNoLmFuYWx5dGljcy52MS5TcGVuZERpbWVuc2lvbkIIyvMYBCAEOAESHwoIYnVja2V0X3MYBiABKA1CDcrzGAkxAAAAAAAY9UAipAEKC1NwZW5kQnVja2V0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKBnRvdGFscxgCIAEoCzIiLnRpZXJtZXNoLmFuYWx5dGljcy52MS5TcGVuZFRvdGFscxIxCgZncm91cHMYAyADKAsyIS50aWVybWVzaC5hbmFseXRpY3MudjEuU3BlbmRHcm91cCKuAQoQR2V0U3BlbmRSZXNwb25zZRIyCgZ0b3RhbHMYASABKAsyIi50aWVybWVzaC5hbmFseXRpY3MudjEuU3BlbmRUb3RhbHMSMQoGZ3JvdXBzGAIgAygLMiEudGllcm1lc2guYW5hbHl0aWNzLnYxLlNwZW5kR3JvdXASMwoHYnVja2V0cxgDIAMoCzIiLnRpZXJtZXNoLmFuYWx5dGljcy52MS5TcGVuZEJ1Y2tldCJgChFXYXRjaFNwZW5kUmVxdWVzdBIVCgR1c2VyGAEgASgJQgfK8xgDGIACEjQKB3NlZ21lbnQYAiABKA4yGy50aWVybWVzaC5jb21tb24udjEuU2VnbWVudEIGyvMYAjgBInMKEldhdGNoU3BlbmRSZXNwb25zZRIyCgZ0b3RhbHMYASABKAsyIi50aWVybWVzaC5hbmFseXRpY3MudjEuU3BlbmRUb3RhbHMSKQoFYXNfb2YYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wItoEChNSb3V0ZURlY2lzaW9uUmVjb3JkEh8KCnJlcXVlc3RfaWQYASABKAlCC8rzGAcIARABGIABEj4KC29jY3VycmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEINyvMYCSkAAADAoTbMQRIXCgRydWxlGAMgASgJQgnK8xgFCAEYgAESMAoEdGllchgEIAEoDjIYLnRpZXJtZXNoLmNvbW1vbi52MS5UaWVyQgjK8xgECAE4ARIyCgZpbnRlbnQYBSABKA4yGi50aWVybWVzaC5jb21tb24udjEuSW50ZW50QgbK8xgCOAESMQoRaW50ZW50X2NvbmZpZGVuY2UYBiABKAJCFsrzGBIpAAAAAAAAAAAxAAAAAAAA8D8SOgoKY29tcGxleGl0eRgHIAEoDjIeLnRpZXJtZXNoLmNvbW1vbi52MS5Db21wbGV4aXR5QgbK8xgCOAESMAoQY29tcGxleGl0eV9zY29yZRgIIAEoAkIWyvMYEikAAAAAAAAAADEAAAAAAADwPxI0CgdzZWdtZW50GAkgASgOMhsudGllcm1lc2guY29tbW9uLnYxLlNlZ21lbnRCBsrzGAI4ARIeCg5wb2xpY3lfdmVyc2lvbhgKIAEoCUIGyvMYAhhAEhoKB3JlYXNvbnMYCyADKAlCCcrzGAUYgBAgEBIeCg5tZXNzYWdlX3NoYTI1NhgMIAEoCUIGyvMYAhhAEhUKDW1lc3NhZ2VfY2hhcnMYDSABKA0SGQoHbWVzc2FnZRgOIAEoCUIIyvMYBBiA+gEiYgoWUmVjb3JkRGVjaXNpb25zUmVxdWVzdBJICglkZWNpc2lvbnMYASADKAsyKi50aWVybWVzaC5hbmFseXRpY3MudjEuUm91dGVEZWNpc2lvblJlY29yZEIJyvMYBQgBIOgHIikKF1JlY29yZERlY2lzaW9uc1Jlc3BvbnNlEg4KBnN0b3JlZBgBIAEoDSJ0ChRHZXRSb3V0ZVN0YXRzUmVxdWVzdBIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKCVJ1bGVTdGF0cxIMCgRydWxlGAEgASgJEiYKBHRpZXIYAiABKA4yGC50aWVybWVzaC5jb21tb24udjEuVGllchIRCglkZWNpc2lvbnMYAyABKAQSEAoIYW5zd2VyZWQYBCABKAQSFgoOY29zdF9taWNyb191c2QYBSABKAMSFgoObGF0ZW5jeV9wNTBfbXMYBiABKAESEQoJZmVsbF9iYWNrGAcgASgEEhAKCGRlZ3JhZGVkGAggASgEEg4KBmNhY2hlZBgJIAEoBCJbChVHZXRSb3V0ZVN0YXRzUmVzcG9uc2USLwoFcnVsZXMYASADKAsyIC50aWVybWVzaC5hbmFseXRpY3MudjEuUnVsZVN0YXRzEhEKCWRlY2lzaW9ucxgCIAEoBCqdAQoOU3BlbmREaW1lbnNpb24SHwobU1BFTkRfRElNRU5TSU9OX1VOU1BFQ0lGSUVEEAASGAoUU1BFTkRfRElNRU5TSU9OX1VTRVIQARIbChdTUEVORF9ESU1FTlNJT05fU0VHTUVOVBACEhgKFFNQRU5EX0RJTUVOU0lPTl9USUVSEAMSGQoVU1BFTkRfRElNRU5TSU9OX01PREVMEAQymAQKEEFuYWx5dGljc1NlcnZpY2USZAoLUmVjb3JkVXNhZ2USKS50aWVybWVzaC5hbmFseXRpY3MudjEuUmVjb3JkVXNhZ2VSZXF1ZXN0GioudGllcm1lc2guYW5hbHl0aWNzLnYxLlJlY29yZFVzYWdlUmVzcG9uc2USWwoIR2V0U3BlbmQSJi50aWVybWVzaC5hbmFseXRpY3MudjEuR2V0U3BlbmRSZXF1ZXN0GicudGllcm1lc2guYW5hbHl0aWNzLnYxLkdldFNwZW5kUmVzcG9uc2USYwoKV2F0Y2hTcGVuZBIoLnRpZXJtZXNoLmFuYWx5dGljcy52MS5XYXRjaFNwZW5kUmVxdWVzdBopLnRpZXJtZXNoLmFuYWx5dGljcy52MS5XYXRjaFNwZW5kUmVzcG9uc2UwARJwCg9SZWNvcmREZWNpc2lvbnMSLS50aWVybWVzaC5hbmFseXRpY3MudjEuUmVjb3JkRGVjaXNpb25zUmVxdWVzdBouLnRpZXJtZXNoLmFuYWx5dGljcy52MS5SZWNvcmREZWNpc2lvbnNSZXNwb25zZRJqCg1HZXRSb3V0ZVN0YXRzEisudGllcm1lc2guYW5hbHl0aWNzLnYxLkdldFJvdXRlU3RhdHNSZXF1ZXN0GiwudGllcm1lc2guYW5hbHl0aWNzLnYxLkdldFJvdXRlU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_tiermesh_common_v1_common, file_tiermesh_common_v1_limits]);
 
 /**
  * UsageEvent is what one finished request consumed.
@@ -450,6 +450,294 @@ export const WatchSpendResponseSchema: GenMessage<WatchSpendResponse> = /*@__PUR
   messageDesc(file_tiermesh_analytics_v1_analytics_service, 9);
 
 /**
+ * RouteDecisionRecord is one sampled route decision, with the message only as a hash unless the
+ * Router keeps messages (`router.audit.messages: keep`).
+ *
+ * @generated from message tiermesh.analytics.v1.RouteDecisionRecord
+ */
+export type RouteDecisionRecord = Message<"tiermesh.analytics.v1.RouteDecisionRecord"> & {
+  /**
+   * request_id is the request the decision routed: 1 to 128 code points.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * occurred_at is when the decision was made: from 2000-01-01 to one day after the server's clock.
+   *
+   * @generated from field: google.protobuf.Timestamp occurred_at = 2;
+   */
+  occurredAt?: Timestamp | undefined;
+
+  /**
+   * rule is the policy rule that chose the tier: 1 to 128 code points.
+   *
+   * @generated from field: string rule = 3;
+   */
+  rule: string;
+
+  /**
+   * tier is the tier decided.
+   *
+   * @generated from field: tiermesh.common.v1.Tier tier = 4;
+   */
+  tier: Tier;
+
+  /**
+   * intent is the detected intent.
+   *
+   * @generated from field: tiermesh.common.v1.Intent intent = 5;
+   */
+  intent: Intent;
+
+  /**
+   * intent_confidence is the intent model's confidence, 0 to 1.
+   *
+   * @generated from field: float intent_confidence = 6;
+   */
+  intentConfidence: number;
+
+  /**
+   * complexity is the analysed complexity.
+   *
+   * @generated from field: tiermesh.common.v1.Complexity complexity = 7;
+   */
+  complexity: Complexity;
+
+  /**
+   * complexity_score is the complexity score, 0 to 1.
+   *
+   * @generated from field: float complexity_score = 8;
+   */
+  complexityScore: number;
+
+  /**
+   * segment is the caller's segment.
+   *
+   * @generated from field: tiermesh.common.v1.Segment segment = 9;
+   */
+  segment: Segment;
+
+  /**
+   * policy_version is the routing policy's version: at most 64 code points.
+   *
+   * @generated from field: string policy_version = 10;
+   */
+  policyVersion: string;
+
+  /**
+   * reasons are the decision's reasons: at most 16, each at most 2,048 code points.
+   *
+   * @generated from field: repeated string reasons = 11;
+   */
+  reasons: string[];
+
+  /**
+   * message_sha256 is the SHA-256 of the routed message, 64 hex digits; empty when redacted.
+   *
+   * @generated from field: string message_sha256 = 12;
+   */
+  messageSha256: string;
+
+  /**
+   * message_chars is the routed message's length in code points.
+   *
+   * @generated from field: uint32 message_chars = 13;
+   */
+  messageChars: number;
+
+  /**
+   * message is the routed message itself, only when the Router keeps messages: at most 32,000.
+   *
+   * @generated from field: string message = 14;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message tiermesh.analytics.v1.RouteDecisionRecord.
+ * Use `create(RouteDecisionRecordSchema)` to create a new message.
+ */
+export const RouteDecisionRecordSchema: GenMessage<RouteDecisionRecord> = /*@__PURE__*/
+  messageDesc(file_tiermesh_analytics_v1_analytics_service, 10);
+
+/**
+ * RecordDecisionsRequest carries sampled decisions.
+ *
+ * @generated from message tiermesh.analytics.v1.RecordDecisionsRequest
+ */
+export type RecordDecisionsRequest = Message<"tiermesh.analytics.v1.RecordDecisionsRequest"> & {
+  /**
+   * decisions are 1 to 1,000 sampled decisions.
+   *
+   * @generated from field: repeated tiermesh.analytics.v1.RouteDecisionRecord decisions = 1;
+   */
+  decisions: RouteDecisionRecord[];
+};
+
+/**
+ * Describes the message tiermesh.analytics.v1.RecordDecisionsRequest.
+ * Use `create(RecordDecisionsRequestSchema)` to create a new message.
+ */
+export const RecordDecisionsRequestSchema: GenMessage<RecordDecisionsRequest> = /*@__PURE__*/
+  messageDesc(file_tiermesh_analytics_v1_analytics_service, 11);
+
+/**
+ * RecordDecisionsResponse says how many decisions were new.
+ *
+ * @generated from message tiermesh.analytics.v1.RecordDecisionsResponse
+ */
+export type RecordDecisionsResponse = Message<"tiermesh.analytics.v1.RecordDecisionsResponse"> & {
+  /**
+   * stored is the number of decisions not stored before.
+   *
+   * @generated from field: uint32 stored = 1;
+   */
+  stored: number;
+};
+
+/**
+ * Describes the message tiermesh.analytics.v1.RecordDecisionsResponse.
+ * Use `create(RecordDecisionsResponseSchema)` to create a new message.
+ */
+export const RecordDecisionsResponseSchema: GenMessage<RecordDecisionsResponse> = /*@__PURE__*/
+  messageDesc(file_tiermesh_analytics_v1_analytics_service, 12);
+
+/**
+ * GetRouteStatsRequest names the time range.
+ *
+ * @generated from message tiermesh.analytics.v1.GetRouteStatsRequest
+ */
+export type GetRouteStatsRequest = Message<"tiermesh.analytics.v1.GetRouteStatsRequest"> & {
+  /**
+   * start_time is the inclusive start; unset means 24 hours before end_time.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * end_time is the exclusive end; unset means now.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 2;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message tiermesh.analytics.v1.GetRouteStatsRequest.
+ * Use `create(GetRouteStatsRequestSchema)` to create a new message.
+ */
+export const GetRouteStatsRequestSchema: GenMessage<GetRouteStatsRequest> = /*@__PURE__*/
+  messageDesc(file_tiermesh_analytics_v1_analytics_service, 13);
+
+/**
+ * RuleStats is what one rule's sampled decisions at one tier came to.
+ *
+ * @generated from message tiermesh.analytics.v1.RuleStats
+ */
+export type RuleStats = Message<"tiermesh.analytics.v1.RuleStats"> & {
+  /**
+   * rule is the policy rule.
+   *
+   * @generated from field: string rule = 1;
+   */
+  rule: string;
+
+  /**
+   * tier is the tier it chose.
+   *
+   * @generated from field: tiermesh.common.v1.Tier tier = 2;
+   */
+  tier: Tier;
+
+  /**
+   * decisions is the number of sampled decisions.
+   *
+   * @generated from field: uint64 decisions = 3;
+   */
+  decisions: bigint;
+
+  /**
+   * answered is how many of them have a recorded outcome (usage).
+   *
+   * @generated from field: uint64 answered = 4;
+   */
+  answered: bigint;
+
+  /**
+   * cost_micro_usd is the answered requests' cost in all.
+   *
+   * @generated from field: int64 cost_micro_usd = 5;
+   */
+  costMicroUsd: bigint;
+
+  /**
+   * latency_p50_ms is the answered requests' median whole-answer latency.
+   *
+   * @generated from field: double latency_p50_ms = 6;
+   */
+  latencyP50Ms: number;
+
+  /**
+   * fell_back is how many answers came from another deployment than the first tried.
+   *
+   * @generated from field: uint64 fell_back = 7;
+   */
+  fellBack: bigint;
+
+  /**
+   * degraded is how many answers were the default response.
+   *
+   * @generated from field: uint64 degraded = 8;
+   */
+  degraded: bigint;
+
+  /**
+   * cached is how many answers came from the cache.
+   *
+   * @generated from field: uint64 cached = 9;
+   */
+  cached: bigint;
+};
+
+/**
+ * Describes the message tiermesh.analytics.v1.RuleStats.
+ * Use `create(RuleStatsSchema)` to create a new message.
+ */
+export const RuleStatsSchema: GenMessage<RuleStats> = /*@__PURE__*/
+  messageDesc(file_tiermesh_analytics_v1_analytics_service, 14);
+
+/**
+ * GetRouteStatsResponse lists each rule and tier, most decisions first.
+ *
+ * @generated from message tiermesh.analytics.v1.GetRouteStatsResponse
+ */
+export type GetRouteStatsResponse = Message<"tiermesh.analytics.v1.GetRouteStatsResponse"> & {
+  /**
+   * rules are the rules that fired, most decisions first.
+   *
+   * @generated from field: repeated tiermesh.analytics.v1.RuleStats rules = 1;
+   */
+  rules: RuleStats[];
+
+  /**
+   * decisions is the number of sampled decisions in the range.
+   *
+   * @generated from field: uint64 decisions = 2;
+   */
+  decisions: bigint;
+};
+
+/**
+ * Describes the message tiermesh.analytics.v1.GetRouteStatsResponse.
+ * Use `create(GetRouteStatsResponseSchema)` to create a new message.
+ */
+export const GetRouteStatsResponseSchema: GenMessage<GetRouteStatsResponse> = /*@__PURE__*/
+  messageDesc(file_tiermesh_analytics_v1_analytics_service, 15);
+
+/**
  * SpendDimension is a way to break spend down.
  *
  * @generated from enum tiermesh.analytics.v1.SpendDimension
@@ -536,6 +824,28 @@ export const AnalyticsService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchSpendRequestSchema;
     output: typeof WatchSpendResponseSchema;
+  },
+  /**
+   * RecordDecisions stores a sample of the Router's decisions (its `router.audit`), to be
+   * joined with their outcome (the usage of the same request id); idempotent by request id.
+   *
+   * @generated from rpc tiermesh.analytics.v1.AnalyticsService.RecordDecisions
+   */
+  recordDecisions: {
+    methodKind: "unary";
+    input: typeof RecordDecisionsRequestSchema;
+    output: typeof RecordDecisionsResponseSchema;
+  },
+  /**
+   * GetRouteStats reports, for the sampled decisions of a time range, how often each rule fired
+   * and what its requests cost, how long they took and how often they fell back.
+   *
+   * @generated from rpc tiermesh.analytics.v1.AnalyticsService.GetRouteStats
+   */
+  getRouteStats: {
+    methodKind: "unary";
+    input: typeof GetRouteStatsRequestSchema;
+    output: typeof GetRouteStatsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tiermesh_analytics_v1_analytics_service, 0);
