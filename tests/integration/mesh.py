@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "grpc_web_frame",
     "grpc_web_frames",
     "mesh_env",
+    "off_the_minute",
     "parse_trailers",
     "start_mesh",
 ]
@@ -78,3 +80,11 @@ def parse_trailers(payload: bytes) -> dict[str, str]:
             key, value = line.split(":", 1)
             out[key.strip().lower()] = value.strip()
     return out
+
+
+async def off_the_minute(needed_s: float = 10.0) -> None:
+    """Wait, when the current minute has less than `needed_s` left, for the next one: rate limits
+    count in windows aligned to the minute, and a test that fills one must not straddle two."""
+    left = 60.0 - time.time() % 60.0
+    if left < needed_s:
+        await asyncio.sleep(left + 0.2)

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.mesh import Mesh, start_mesh
+from tests.integration.mesh import Mesh, off_the_minute, start_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -234,6 +234,7 @@ async def test_the_edge_refuses_a_missing_or_bad_key_with_openais_401(api: Api) 
 async def test_a_rate_limited_caller_gets_429_with_retry_after(api: Api) -> None:
     token = api.mesh.token(segment="standard")
     client = openai.AsyncOpenAI(base_url=api.url, api_key=token, max_retries=0)
+    await off_the_minute()
     for _ in range(STANDARD_PER_MINUTE):
         await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.RateLimitError) as limited:
