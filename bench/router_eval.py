@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import time
+from collections import Counter
 
 from bench.stats import percentile
 from services.router.evaluate import Labelled, evaluate, render
 from services.router.policy import Router
-from services.router.train import load_rows
+from services.router.train import DATA_DIR, SPLITS, load_rows
 
 
 def timed(router: Router, texts: list[str], reps: int) -> list[float]:
@@ -33,16 +35,44 @@ def timed(router: Router, texts: list[str], reps: int) -> list[float]:
     return sorted(out)
 
 
+def agreement() -> None:
+    """How often a second labeller, labelling blind, gave a sample the same labels (and Cohen's
+    kappa, agreement beyond chance) for intent and complexity."""
+    path = DATA_DIR / "agreement" / "second_labeller.jsonl"
+    if not path.exists():
+        return
+    first = {r["id"]: r for split in SPLITS for r in load_rows(split)}
+    second = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs = [(first[s["id"]], s) for s in second if s["id"] in first]
+    print(f"\nlabel agreement with a second labeller, blind, on {len(pairs)} messages:")
+    for key in ("intent", "complexity"):
+        a = [f[key] for f, _ in pairs]
+        b = [s[key] for _, s in pairs]
+        observed = sum(x == y for x, y in zip(a, b, strict=True)) / len(pairs)
+        ca, cb = Counter(a), Counter(b)
+        chance = sum(ca[k] * cb[k] for k in ca) / len(pairs) ** 2
+        kappa = (observed - chance) / (1 - chance) if chance < 1 else 1.0
+        print(f"  {key:<11} agreement {observed:.3f}, Cohen's kappa {kappa:.3f}")
+
+
 def main() -> None:
     router = Router.load()
-    rows = load_rows("test")
     train_n = len(load_rows("train"))
-    print(f"routing evaluation on the test split: {len(rows)} messages (model trained on {train_n} others)")
-    for segment in ("standard", "vip"):
-        labelled = [Labelled(r["text"], r["intent"], r["complexity"], segment, lang=r["lang"]) for r in rows]
-        report = evaluate(router, labelled)
-        print(f"\n{segment} users:")
-        print(render(report))
+    for split, title in (
+        ("test", "the test split (held out from the training data's writers)"),
+        ("independent", "the independent split (another writer, no template shared with training)"),
+    ):
+        rows = load_rows(split)
+        if not rows:
+            continue
+        print(f"\nrouting evaluation on {title}: {len(rows)} messages (model trained on {train_n} others)")
+        for segment in ("standard", "vip"):
+            labelled = [Labelled(r["text"], r["intent"], r["complexity"], segment, lang=r["lang"]) for r in rows]
+            report = evaluate(router, labelled)
+            print(f"\n{segment} users, {split}:")
+            print(render(report))
+    agreement()
+    rows = load_rows("test")
     texts = [r["text"] for r in rows]
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # one core: fewer migrations, steadier tails

@@ -21,6 +21,9 @@ from services.router.linear import LinearModel, accuracy, train
 from services.runtime.config import REPO_ROOT
 
 DATA_DIR = REPO_ROOT / "data" / "routing"
+# train: what the models learn from; test: held out from the same writers; independent: written
+# by another hand with no template shared with the rest, never trained or tuned on.
+SPLITS = ("train", "test", "independent")
 # Chosen by 5-fold cross-validation on the train split (never on the test split): averaging the
 # second half of the epochs made accuracy the same for every shuffle seed tried.
 INTENT_PARAMS: dict[str, Any] = {
@@ -41,8 +44,8 @@ def load_rows(split: str) -> list[dict[str, str]]:
             if not line.strip():
                 continue
             row = json.loads(line)
-            if row.get("split") not in ("train", "test"):
-                raise ValueError(f"{path.name}:{n}: split must be train or test")
+            if row.get("split") not in SPLITS:
+                raise ValueError(f"{path.name}:{n}: split must be one of {', '.join(SPLITS)}")
             if row["intent"] not in intent.INTENTS or row["complexity"] not in complexity.LEVELS:
                 raise ValueError(f"{path.name}:{n}: unknown label {row['intent']!r}/{row['complexity']!r}")
             if row["split"] == split:

