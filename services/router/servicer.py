@@ -40,29 +40,33 @@ class RelayedError(TiermeshError):
         self.code = code
 
 
-def identity_from(context: Context) -> tuple[str, str]:
-    """(user, segment) from the identity headers the edge sets after verifying the caller's
-    token, honoured only when the caller is the edge (or the OpenAI-compatible API, which passes
-    on what the edge verified); never from the message or a request field. Anyone else is anonymous and standard."""
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who asks, from the identity headers the edge sets after verifying the caller's token or
+    API key, honoured only when the caller is the edge (or the OpenAI-compatible API, which
+    passes on what the edge verified); never from the message or a request field. Anyone else
+    is anonymous and standard. Read once per call."""
+
+    user: str = ""
+    segment: str = identity.DEFAULT_SEGMENT
+    own_budget: int | None = None  # the monthly budget an API key sets for its user
+    operator: bool = False  # a token's `role` claim or an API key's
+    client_request_id: str = ""
+
+
+def caller_from(context: Context) -> Caller:
     metadata = identity.metadata_dict(context.invocation_metadata())
+    client_request_id = identity.client_request_id(metadata)
     if not identity.trusted(tls.peer_role(context), tls.EDGE, tls.OPENAI):
-        return "", identity.DEFAULT_SEGMENT
-    return identity.user_and_segment(metadata)
-
-
-def own_budget_from(context: Context) -> int | None:
-    """The monthly budget the caller's API key sets for its user (from the edge, as the identity)."""
-    if not identity.trusted(tls.peer_role(context), tls.EDGE, tls.OPENAI):
-        return None
-    return identity.own_budget(identity.metadata_dict(context.invocation_metadata()))
-
-
-def is_operator(context: Context) -> bool:
-    """Does the caller's verified identity carry the operator role (a token's `role` claim or an
-    API key's), as the edge or the OpenAI-compatible API behind it says?"""
-    if not identity.trusted(tls.peer_role(context), tls.EDGE, tls.OPENAI):
-        return False
-    return identity.metadata_dict(context.invocation_metadata()).get(identity.ROLE) == identity.OPERATOR
+        return Caller(client_request_id=client_request_id)
+    user, segment = identity.user_and_segment(metadata)
+    return Caller(
+        user,
+        segment,
+        identity.own_budget(metadata),
+        metadata.get(identity.ROLE) == identity.OPERATOR,
+        client_request_id,
+    )
 
 
 def last_user_text(messages: Sequence[c.ChatMessage]) -> str:
@@ -146,11 +150,11 @@ class RouterServicer:
         self.deployments = dict(deployments or {})  # name -> tier, for callers that pin one
         self.audit = audit or DecisionAudit(None)
 
-    def _pinned_tier(self, request: pb.ChatRequest, context: Context) -> int:
+    def _pinned_tier(self, request: pb.ChatRequest, caller: Caller) -> int:
         """The tier the request pins: its deployment's (operators only), else its `tier`."""
         if not request.deployment:
             return request.tier
-        if not is_operator(context):
+        if not caller.operator:
             raise PermissionDenied("deployment: pinning a deployment needs the operator role; leave it empty")
         tier = self.deployments.get(request.deployment)
         if tier is None:
@@ -158,11 +162,9 @@ class RouterServicer:
             raise NotFound(f"deployment: no deployment {request.deployment!r}; deployments are {known}")
         return tier
 
-    async def _decide(
-        self, messages: Sequence[c.ChatMessage], tier: int, user: str, segment: str, context: Context
-    ) -> Decision:
-        decision = self.router.decide(last_user_text(messages), segment, tier)
-        status = await self.budget.status(user, segment, own_budget_from(context))
+    async def _decide(self, text: str, tier: int, caller: Caller) -> Decision:
+        decision = self.router.decide(text, caller.segment, tier)
+        status = await self.budget.status(caller.user, caller.segment, caller.own_budget)
         metrics.budget_verdict(status.action)
         if status.action != "allow":
             reasons = list(decision.reasons)
@@ -173,16 +175,16 @@ class RouterServicer:
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         validate(request)
-        user, segment = identity_from(context)
-        decision = await self._decide(request.messages, request.tier, user, segment, context)
+        decision = await self._decide(last_user_text(request.messages), request.tier, caller_from(context))
         return pb.RouteResponse(decision=decision_pb(decision, logs.request_id_var.get()))
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatResponse | bytes]:
         validate(request)
         request_id = logs.request_id_var.get()
-        user, segment = identity_from(context)
-        client_request_id = identity.client_request_id(identity.metadata_dict(context.invocation_metadata()))
-        decision = await self._decide(request.messages, self._pinned_tier(request, context), user, segment, context)
+        caller = caller_from(context)
+        user, client_request_id = caller.user, caller.client_request_id
+        question = last_user_text(request.messages)
+        decision = await self._decide(question, self._pinned_tier(request, caller), caller)
         if request.deployment:
             reasons = [f"deployment {request.deployment} pinned by the caller (operator role)", *decision.reasons]
             decision = dataclasses.replace(decision, reasons=reasons)
@@ -199,7 +201,7 @@ class RouterServicer:
                 "policy": decision.policy_version,
             },
         )
-        self.audit.observe(decision, request_id, last_user_text(request.messages))
+        self.audit.observe(decision, request_id, question)
         metadata = (  # who asked and why this tier, for Inference (which bills it)
             (identity.REQUEST_ID, request_id),
             identity.user_metadata(user),
@@ -222,7 +224,6 @@ class RouterServicer:
                 yield message
             return
         yield pb.ChatResponse(decision=decision_pb(decision, request_id))
-        question = last_user_text(request.messages)
         grounded = await self.grounding.retrieve(question, request_id, time_remaining(context))
         for citation in grounded.citations:
             yield pb.ChatResponse(citation=citation)
