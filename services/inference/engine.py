@@ -229,13 +229,8 @@ class Engine:
         """The tier's deployments in the order to try: usable ones (healthy, breaker not open)
         cheapest first, then the rest (they may have recovered), each group cheapest first.
         Reading the order changes no breaker: only a call (`allow`) moves one to half-open.
-        A `pinned` deployment is the only one."""
-        deps = list(self.cfg.tiers[tier])
-        if pinned:
-            deps = [d for d in deps if d.name == pinned]
-            if not deps:
-                names = ", ".join(d.name for d in self.cfg.tiers[tier])
-                raise InvalidArgument(f"deployment: tier {tier} has no deployment {pinned!r}; it has {names}")
+        A `pinned` deployment (see `check_pinned`) is the only one."""
+        deps = [d for d in self.cfg.tiers[tier] if d.name == pinned] if pinned else list(self.cfg.tiers[tier])
 
         def key(d: Deployment) -> tuple[bool, int]:
             usable = (
@@ -249,10 +244,17 @@ class Engine:
         limit = self.cfg.request_timeout_s
         return limit if req.deadline is None else min(limit, req.deadline - self.clock())
 
+    def check_pinned(self, tier: int, pinned: str) -> None:
+        """INVALID_ARGUMENT when the tier has no deployment of the pinned name."""
+        names = [d.name for d in self.cfg.tiers[tier]]
+        if pinned not in names:
+            raise InvalidArgument(f"deployment: tier {tier} has no deployment {pinned!r}; it has {', '.join(names)}")
+
     async def generate(self, req: GenerateInput) -> AsyncIterator[Event]:
         """The events of one answer: a cached one replayed, or the first deployment (in
         `candidates` order) that answers, else the default response or UNAVAILABLE."""
-        candidates = self.candidates(req.tier, req.deployment)
+        if req.deployment:
+            self.check_pinned(req.tier, req.deployment)
         key = self._cache_key(req)
         if key and not req.bypass_cache:
             assert self.cache is not None
@@ -263,7 +265,7 @@ class Engine:
                 return
         self.budget.deposit()
         run = _Run(req, [{"role": role, "content": content} for role, content in req.messages])
-        for d in candidates:
+        for d in self.candidates(req.tier, req.deployment):
             if not self._may_call(run, d):
                 continue
             if run.path:
