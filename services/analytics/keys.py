@@ -30,11 +30,12 @@ from tiermesh.common.v1 import common_pb2 as c
 from tiermesh_authz.v3 import external_auth_pb2 as authz
 
 from services.analytics import db
+from services.analytics.servicer import reachable
 from services.analytics.writer import CONNECTION_ERRORS
 from services.runtime import apikeys, identity, tls
 from services.runtime.backoff import Backoff
 from services.runtime.enums import name_of
-from services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from services.runtime.errors import InvalidArgument, NotFound, PermissionDenied
 from services.runtime.server import Context
 from services.runtime.validation import validate
 
@@ -219,10 +220,7 @@ class AdminServicer:
         self.cache = cache
 
     async def _conn_pool(self) -> asyncpg.Pool:
-        try:
-            return await self.pool()
-        except CONNECTION_ERRORS as exc:
-            raise Unavailable(f"the key store (PostgreSQL) is unreachable: {exc}") from None
+        return await reachable(self.pool, "the key store (PostgreSQL)")
 
     async def CreateKey(self, request: pb.CreateKeyRequest, context: Context) -> pb.CreateKeyResponse:
         operator_only(context)

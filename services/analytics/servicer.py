@@ -97,6 +97,14 @@ def to_row(e: pb.UsageEvent, i: int, now: datetime) -> db.Row:
     )
 
 
+async def reachable(pool: Callable[[], Awaitable[asyncpg.Pool]], what: str = "the analytics database") -> asyncpg.Pool:
+    """The pool, or UNAVAILABLE saying that `what` (PostgreSQL) cannot be reached."""
+    try:
+        return await pool()
+    except CONNECTION_ERRORS as exc:
+        raise Unavailable(f"{what} is unreachable: {exc}") from None
+
+
 def time_range(request: pb.GetSpendRequest | pb.GetRouteStatsRequest) -> tuple[datetime, datetime | None]:
     """(start, end) of a request's range: unset start is 24 hours before the end, unset end now."""
     end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
@@ -172,10 +180,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         return pb.RecordUsageResponse(accepted=self.writer.accept(rows))
 
     async def _db(self) -> asyncpg.Pool:
-        try:
-            return await self.pool()
-        except CONNECTION_ERRORS as exc:
-            raise Unavailable(f"the analytics database is unreachable: {exc}") from None
+        return await reachable(self.pool)
 
     async def GetSpend(self, request: pb.GetSpendRequest, context: Context) -> pb.GetSpendResponse:
         validate(request)
