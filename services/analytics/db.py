@@ -102,18 +102,29 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
 
+async def _insert_new(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: Sequence[Row], returning: str
+) -> list[asyncpg.Record]:
+    """COPY `rows` into a per-connection staging table, then INSERT those whose request id is not
+    stored yet (once each); returns `returning` of the new rows. Call inside a transaction."""
+    stage = f"{table}_stage"
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_records_to_table(stage, records=rows, columns=columns)
+    cols = ", ".join(columns)
+    return list(
+        await conn.fetch(
+            f"INSERT INTO {table} ({cols}) SELECT DISTINCT ON (request_id) {cols} FROM {stage} "  # noqa: S608
+            f"ORDER BY request_id ON CONFLICT (request_id) DO NOTHING RETURNING {returning}"
+        )
+    )
+
+
 async def insert_batch(conn: asyncpg.Connection, rows: Sequence[Row]) -> int:
     """Store a batch; returns how many rows were new (duplicates of stored requests are skipped)."""
     async with conn.transaction():
-        await conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        await conn.copy_records_to_table("usage_stage", records=rows, columns=COLUMNS)
-        cols = ", ".join(COLUMNS)
-        inserted = await conn.fetch(
-            f"INSERT INTO usage_events ({cols}) SELECT DISTINCT ON (request_id) {cols} FROM usage_stage "  # noqa: S608
-            "ORDER BY request_id ON CONFLICT (request_id) DO NOTHING RETURNING user_id, segment"
-        )
+        inserted = await _insert_new(conn, "usage_events", COLUMNS, rows, "user_id, segment")
         if inserted:
             users = sorted({r["user_id"] for r in inserted})
             segments = sorted({r["segment"] for r in inserted})
@@ -317,18 +328,8 @@ DECISION_COLUMNS = (
 
 async def insert_decisions(conn: asyncpg.Connection, rows: Sequence[Row]) -> int:
     """Store sampled decisions once per request id; returns how many were new."""
-    cols = ", ".join(DECISION_COLUMNS)
     async with conn.transaction():
-        await conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS decisions_stage (LIKE route_decisions INCLUDING DEFAULTS) "
-            "ON COMMIT DELETE ROWS"
-        )
-        await conn.copy_records_to_table("decisions_stage", records=rows, columns=DECISION_COLUMNS)
-        inserted = await conn.fetch(
-            f"INSERT INTO route_decisions ({cols}) SELECT DISTINCT ON (request_id) {cols} FROM decisions_stage "  # noqa: S608
-            "ORDER BY request_id ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
-        )
-    return len(inserted)
+        return len(await _insert_new(conn, "route_decisions", DECISION_COLUMNS, rows, "request_id"))
 
 
 async def route_stats(pool: asyncpg.Pool, start: datetime, end: datetime | None) -> list[asyncpg.Record]:
