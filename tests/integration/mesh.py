@@ -20,6 +20,7 @@ __all__ = [
     "Mesh",
     "deployment",
     "eventually",
+    "forget_litellm_clients",
     "free_port",
     "grpc_web_frame",
     "grpc_web_frames",
@@ -88,3 +89,18 @@ async def off_the_minute(needed_s: float = 10.0) -> None:
     left = 60.0 - time.time() % 60.0
     if left < needed_s:
         await asyncio.sleep(left + 0.2)
+
+
+def forget_litellm_clients() -> None:
+    """Close the HTTP clients LiteLLM keeps between calls (and their connections to the mesh),
+    and forget them, so the next call makes a fresh one."""
+    import inspect
+
+    import litellm
+
+    cache = litellm.in_memory_llm_clients_cache
+    for client in list(getattr(cache, "cache_dict", {}).values()):
+        close = getattr(client, "close", None)
+        if callable(close) and not inspect.iscoroutinefunction(close):
+            close()
+    cache.flush_cache()  # type: ignore[no-untyped-call]

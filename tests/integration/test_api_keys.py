@@ -28,7 +28,7 @@ from tiermesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 from services.runtime import apikeys, tls
 from tests.analytics.conftest import drop_database
-from tests.integration.mesh import Mesh, off_the_minute, start_mesh
+from tests.integration.mesh import Mesh, forget_litellm_clients, off_the_minute, start_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -290,13 +290,8 @@ def ask(client: str, base_url: str, key: str, content: str) -> None:
             litellm.completion(
                 model="openai/auto", api_base=base_url, api_key=key, messages=messages, max_retries=0, num_retries=0
             )
-        finally:  # LiteLLM keeps the clients it made: close them, and forget them
-            cache = litellm.in_memory_llm_clients_cache
-            for made in list(getattr(cache, "cache_dict", {}).values()):
-                close = getattr(made, "close", None)
-                if callable(close) and not asyncio.iscoroutinefunction(close):
-                    close()
-            cache.flush_cache()  # type: ignore[no-untyped-call]
+        finally:
+            forget_litellm_clients()
         return
     if client == "sync":
         with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as sync_client:

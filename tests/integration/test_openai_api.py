@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.mesh import Mesh, off_the_minute, start_mesh
+from tests.integration.mesh import Mesh, forget_litellm_clients, off_the_minute, start_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -139,12 +138,7 @@ async def test_litellm_completion_uses_tiermesh_as_an_openai_compatible_base_url
                 messages=[{"role": "user", "content": "olá"}],
             )
         finally:
-            # LiteLLM keeps the HTTP clients it made; close them, connections to this API with them.
-            cached = getattr(getattr(litellm, "in_memory_llm_clients_cache", None), "cache_dict", {})
-            for client in list(cached.values()):
-                close = getattr(client, "close", None)
-                if callable(close) and not inspect.iscoroutinefunction(close):
-                    close()
+            forget_litellm_clients()
 
     response = await asyncio.to_thread(ask)
     assert response.choices[0].message.content  # type: ignore[attr-defined]
