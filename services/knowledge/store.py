@@ -126,7 +126,7 @@ class KnowledgeStore:
         # Title and headings are embedded with each passage: keep room for them under the model's limit.
         budget = max(16, min(self.cfg.chunk_max_tokens, self.embedder.max_tokens - 48))
         self.chunker = Chunker(self.embedder.count_tokens, budget, min(self.cfg.chunk_overlap_tokens, budget // 2 - 1))
-        self._fingerprint = f"{self.embedder.name}/{self.embedder.dimension}/{budget}/{self.chunker.overlap_tokens}/kw1"
+        self._fingerprint = f"{self.embedder.name}/{self.embedder.dimension}/{budget}/{self.chunker.overlap_tokens}/kw2"
         if self.local:
             assert self.cfg.qdrant_path is not None
             self.cfg.qdrant_path.mkdir(parents=True, exist_ok=True)
@@ -241,6 +241,7 @@ class KnowledgeStore:
                                 "start": p.start,
                                 "end": p.end,
                                 "doc_hash": digest,
+                                "lang": keywords.language(p.text),
                                 "meta": dict(doc.metadata),
                             },
                         )
@@ -285,7 +286,7 @@ class KnowledgeStore:
             qm.FieldCondition(key=f"meta.{k}", match=qm.MatchValue(value=v)) for k, v in (filters or {}).items()
         ]
         flt = qm.Filter(must=conditions)
-        dense = (await self.embedder.embed([query]))[0]
+        dense = (await self.embedder.embed([query], query=True))[0]
         sparse = keywords.query_vector(query, self.synonyms)
         limit = max(self.cfg.candidates, top_k)
         requests = [qm.QueryRequest(query=dense.tolist(), using=DENSE, filter=flt, limit=limit, with_payload=True)]
@@ -325,12 +326,17 @@ class KnowledgeStore:
                 )
                 keyword.update({str(p.id): float(p.score) for p in extra.points})
         w, sat = self.cfg.semantic_weight, self.cfg.keyword_saturation
+        asked_in = keywords.language(query)
         hits: list[Hit] = []
         for pid, payload in payloads.items():
             cos = semantic.get(pid, 0.0)
+            # The embedding model puts any two texts of one language a little closer than texts of
+            # two: a passage written in the other language gets that back.
+            written_in = str(payload.get("lang", ""))
+            crossing = self.cfg.cross_language_boost if asked_in and written_in and written_in != asked_in else 0.0
             raw_kw = keyword.get(pid, 0.0)
             kw = raw_kw / (raw_kw + sat) if raw_kw > 0 else 0.0
-            score = w * max(cos, 0.0) + (1 - w) * kw
+            score = w * max(cos + crossing, 0.0) + (1 - w) * kw
             if score < min_score:
                 continue
             hits.append(

@@ -181,7 +181,9 @@ SCHEMA: dict[str, Any] = {
         "qdrant": frozenset({"path", "url", "api_key_env", "collection"}),
         "embedding": frozenset({"provider", "model", "dimension", "api_key_env", "api_base", "batch_size", "threads"}),
         "chunking": frozenset({"max_tokens", "overlap_tokens"}),
-        "search": frozenset({"semantic_weight", "keyword_saturation", "candidates", "synonym_weight"}),
+        "search": frozenset(
+            {"semantic_weight", "keyword_saturation", "candidates", "synonym_weight", "cross_language_boost"}
+        ),
         "synonyms_path": ANY,
     },
     "analytics": {

@@ -66,8 +66,11 @@ async def test_answer_streams_citations_before_tokens_and_the_prompt_holds_the_p
     assert order[1 : 1 + n_cited] == ["citation"] * n_cited, "every citation comes before the first token"
     assert order.count("delta") > 1
     citations = [e.citation for e in events if e.HasField("citation")]
-    assert citations[0].document_id == "pagamento-com-pix.pt"
-    assert citations[0].title == "Pagamento com Pix"
+    # The Pix article is cited (failed-payments.en, whose section on expired Pix codes answers
+    # "how long", may rank beside it: one help centre, two languages).
+    (pix,) = [ct for ct in citations if ct.document_id == "pagamento-com-pix.pt"]
+    assert pix.title == "Pagamento com Pix"
+    assert {ct.document_id for ct in citations} <= {"pagamento-com-pix.pt", "failed-payments.en", "boleto-bancario.pt"}
     assert [ct.index for ct in citations] == list(range(1, n_cited + 1))
     assert all(0 < ct.score <= 1 and ct.chunk_ids for ct in citations)
     done = events[-1].done
@@ -87,7 +90,8 @@ async def test_answer_streams_citations_before_tokens_and_the_prompt_holds_the_p
     assert framed is not None, context["content"][:300]
     b = framed.group(1)  # the frame's boundary: the passages' tags all carry it
     assert f"</knowledge-{b}>" in context["content"]
-    assert f'<document-{b} index="1" id="pagamento-com-pix.pt" title="Pagamento com Pix">' in context["content"]
+    tag = f'<document-{b} index="{pix.index}" id="pagamento-com-pix.pt" title="Pagamento com Pix">'
+    assert tag in context["content"]
     assert found.chunks[0].chunk_id in citations[0].chunk_ids
     assert found.chunks[0].text in context["content"]
 

@@ -277,14 +277,14 @@ async def test_embeddings_come_from_the_knowledge_bases_model_in_either_encoding
             return client.embeddings.create(model="auto", input=["Where is my order?", "Onde está meu pedido?"])
 
     reply = await asyncio.to_thread(embed)
-    assert [d.index for d in reply.data] == [0, 1] and reply.model == "all-MiniLM-L6-v2"
+    assert [d.index for d in reply.data] == [0, 1] and reply.model == "multilingual-e5-small"
     assert reply.usage.prompt_tokens > 0 and reply.usage.total_tokens == reply.usage.prompt_tokens
     vector = reply.data[0].embedding
     assert len(vector) == 384 and abs(sum(v * v for v in vector) - 1.0) < 1e-3
     async with httpx.AsyncClient(timeout=30) as raw:
         floats = await raw.post(
             api.url + "/embeddings",
-            json={"model": "all-MiniLM-L6-v2", "input": "Where is my order?", "encoding_format": "float"},
+            json={"model": "multilingual-e5-small", "input": "Where is my order?", "encoding_format": "float"},
             headers=api.auth,
         )
     assert floats.status_code == 200
@@ -293,7 +293,7 @@ async def test_embeddings_come_from_the_knowledge_bases_model_in_either_encoding
     client = async_client(api)
     with pytest.raises(openai.NotFoundError) as other_model:
         await client.embeddings.create(model="text-embedding-3-large", input="hi")
-    assert other_model.value.code == "model_not_found" and "all-MiniLM-L6-v2" in other_model.value.message
+    assert other_model.value.code == "model_not_found" and "multilingual-e5-small" in other_model.value.message
     for bad, param in (([], "input"), ([[1, 2, 3]], "input"), ([""], "texts[0]"), ("x" * 16_385, "16384")):
         with pytest.raises(openai.BadRequestError) as refused:
             await client.embeddings.create(model="auto", input=bad, encoding_format="float")  # type: ignore[arg-type]
