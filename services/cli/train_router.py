@@ -61,7 +61,10 @@ def train_router(data: str, out: str | None) -> int:
     )
     policy = shipped.policy
     candidate = Router(
-        policy, IntentClassifier(intent_model, policy.min_intent_confidence), ComplexityAnalyzer(cx_model)
+        policy,
+        IntentClassifier(intent_model, policy.min_intent_confidence),
+        ComplexityAnalyzer(cx_model),
+        shipped.second,  # the slow path is the shipped one (`make train-router` retrains it)
     )
     before, after = _scores(shipped, test), _scores(candidate, test)
     print(f"on the shipped test set ({len(test)} messages):       shipped   retrained")

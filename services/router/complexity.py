@@ -156,8 +156,15 @@ class ComplexityAnalyzer:
     def load(cls, path: Path = MODEL_PATH) -> ComplexityAnalyzer:
         return cls(LinearModel.load(path))
 
-    def analyse(self, a: Analysis) -> ComplexityResult:
+    def probabilities(self, a: Analysis) -> tuple[dict[str, float], list[float]]:
         feats = features(a)
-        k, probs = self.model.predict(feats)
+        return feats, self.model.predict(feats)[1]
+
+    def analyse(self, a: Analysis) -> ComplexityResult:
+        return self.conclude(a, *self.probabilities(a))
+
+    def conclude(self, a: Analysis, feats: dict[str, float], probs: list[float]) -> ComplexityResult:
+        """The level of these probabilities (the model's, or blended with a second opinion)."""
+        k = probs.index(max(probs))
         score = probs[1] * 0.5 + probs[2]
         return ComplexityResult(LEVELS[k], round(score, 4), feats, describe(a))

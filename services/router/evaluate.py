@@ -90,6 +90,7 @@ class Report:
     tier_hits: int = 0
     intent_hits: int = 0
     complexity_hits: int = 0
+    second_opinions: int = 0  # decisions where the fast path was unsure and the slow path was heard
     by_lang: dict[str, list[int]] = field(default_factory=dict)  # lang -> [messages, tier hits, intent hits]
     tier_pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
     intent_pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -107,6 +108,7 @@ class Report:
             "tier_accuracy": round(self.accuracy(self.tier_hits), 4),
             "intent_accuracy": round(self.accuracy(self.intent_hits), 4),
             "complexity_accuracy": round(self.accuracy(self.complexity_hits), 4),
+            "second_opinion_share": round(self.accuracy(self.second_opinions), 4),
             "by_language": {
                 lang: {
                     "messages": n,
@@ -133,6 +135,7 @@ def evaluate(router: Router, rows: Iterable[Labelled]) -> Report:
         report.tier_hits += tier_ok
         report.intent_hits += intent_ok
         report.complexity_hits += decision.complexity == row.complexity
+        report.second_opinions += decision.second_opinion
         report.tier_pairs[(str(gold_tier), str(decision.tier))] += 1
         report.intent_pairs[(row.intent, decision.intent)] += 1
         report.complexity_pairs[(row.complexity, decision.complexity)] += 1
@@ -157,6 +160,7 @@ def render(report: Report) -> str:
         f"  tier accuracy        {report.accuracy(report.tier_hits):.3f}",
         f"  intent accuracy      {report.accuracy(report.intent_hits):.3f}",
         f"  complexity accuracy  {report.accuracy(report.complexity_hits):.3f}",
+        f"  second opinion asked {report.accuracy(report.second_opinions):.3f} of messages",
     ]
     for lang, (n, tiers, intents) in sorted(report.by_lang.items()):
         lines.append(f"  {lang:<6} tier {tiers / n:.3f} · intent {intents / n:.3f} ({n} messages)")

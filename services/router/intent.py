@@ -149,8 +149,15 @@ class IntentClassifier:
             return list(bias)
         return [b + s for b, s in zip(bias, map(sum, zip(*known, strict=True)), strict=True)]
 
+    def probabilities(self, a: Analysis) -> list[float]:
+        return softmax_argmax(self.scores(a))[1]
+
     def classify(self, a: Analysis, explain: bool = True) -> IntentResult:
-        k, probs = softmax_argmax(self.scores(a))
+        return self.conclude(a, self.probabilities(a), explain)
+
+    def conclude(self, a: Analysis, probs: list[float], explain: bool = True) -> IntentResult:
+        """The label of these probabilities (the model's, or blended with a second opinion), and its evidence."""
+        k = probs.index(max(probs))
         predicted = INTENTS[k]
         confidence = probs[k]
         label = predicted if confidence >= self.min_confidence else "other"

@@ -12,6 +12,11 @@ ROUTE_DECISIONS = metrics.counter(
     "Route decisions (Chat and Route) by final tier, intent and segment.",
     ["tier", "intent", "segment"],
 )
+SECOND_OPINIONS = metrics.counter(
+    "tiermesh_route_second_opinions_total",
+    "Route decisions where the fast models were unsure and the embedding classifier was heard too.",
+    [],
+)
 KNOWLEDGE_SEARCHES = metrics.counter(
     "tiermesh_knowledge_searches_total",
     "Knowledge searches to ground a chat, by outcome: grounded, no_match, unavailable (failed or too slow), "
@@ -28,6 +33,8 @@ BUDGET_VERDICTS = metrics.counter(
 def decided(decision: Decision) -> None:
     """Count a final decision and put it on the RPC's span."""
     ROUTE_DECISIONS.labels(str(decision.tier), decision.intent, decision.segment).inc()
+    if decision.second_opinion:
+        SECOND_OPINIONS.inc()
     trace.get_current_span().set_attributes(
         {
             "tiermesh.tier": decision.tier,
@@ -35,6 +42,7 @@ def decided(decision: Decision) -> None:
             "tiermesh.complexity": decision.complexity,
             "tiermesh.segment": decision.segment,
             "tiermesh.policy_version": decision.policy_version,
+            "tiermesh.second_opinion": decision.second_opinion,
         }
     )
 

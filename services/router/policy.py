@@ -16,9 +16,10 @@ from typing import Any
 import yaml
 
 from services.router.complexity import LEVELS, ComplexityAnalyzer
-from services.router.features import analyse
+from services.router.features import Analysis, analyse
 from services.router.intent import INTENTS, IntentClassifier
 from services.router.linear import LinearModel
+from services.router.second_opinion import SecondOpinion, describe
 from services.runtime import config
 from services.runtime.config import REPO_ROOT, ConfigError, check_keys
 from services.runtime.errors import PermissionDenied
@@ -154,6 +155,23 @@ def load_policy(path: Path = POLICY_PATH) -> Policy:
     return parse_policy(data, str(path.name))
 
 
+def second_opinion(node: Mapping[str, Any]) -> SecondOpinion | None:
+    """`router.second_opinion` (enabled, gate, mix, threads): the slow path, or None when disabled."""
+    where = "router.second_opinion"
+    so = config.section(node, "second_opinion")
+    if not config.get_bool(so, "enabled", True, where=where):
+        return None
+    gate = config.get_float(so, "gate", 0.7, where=where, lo=0, hi=1)
+    mix = config.get_float(so, "mix", 0.5, where=where, lo=0, hi=1)
+    threads = config.get_int(so, "threads", 0, where=where, lo=0, hi=64)
+    try:
+        return SecondOpinion.load(gate=gate, mix=mix, threads=threads)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{where}: the second opinion's model cannot be loaded ({exc}); run `make train-router`"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Decision:
     tier: int
@@ -165,6 +183,7 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     policy_version: str = ""
     rule: str = ""
+    second_opinion: bool = False  # the fast path was unsure and the embedding classifier was heard
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -178,19 +197,41 @@ class Decision:
             "reasons": self.reasons,
             "policy_version": self.policy_version,
             "rule": self.rule,
+            "second_opinion": self.second_opinion,
         }
 
 
-class Router:
-    """Decides a tier for a message; pure, in-process, microseconds per call."""
+@dataclass(frozen=True)
+class Look:
+    """What the fast path read in a message: the analysis and both models' probabilities."""
 
-    def __init__(self, policy: Policy, intents: IntentClassifier, complexity: ComplexityAnalyzer) -> None:
+    text: str
+    analysis: Analysis
+    intent: list[float]
+    complexity_features: dict[str, float]
+    complexity: list[float]
+
+
+class Router:
+    """Decides a tier for a message; pure and in-process. The fast path takes microseconds; when
+    it is unsure, a second opinion (second_opinion.py) takes milliseconds."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        intents: IntentClassifier,
+        complexity: ComplexityAnalyzer,
+        second: SecondOpinion | None = None,
+    ) -> None:
         self.policy = policy
         self.intents = intents
         self.complexity = complexity
+        self.second = second
 
     @classmethod
-    def load(cls, policy_path: Path = POLICY_PATH, models_path: Path | None = None) -> Router:
+    def load(
+        cls, policy_path: Path = POLICY_PATH, models_path: Path | None = None, second: SecondOpinion | None = None
+    ) -> Router:
         """The Router of this policy, with the shipped models or those of a `tiermesh
         train-router` file (`models_path`)."""
         policy = load_policy(policy_path)
@@ -207,12 +248,13 @@ class Router:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             where = models_path or "the shipped ones: run `make train-router`"
             raise ConfigError(f"routing models cannot be loaded ({exc}); models: {where}") from None
-        return cls(policy, intents, complexity)
+        return cls(policy, intents, complexity, second)
 
     @classmethod
     def from_config(cls, tree: Mapping[str, Any]) -> Router:
         """The Router as the config says: `router.policy_path` and `router.models_path` (empty
-        for the shipped models), relative paths from the repository's root."""
+        for the shipped models), relative paths from the repository's root, and
+        `router.second_opinion`."""
         node = config.section(tree, "router")
 
         def path(key: str, default: str) -> Path | None:
@@ -221,14 +263,47 @@ class Router:
                 return None
             return Path(raw) if Path(raw).is_absolute() else config.REPO_ROOT / raw
 
-        return cls.load(path("policy_path", "config/routing.yaml") or POLICY_PATH, path("models_path", ""))
+        return cls.load(
+            path("policy_path", "config/routing.yaml") or POLICY_PATH, path("models_path", ""), second_opinion(node)
+        )
+
+    def look(self, text: str) -> Look:
+        """The fast path's reading of a message."""
+        a = analyse(text)
+        feats, cx = self.complexity.probabilities(a)
+        return Look(text, a, self.intents.probabilities(a), feats, cx)
+
+    def wants_second_opinion(self, look: Look) -> bool:
+        return self.second is not None and self.second.needed(look.intent, look.complexity)
 
     def decide(self, text: str, segment: str = "standard", pinned_tier: int = 0) -> Decision:
+        """A decision, asking the second opinion here when the fast path is unsure (the service
+        asks it on a worker thread instead, then calls `conclude`)."""
+        look = self.look(text)
+        vector = self.second.embed(text) if self.second is not None and self.wants_second_opinion(look) else None
+        return self.conclude(look, segment, pinned_tier, vector)
+
+    def conclude(
+        self, look: Look, segment: str = "standard", pinned_tier: int = 0, vector: Sequence[float] | None = None
+    ) -> Decision:
+        """The decision for what the fast path read, and the second opinion's embedding if one was asked."""
+        a = look.analysis
+        intent_probs, cx_probs = look.intent, look.complexity
+        second_reason = ""
+        if vector is not None and self.second is not None:
+            opinion = self.second.opinion(vector, a)
+            second_reason = (
+                f"second opinion asked (fast path unsure: intent {describe(intent_probs, INTENTS)}, complexity "
+                f"{describe(cx_probs, LEVELS)}): the multilingual embedding says intent "
+                f"{describe(opinion.intent, INTENTS)}, complexity {describe(opinion.complexity, LEVELS)}; "
+                f"decided on both, weighted {1 - self.second.mix:.2f}/{self.second.mix:.2f}"
+            )
+            intent_probs = self.second.blend(intent_probs, opinion.intent)
+            cx_probs = self.second.blend(cx_probs, opinion.complexity)
+        cx = self.complexity.conclude(a, look.complexity_features, cx_probs)
+        it = self.intents.conclude(a, intent_probs)
         if segment not in SEGMENTS:
             segment = "standard"
-        a = analyse(text)
-        cx = self.complexity.analyse(a)
-        it = self.intents.classify(a)
         rule = self.policy.select(cx.level, it.label, segment)
         tier = rule.tier
         reasons = [f"tier {tier} ({TIER_NAMES[tier]}): {rule.reason} [rule {rule.name}]"]
@@ -241,6 +316,8 @@ class Router:
                 f"intent unclear (best guess {it.predicted} at {it.confidence:.2f}, below "
                 f"{self.policy.min_intent_confidence:.2f}): treated as other"
             )
+        if second_reason:
+            reasons.append(second_reason)
         seg_reason = f"segment {segment} from the authenticated identity"
         if segment == "enterprise" and self.policy.enterprise_as != "enterprise":
             seg_reason += f" (follows the {self.policy.enterprise_as} rules)"
@@ -266,4 +343,5 @@ class Router:
             reasons=reasons,
             policy_version=self.policy.version,
             rule=rule.name,
+            second_opinion=bool(second_reason),
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -148,6 +150,8 @@ class RouterServicer:
         self.budget = budget or NoBudgets()
         self.grounding = grounding or Grounding(GroundingSettings(enabled=False), None)
         self.deployments = dict(deployments or {})  # name -> tier, for callers that pin one
+        # The second opinion's embedding takes milliseconds of CPU: off the event loop, one at a time.
+        self._slow_path = ThreadPoolExecutor(max_workers=1, thread_name_prefix="second-opinion")
         self.audit = audit or DecisionAudit(None)
 
     def _pinned_tier(self, request: pb.ChatRequest, caller: Caller) -> int:
@@ -163,7 +167,11 @@ class RouterServicer:
         return tier
 
     async def _decide(self, text: str, tier: int, caller: Caller) -> Decision:
-        decision = self.router.decide(text, caller.segment, tier)
+        look = self.router.look(text)
+        vector = None
+        if self.router.second is not None and self.router.wants_second_opinion(look):
+            vector = await asyncio.get_running_loop().run_in_executor(self._slow_path, self.router.second.embed, text)
+        decision = self.router.conclude(look, caller.segment, tier, vector)
         status = await self.budget.status(caller.user, caller.segment, caller.own_budget)
         metrics.budget_verdict(status.action)
         if status.action != "allow":

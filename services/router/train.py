@@ -35,6 +35,7 @@ INTENT_PARAMS: dict[str, Any] = {
     "average_from": 0.5,
 }
 COMPLEXITY_PARAMS: dict[str, Any] = {"epochs": 100, "l2": 1e-5, "learning_rate": 1.0, "seed": 7}
+SECOND_OPINION_PARAMS: dict[str, Any] = {"epochs": 600, "l2": 1e-3}
 
 
 def load_rows(split: str) -> list[dict[str, str]]:
@@ -79,6 +80,40 @@ def fit(extra: Sequence[Mapping[str, str]] = ()) -> tuple[LinearModel, LinearMod
     return intent_model, cx_model
 
 
+def fit_second_opinion(extra: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """The slow path's heads (second_opinion.py) on the train split: each message's opening embedded,
+    with the named complexity features beside it."""
+    from services.router import second_opinion
+
+    rows = [*load_rows("train"), *extra]
+    analyses = [analyse(r["text"]) for r in rows]
+    names = sorted({name for a in analyses for name in complexity.features(a)})
+    embedder = second_opinion.SecondOpinion(
+        second_opinion.Head(intent.INTENTS, ((0.0,) * 6,), (0.0,) * 6),
+        second_opinion.Head(complexity.LEVELS, ((0.0,) * 3,), (0.0,) * 3),
+        names,
+    )
+    model = embedder._model()
+    vectors = model.query([embedder.opening(r["text"]) or "empty" for r in rows])
+    inputs = [embedder.inputs([float(x) for x in v], a) for v, a in zip(vectors, analyses, strict=True)]
+    heads = {
+        key: second_opinion.fit_head(inputs, [labels.index(r[key]) for r in rows], labels, **SECOND_OPINION_PARAMS)
+        for key, labels in (("intent", intent.INTENTS), ("complexity", complexity.LEVELS))
+    }
+    print(
+        f"second opinion: {second_opinion.EMBEDDING_MODEL} openings of {len(rows)} messages, "
+        f"{len(names)} named features"
+    )
+    return {
+        "embedding": second_opinion.EMBEDDING_MODEL,
+        "head_tokens": second_opinion.HEAD_TOKENS,
+        "features": names,
+        "intent": heads["intent"].to_json(),
+        "complexity": heads["complexity"].to_json(),
+        "meta": {"trained_on": len(rows), "data_sha256": data_fingerprint(rows), "params": SECOND_OPINION_PARAMS},
+    }
+
+
 def bundle(intent_model: LinearModel, cx_model: LinearModel, meta: Mapping[str, Any]) -> dict[str, Any]:
     """Both models as one file (`router.models_path`)."""
     from services.router.policy import MODELS_FORMAT
@@ -94,6 +129,10 @@ def main() -> int:
             json.dumps(model.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8"
         )
         print(f"wrote {Path(path).relative_to(REPO_ROOT)} ({Path(path).stat().st_size // 1024} KiB)")
+    from services.router.second_opinion import MODEL_PATH as SECOND_PATH
+
+    SECOND_PATH.write_text(json.dumps(fit_second_opinion(), separators=(",", ":")) + "\n", encoding="utf-8")
+    print(f"wrote {SECOND_PATH.relative_to(REPO_ROOT)} ({SECOND_PATH.stat().st_size // 1024} KiB)")
     print(f"took {time.monotonic() - started:.1f} s")
     return 0
 

@@ -138,6 +138,7 @@ SCHEMA: dict[str, Any] = {
         "policy_path": ANY,
         "models_path": ANY,
         "audit": frozenset({"sample_rate", "messages", "linger_ms"}),
+        "second_opinion": frozenset({"enabled", "gate", "mix", "threads"}),
         "knowledge": frozenset(
             {
                 "enabled",

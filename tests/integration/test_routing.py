@@ -120,3 +120,19 @@ def test_route_cli_json_without_a_mesh(tmp_path: Path) -> None:
     assert text.stdout.startswith("→ tier 1 · fast") and "  why: " in text.stdout
     bad = subprocess.run([tiermesh, "route", "--segment", "gold", "hi"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "invalid choice: 'gold'" in bad.stderr
+
+
+async def test_an_unsure_decision_hears_the_second_opinion_through_the_edge(mesh: Mesh) -> None:
+    """Many facts about one problem: the fast models lean high (0.54); the Router service asks the
+    embedding classifier (on its worker thread), and the decision, and its reasons, say so."""
+    unsure = (
+        "meu pedido ta parado em 'aguardando pagamento' mas o pix foi pago na hora, tenho o comprovante aqui. "
+        "ja faz 2 dias. numero do pedido BR-552019"
+    )
+    decisions = [await route(mesh.edge(), unsure, mesh.auth("dora", "standard")) for _ in range(2)]
+    for d in decisions:
+        assert d.complexity == c.COMPLEXITY_MEDIUM and d.tier == 2
+        second = [r for r in d.reasons if r.startswith("second opinion asked")]
+        assert len(second) == 1 and "complexity medium" in second[0]
+    sure = await route(mesh.edge(), "Oi! Vocês aceitam Pix?", mesh.auth("dora", "standard"))
+    assert not any(r.startswith("second opinion") for r in sure.reasons)

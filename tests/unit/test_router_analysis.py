@@ -12,6 +12,7 @@ from services.router.features import analyse, fold
 from services.router.intent import MODEL_PATH as INTENT_MODEL
 from services.router.intent import IntentClassifier
 from services.router.policy import Router
+from services.router.second_opinion import MODEL_PATH as SECOND_OPINION_MODEL
 from services.router.train import data_fingerprint, load_rows
 
 PY_TRACE = """Traceback (most recent call last):
@@ -177,7 +178,7 @@ def test_fast_scoring_equals_the_trained_model(router: Router) -> None:
 
 def test_committed_models_were_trained_on_the_committed_data() -> None:
     fingerprint = data_fingerprint(load_rows("train"))
-    for path in (INTENT_MODEL, CX_MODEL):
+    for path in (INTENT_MODEL, CX_MODEL, SECOND_OPINION_MODEL):
         meta = json.loads(path.read_text(encoding="utf-8"))["meta"]
         assert meta["data_sha256"] == fingerprint, f"{path.name} is stale: run `make train-router`"
 

