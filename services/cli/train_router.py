@@ -56,15 +56,16 @@ def train_router(data: str, out: str | None) -> int:
         print(f"left out {len(theirs) - len(usable)} of your messages: they are in the shipped test sets")
     tree = config.load()
     shipped = Router.from_config({**tree, "router": {**config.section(tree, "router"), "models_path": ""}})
-    intent_model, cx_model = train.fit(
-        [{"text": r.text, "intent": r.intent, "complexity": r.complexity} for r in usable]
-    )
+    rows = [{"text": r.text, "intent": r.intent, "complexity": r.complexity} for r in usable]
+    intent_model, cx_model = train.fit(rows)
+    embeddings = config.data_dir(tree) / "router-embeddings.npz"
+    second = train.fit_second_opinion(rows, embeddings) if shipped.second is not None else None
     policy = shipped.policy
     candidate = Router(
         policy,
         IntentClassifier(intent_model, policy.min_intent_confidence),
         ComplexityAnalyzer(cx_model),
-        shipped.second,  # the slow path is the shipped one (`make train-router` retrains it)
+        shipped.second.with_heads(second) if shipped.second is not None and second is not None else None,
     )
     before, after = _scores(shipped, test), _scores(candidate, test)
     print(f"on the shipped test set ({len(test)} messages):       shipped   retrained")
@@ -81,7 +82,8 @@ def train_router(data: str, out: str | None) -> int:
     meta = {"trained_on": len(train.load_rows("train")) + len(usable), "yours": len(usable), "test": after}
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(
-        json.dumps(train.bundle(intent_model, cx_model, meta), ensure_ascii=False, separators=(",", ":")) + "\n",
+        json.dumps(train.bundle(intent_model, cx_model, meta, second), ensure_ascii=False, separators=(",", ":"))
+        + "\n",
         encoding="utf-8",
     )
     print(f"wrote {target} in {time.monotonic() - started:.0f} s; use it with router.models_path: {target.resolve()}")

@@ -233,7 +233,7 @@ class Router:
         cls, policy_path: Path = POLICY_PATH, models_path: Path | None = None, second: SecondOpinion | None = None
     ) -> Router:
         """The Router of this policy, with the shipped models or those of a `tiermesh
-        train-router` file (`models_path`)."""
+        train-router` file (`models_path`; its second opinion's heads too, when `second` is on)."""
         policy = load_policy(policy_path)
         try:
             if models_path is None:
@@ -245,6 +245,8 @@ class Router:
                     raise ValueError(f"{models_path} is not a file `tiermesh train-router` wrote")
                 intents = IntentClassifier(LinearModel.from_json(bundle["intent"]), policy.min_intent_confidence)
                 complexity = ComplexityAnalyzer(LinearModel.from_json(bundle["complexity"]))
+                if second is not None and "second_opinion" in bundle:
+                    second = second.with_heads(bundle["second_opinion"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             where = models_path or "the shipped ones: run `make train-router`"
             raise ConfigError(f"routing models cannot be loaded ({exc}); models: {where}") from None

@@ -96,8 +96,16 @@ class SecondOpinion:
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH, **settings: Any) -> SecondOpinion:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")), **settings)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], **settings: Any) -> SecondOpinion:
+        """From what `fit_second_opinion` wrote (the shipped file, or a `tiermesh train-router` bundle's part)."""
         return cls(Head.from_json(data["intent"]), Head.from_json(data["complexity"]), data["features"], **settings)
+
+    def with_heads(self, data: Mapping[str, Any]) -> SecondOpinion:
+        """The same settings (gate, mix, threads) with other heads, e.g. retrained on a user's data."""
+        return SecondOpinion.from_json(data, gate=self.gate, mix=self.mix, threads=self.threads)
 
     def needed(self, intent_probs: Sequence[float], complexity_probs: Sequence[float]) -> bool:
         """Is the fast path unsure of either answer?"""

@@ -80,7 +80,27 @@ def fit(extra: Sequence[Mapping[str, str]] = ()) -> tuple[LinearModel, LinearMod
     return intent_model, cx_model
 
 
-def fit_second_opinion(extra: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+def _embed_openings(model: Any, openings: Sequence[str], cache: Path | None) -> Any:
+    """The openings' embeddings, reusing those `cache` (an .npz by opening) already holds: embedding
+    the project's 2,000 messages takes a minute here, and they change only with the data."""
+    import numpy as np
+
+    known: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as stored:
+            known = dict(zip(stored["texts"].tolist(), stored["vectors"], strict=True))
+    missing = sorted({t for t in openings if t not in known})
+    if missing:
+        known.update(zip(missing, model.query(missing), strict=True))
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            texts = sorted(known)
+            with cache.open("wb") as f:
+                np.savez(f, texts=np.asarray(texts), vectors=np.asarray([known[t] for t in texts], dtype=np.float32))
+    return [known[t] for t in openings]
+
+
+def fit_second_opinion(extra: Sequence[Mapping[str, str]] = (), cache: Path | None = None) -> dict[str, Any]:
     """The slow path's heads (second_opinion.py) on the train split: each message's opening embedded,
     with the named complexity features beside it."""
     from services.router import second_opinion
@@ -94,7 +114,7 @@ def fit_second_opinion(extra: Sequence[Mapping[str, str]] = ()) -> dict[str, Any
         names,
     )
     model = embedder._model()
-    vectors = model.query([embedder.opening(r["text"]) or "empty" for r in rows])
+    vectors = _embed_openings(model, [embedder.opening(r["text"]) or "empty" for r in rows], cache)
     inputs = [embedder.inputs([float(x) for x in v], a) for v, a in zip(vectors, analyses, strict=True)]
     heads = {
         key: second_opinion.fit_head(inputs, [labels.index(r[key]) for r in rows], labels, **SECOND_OPINION_PARAMS)
@@ -114,11 +134,19 @@ def fit_second_opinion(extra: Sequence[Mapping[str, str]] = ()) -> dict[str, Any
     }
 
 
-def bundle(intent_model: LinearModel, cx_model: LinearModel, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Both models as one file (`router.models_path`)."""
+def bundle(
+    intent_model: LinearModel,
+    cx_model: LinearModel,
+    meta: Mapping[str, Any],
+    second_opinion: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The models as one file (`router.models_path`): both linear models, and the second opinion's heads."""
     from services.router.policy import MODELS_FORMAT
 
-    return {"format": MODELS_FORMAT, "intent": intent_model.to_json(), "complexity": cx_model.to_json(), "meta": meta}
+    out = {"format": MODELS_FORMAT, "intent": intent_model.to_json(), "complexity": cx_model.to_json(), "meta": meta}
+    if second_opinion is not None:
+        out["second_opinion"] = dict(second_opinion)
+    return out
 
 
 def main() -> int:

@@ -38,10 +38,18 @@ def test_models_as_good_are_written_and_used_by_config(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     assert "left out 1 of your messages" in made.stdout  # the test sets stay unseen
     assert "tier accuracy" in made.stdout and out.is_file()
-    assert json.loads(out.read_text())["meta"]["yours"] == 0
+    bundle = json.loads(out.read_text())
+    assert bundle["meta"]["yours"] == 0
+    # The second opinion is retrained too, on the same rows, and travels in the same file.
+    assert bundle["second_opinion"]["meta"]["trained_on"] == len(load_rows("train"))
     routed = cli("route", "--json", "oi, tudo bem?", TIERMESH_ROUTER__MODELS_PATH=str(out))
     assert routed.returncode == 0, routed.stderr
     assert json.loads(routed.stdout)["intent"] == "greeting"
+    unsure = "meu pedido ta parado mas o pix foi pago na hora, tenho o comprovante. ja faz 2 dias. pedido BR-552019"
+    heard = cli("route", "--json", unsure, TIERMESH_ROUTER__MODELS_PATH=str(out))
+    assert heard.returncode == 0, heard.stderr
+    decision = json.loads(heard.stdout)
+    assert decision["second_opinion"] is True and any(r.startswith("second opinion asked") for r in decision["reasons"])
 
 
 def test_models_worse_on_the_shipped_test_set_are_refused(tmp_path: Path) -> None:
