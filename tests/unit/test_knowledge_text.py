@@ -122,6 +122,26 @@ def test_synonyms_cross_languages() -> None:
     assert keywords.term_id("password") in q.indices
 
 
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("qto tempo demora pra chegar no nordeste?", "pt"),
+        ("Você pode devolver um produto em até 7 dias após o recebimento.", "pt"),
+        ("vcs entregam em lisboa?", "pt"),
+        ("How long does shipping to Lisbon take?", "en"),
+        ("my card got declined twice, what can I do", "en"),
+        ("", ""),
+        ("🙂🙂", ""),
+        ("SELECT 1;", ""),
+        ("a e no do me as", ""),  # words both languages use tell nothing
+        ("Wo ist meine Bestellung?", ""),
+    ],
+)
+def test_a_passage_or_question_says_its_language_by_its_function_words(text: str, lang: str) -> None:
+    """What the cross-language boost compares; a text that does not say (German here) gets no boost."""
+    assert keywords.language(text) == lang
+
+
 def test_synonym_file_errors_say_what_to_fix(tmp_path: Path) -> None:
     bad = tmp_path / "s.yaml"
     bad.write_text("groups: nope\n")
