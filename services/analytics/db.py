@@ -323,6 +323,7 @@ DECISION_COLUMNS = (
     "message_sha256",
     "message_chars",
     "message",
+    "second_opinion",
 )
 
 
@@ -340,7 +341,8 @@ async def route_stats(pool: asyncpg.Pool, start: datetime, end: datetime | None)
             "coalesce(sum(u.cost_micro_usd), 0)::bigint AS cost_micro_usd, "
             "coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY u.latency_us), 0) AS latency_p50_us, "
             "count(*) FILTER (WHERE cardinality(u.fallback_path) > 1) AS fell_back, "
-            "count(*) FILTER (WHERE u.degraded) AS degraded, count(*) FILTER (WHERE u.cached) AS cached "
+            "count(*) FILTER (WHERE u.degraded) AS degraded, count(*) FILTER (WHERE u.cached) AS cached, "
+            "count(*) FILTER (WHERE d.second_opinion) AS second_opinions "
             "FROM route_decisions d LEFT JOIN usage_events u ON u.request_id = d.request_id "
             "WHERE d.occurred_at >= $1 AND ($2::timestamptz IS NULL OR d.occurred_at < $2) "
             "GROUP BY d.rule, d.tier ORDER BY decisions DESC, d.rule, d.tier",

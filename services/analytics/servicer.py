@@ -144,6 +144,7 @@ def decision_row(d: pb.RouteDecisionRecord, i: int, now: datetime) -> db.Row:
         d.message_sha256,
         d.message_chars,
         _clean(d.message) if d.message else None,
+        d.second_opinion,
     )
 
 
@@ -252,6 +253,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     fell_back=r["fell_back"],
                     degraded=r["degraded"],
                     cached=r["cached"],
+                    second_opinions=r["second_opinions"],
                 )
             )
         return out

@@ -87,13 +87,13 @@ async def route_stats(since: str, as_json: bool, target: str | None) -> int:
     header = (
         f"  {'rule':<34} {'tier':>4} {'decisions':>9} {'share':>6} {'answered':>8} {'cost':>14} {'cost/answer':>14}"
     )
-    print(header + f" {'p50 ms':>8} {'fallback':>8} {'degraded':>8} {'cached':>6}")
+    print(header + f" {'p50 ms':>8} {'fallback':>8} {'degraded':>8} {'cached':>6} {'2nd opinion':>11}")
     for r in reply.rules:
         share = r.decisions / reply.decisions if reply.decisions else 0.0
         per = usd(r.cost_micro_usd // r.answered) if r.answered else "-"
         print(
             f"  {r.rule[:34]:<34} {int(r.tier):>4} {r.decisions:>9} {share:>6.1%} {r.answered:>8} "
             f"{usd(r.cost_micro_usd):>14} {per:>14} {r.latency_p50_ms:>8.1f} "
-            f"{r.fell_back:>8} {r.degraded:>8} {r.cached:>6}"
+            f"{r.fell_back:>8} {r.degraded:>8} {r.cached:>6} {r.second_opinions:>11}"
         )
     return 0

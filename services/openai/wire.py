@@ -272,6 +272,7 @@ class Stream:
                 "complexity": c.Complexity.Name(d.complexity).removeprefix("COMPLEXITY_").lower(),
                 "segment": c.Segment.Name(d.segment).removeprefix("SEGMENT_").lower(),
                 "reasons": list(d.reasons),
+                "second_opinion": d.second_opinion,
                 "request_id": d.request_id,
             }
             return [self._chunk({"role": "assistant", "content": ""}, None, {"decision": self.extension["decision"]})]

@@ -93,6 +93,7 @@ class DecisionAudit:
             policy_version=decision.policy_version[:64],
             reasons=[r[:MAX_REASON_CHARS] for r in decision.reasons[:MAX_REASONS]],
             message_chars=len(message),
+            second_opinion=decision.second_opinion,
         )
         if self.messages != "redact":
             out.message_sha256 = hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()

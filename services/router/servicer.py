@@ -90,6 +90,7 @@ def decision_pb(d: Decision, request_id: str) -> pb.RouteDecision:
         reasons=d.reasons,
         policy_version=d.policy_version,
         request_id=request_id,
+        second_opinion=d.second_opinion,
     )
 
 

@@ -371,6 +371,7 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
             "0003_client_request_id",
             "0004_api_keys",
             "0005_route_decisions",
+            "0006_second_opinion",
         ]
         assert await db.migrate(conn) == []  # idempotent
         from datetime import UTC, datetime, timedelta
@@ -439,7 +440,8 @@ def test_migrate_command(tmp_path: Path, fresh_database_url: str) -> None:
     tiermesh = str(Path(os.sys.executable).parent / "tiermesh")
     first = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    applied = "0001_usage_events, 0002_rollups, 0003_client_request_id, 0004_api_keys, 0005_route_decisions"
+    applied = "0001_usage_events, 0002_rollups, 0003_client_request_id, 0004_api_keys, 0005_route_decisions, "
+    applied += "0006_second_opinion"
     assert first.stdout.strip() == f"applied {applied}"
     again = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == "the database schema is up to date"

@@ -89,3 +89,38 @@ async def test_sampled_decisions_are_stored_with_their_outcome_and_without_the_m
         [TIERMESH, "route", "--stats"], env={**os.environ, **mesh.env}, capture_output=True, text=True, timeout=30
     )
     assert "simple-greeting-or-faq" in human.stdout and "sampled route decisions over the last 24h: 3" in human.stdout
+
+
+async def test_decisions_that_heard_the_second_opinion_are_counted_per_rule(mesh: Mesh) -> None:
+    """Many facts about one problem: the fast models are unsure of its complexity, the decision
+    says so on the wire, and the sampled record and `--stats` count it."""
+    unsure = (
+        "meu pedido ta parado em 'aguardando pagamento' mas o pix foi pago na hora, tenho o comprovante aqui. "
+        "ja faz 2 dias. numero do pedido BR-552019"
+    )
+    before = {r["rule"]: int(r.get("secondOpinions", 0)) for r in stats(mesh)["rules"]}
+    async with mesh.channel("router") as channel:
+        request = pb.ChatRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=unsure)], bypass_cache=True)
+        events = [e async for e in pb_grpc.RouterServiceStub(channel).Chat(request, timeout=30)]
+    decision = events[0].decision
+    assert decision.second_opinion and any(r.startswith("second opinion asked") for r in decision.reasons)
+    counted: dict[str, int] = {}
+    for _ in range(100):  # until the sample is stored
+        counted = {r["rule"]: int(r.get("secondOpinions", 0)) for r in stats(mesh)["rules"]}
+        if sum(counted.values()) > sum(before.values()):
+            break
+        await asyncio.sleep(0.1)
+    grown = [rule for rule, n in counted.items() if n > before.get(rule, 0)]
+    assert len(grown) == 1 and counted[grown[0]] == before.get(grown[0], 0) + 1
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{mesh.env['DATABASE']}")
+    try:
+        row = await conn.fetchrow(
+            "SELECT second_opinion, rule FROM route_decisions WHERE request_id = $1", decision.request_id
+        )
+    finally:
+        await conn.close()
+    assert row is not None and row["second_opinion"] is True and row["rule"] == grown[0]
+    human = subprocess.run(
+        [TIERMESH, "route", "--stats"], env={**os.environ, **mesh.env}, capture_output=True, text=True, timeout=30
+    )
+    assert "2nd opinion" in human.stdout

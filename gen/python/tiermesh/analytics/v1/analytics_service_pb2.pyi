@@ -465,6 +465,7 @@ class RouteDecisionRecord(_message.Message):
     MESSAGE_SHA256_FIELD_NUMBER: _builtins.int
     MESSAGE_CHARS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    SECOND_OPINION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """request_id is the request the decision routed: 1 to 128 code points."""
     rule: _builtins.str
@@ -489,6 +490,10 @@ class RouteDecisionRecord(_message.Message):
     """message_chars is the routed message's length in code points."""
     message: _builtins.str
     """message is the routed message itself, only when the Router keeps messages: at most 32,000."""
+    second_opinion: _builtins.bool
+    """second_opinion is true when the Router's fast models were unsure and the embedding
+    classifier was heard too.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """occurred_at is when the decision was made: from 2000-01-01 to one day after the server's clock."""
@@ -514,10 +519,11 @@ class RouteDecisionRecord(_message.Message):
         message_sha256: _builtins.str = ...,
         message_chars: _builtins.int = ...,
         message: _builtins.str = ...,
+        second_opinion: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complexity", b"complexity", "complexity_score", b"complexity_score", "intent", b"intent", "intent_confidence", b"intent_confidence", "message", b"message", "message_chars", b"message_chars", "message_sha256", b"message_sha256", "occurred_at", b"occurred_at", "policy_version", b"policy_version", "reasons", b"reasons", "request_id", b"request_id", "rule", b"rule", "segment", b"segment", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complexity", b"complexity", "complexity_score", b"complexity_score", "intent", b"intent", "intent_confidence", b"intent_confidence", "message", b"message", "message_chars", b"message_chars", "message_sha256", b"message_sha256", "occurred_at", b"occurred_at", "policy_version", b"policy_version", "reasons", b"reasons", "request_id", b"request_id", "rule", b"rule", "second_opinion", b"second_opinion", "segment", b"segment", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -614,6 +620,7 @@ class RuleStats(_message.Message):
     FELL_BACK_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
     CACHED_FIELD_NUMBER: _builtins.int
+    SECOND_OPINIONS_FIELD_NUMBER: _builtins.int
     rule: _builtins.str
     """rule is the policy rule."""
     tier: _common_pb2.Tier.ValueType
@@ -632,6 +639,8 @@ class RuleStats(_message.Message):
     """degraded is how many answers were the default response."""
     cached: _builtins.int
     """cached is how many answers came from the cache."""
+    second_opinions: _builtins.int
+    """second_opinions is how many of the decisions heard the embedding classifier's second opinion."""
     def __init__(
         self,
         *,
@@ -644,10 +653,11 @@ class RuleStats(_message.Message):
         fell_back: _builtins.int = ...,
         degraded: _builtins.int = ...,
         cached: _builtins.int = ...,
+        second_opinions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "cached", b"cached", "cost_micro_usd", b"cost_micro_usd", "decisions", b"decisions", "degraded", b"degraded", "fell_back", b"fell_back", "latency_p50_ms", b"latency_p50_ms", "rule", b"rule", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "cached", b"cached", "cost_micro_usd", b"cost_micro_usd", "decisions", b"decisions", "degraded", b"degraded", "fell_back", b"fell_back", "latency_p50_ms", b"latency_p50_ms", "rule", b"rule", "second_opinions", b"second_opinions", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

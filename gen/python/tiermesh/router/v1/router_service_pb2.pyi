@@ -182,6 +182,7 @@ class RouteDecision(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SECOND_OPINION_FIELD_NUMBER: _builtins.int
     tier: _common_pb2.Tier.ValueType
     """tier is the tier that will answer."""
     intent: _common_pb2.Intent.ValueType
@@ -198,6 +199,10 @@ class RouteDecision(_message.Message):
     """policy_version names the routing policy that decided."""
     request_id: _builtins.str
     """request_id identifies the request in logs, traces and analytics."""
+    second_opinion: _builtins.bool
+    """second_opinion is true when the fast models were unsure and the embedding classifier was
+    heard too (its reason is among `reasons`).
+    """
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """reasons says in plain words why this tier was chosen, most important first."""
@@ -214,10 +219,11 @@ class RouteDecision(_message.Message):
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         policy_version: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        second_opinion: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complexity", b"complexity", "complexity_score", b"complexity_score", "intent", b"intent", "intent_confidence", b"intent_confidence", "policy_version", b"policy_version", "reasons", b"reasons", "request_id", b"request_id", "segment", b"segment", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complexity", b"complexity", "complexity_score", b"complexity_score", "intent", b"intent", "intent_confidence", b"intent_confidence", "policy_version", b"policy_version", "reasons", b"reasons", "request_id", b"request_id", "second_opinion", b"second_opinion", "segment", b"segment", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
