@@ -17,6 +17,12 @@ SECOND_OPINIONS = metrics.counter(
     "Route decisions where the fast models were unsure and the embedding classifier was heard too.",
     [],
 )
+SECOND_OPINIONS_SKIPPED = metrics.counter(
+    "tiermesh_route_second_opinions_skipped_total",
+    "Route decisions that wanted the second opinion but were made on the fast models alone, because "
+    "router.second_opinion.max_waiting were already waiting.",
+    [],
+)
 KNOWLEDGE_SEARCHES = metrics.counter(
     "tiermesh_knowledge_searches_total",
     "Knowledge searches to ground a chat, by outcome: grounded, no_match, unavailable (failed or too slow), "
@@ -45,6 +51,10 @@ def decided(decision: Decision) -> None:
             "tiermesh.second_opinion": decision.second_opinion,
         }
     )
+
+
+def second_opinion_skipped() -> None:
+    SECOND_OPINIONS_SKIPPED.inc()
 
 
 def budget_verdict(action: str) -> None:

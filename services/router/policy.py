@@ -156,7 +156,7 @@ def load_policy(path: Path = POLICY_PATH) -> Policy:
 
 
 def second_opinion(node: Mapping[str, Any]) -> SecondOpinion | None:
-    """`router.second_opinion` (enabled, gate, mix, threads): the slow path, or None when disabled."""
+    """`router.second_opinion` (enabled, gate, mix, threads, max_waiting): the slow path, or None when disabled."""
     where = "router.second_opinion"
     so = config.section(node, "second_opinion")
     if not config.get_bool(so, "enabled", True, where=where):
@@ -164,8 +164,9 @@ def second_opinion(node: Mapping[str, Any]) -> SecondOpinion | None:
     gate = config.get_float(so, "gate", 0.7, where=where, lo=0, hi=1)
     mix = config.get_float(so, "mix", 0.5, where=where, lo=0, hi=1)
     threads = config.get_int(so, "threads", 0, where=where, lo=0, hi=64)
+    max_waiting = config.get_int(so, "max_waiting", 8, where=where, lo=0, hi=10_000)
     try:
-        return SecondOpinion.load(gate=gate, mix=mix, threads=threads)
+        return SecondOpinion.load(gate=gate, mix=mix, threads=threads, max_waiting=max_waiting)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
             f"{where}: the second opinion's model cannot be loaded ({exc}); run `make train-router`"
@@ -286,12 +287,24 @@ class Router:
         return self.conclude(look, segment, pinned_tier, vector)
 
     def conclude(
-        self, look: Look, segment: str = "standard", pinned_tier: int = 0, vector: Sequence[float] | None = None
+        self,
+        look: Look,
+        segment: str = "standard",
+        pinned_tier: int = 0,
+        vector: Sequence[float] | None = None,
+        busy: int = 0,
     ) -> Decision:
-        """The decision for what the fast path read, and the second opinion's embedding if one was asked."""
+        """The decision for what the fast path read, and the second opinion's embedding if one was
+        asked; `busy` says it was wanted but skipped because that many were already waiting."""
         a = look.analysis
         intent_probs, cx_probs = look.intent, look.complexity
         second_reason = ""
+        skipped_reason = ""
+        if busy and vector is None:
+            skipped_reason = (
+                f"second opinion skipped: {busy} already waiting (router.second_opinion.max_waiting); "
+                "decided on the fast models alone"
+            )
         if vector is not None and self.second is not None:
             opinion = self.second.opinion(vector, a)
             second_reason = (
@@ -318,8 +331,8 @@ class Router:
                 f"intent unclear (best guess {it.predicted} at {it.confidence:.2f}, below "
                 f"{self.policy.min_intent_confidence:.2f}): treated as other"
             )
-        if second_reason:
-            reasons.append(second_reason)
+        if second_reason or skipped_reason:
+            reasons.append(second_reason or skipped_reason)
         seg_reason = f"segment {segment} from the authenticated identity"
         if segment == "enterprise" and self.policy.enterprise_as != "enterprise":
             seg_reason += f" (follows the {self.policy.enterprise_as} rules)"

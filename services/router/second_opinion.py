@@ -82,6 +82,7 @@ class SecondOpinion:
         gate: float = 0.7,
         mix: float = 0.5,
         threads: int = 0,
+        max_waiting: int = 8,
     ) -> None:
         if intent_head.classes != intent.INTENTS or complexity_head.classes != complexity.LEVELS:
             raise ValueError("second opinion heads do not match the intents and complexity levels")
@@ -91,6 +92,9 @@ class SecondOpinion:
         self.gate = gate
         self.mix = mix
         self.threads = threads
+        # A burst of unsure messages must not queue behind one CPU-bound worker: past this many
+        # waiting, a decision is made on the fast models alone (and says so).
+        self.max_waiting = max_waiting
         self._engine: Any = None
         self._lock = threading.Lock()
 
@@ -104,8 +108,10 @@ class SecondOpinion:
         return cls(Head.from_json(data["intent"]), Head.from_json(data["complexity"]), data["features"], **settings)
 
     def with_heads(self, data: Mapping[str, Any]) -> SecondOpinion:
-        """The same settings (gate, mix, threads) with other heads, e.g. retrained on a user's data."""
-        return SecondOpinion.from_json(data, gate=self.gate, mix=self.mix, threads=self.threads)
+        """The same settings (gate, mix, threads, max_waiting) with other heads, e.g. retrained on a user's data."""
+        return SecondOpinion.from_json(
+            data, gate=self.gate, mix=self.mix, threads=self.threads, max_waiting=self.max_waiting
+        )
 
     def needed(self, intent_probs: Sequence[float], complexity_probs: Sequence[float]) -> bool:
         """Is the fast path unsure of either answer?"""

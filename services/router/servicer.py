@@ -153,6 +153,7 @@ class RouterServicer:
         self.deployments = dict(deployments or {})  # name -> tier, for callers that pin one
         # The second opinion's embedding takes milliseconds of CPU: off the event loop, one at a time.
         self._slow_path = ThreadPoolExecutor(max_workers=1, thread_name_prefix="second-opinion")
+        self._waiting = 0  # second opinions asked and not yet answered
         self.audit = audit or DecisionAudit(None)
 
     def _pinned_tier(self, request: pb.ChatRequest, caller: Caller) -> int:
@@ -169,10 +170,20 @@ class RouterServicer:
 
     async def _decide(self, text: str, tier: int, caller: Caller) -> Decision:
         look = self.router.look(text)
-        vector = None
-        if self.router.second is not None and self.router.wants_second_opinion(look):
-            vector = await asyncio.get_running_loop().run_in_executor(self._slow_path, self.router.second.embed, text)
-        decision = self.router.conclude(look, caller.segment, tier, vector)
+        vector, busy = None, 0
+        second = self.router.second
+        if second is not None and self.router.wants_second_opinion(look):
+            if self._waiting >= second.max_waiting:
+                busy = self._waiting
+            else:
+                self._waiting += 1
+                try:
+                    vector = await asyncio.get_running_loop().run_in_executor(self._slow_path, second.embed, text)
+                finally:
+                    self._waiting -= 1
+        decision = self.router.conclude(look, caller.segment, tier, vector, busy)
+        if busy:
+            metrics.second_opinion_skipped()
         status = await self.budget.status(caller.user, caller.segment, caller.own_budget)
         metrics.budget_verdict(status.action)
         if status.action != "allow":

@@ -138,7 +138,7 @@ SCHEMA: dict[str, Any] = {
         "policy_path": ANY,
         "models_path": ANY,
         "audit": frozenset({"sample_rate", "messages", "linger_ms"}),
-        "second_opinion": frozenset({"enabled", "gate", "mix", "threads"}),
+        "second_opinion": frozenset({"enabled", "gate", "mix", "threads", "max_waiting"}),
         "knowledge": frozenset(
             {
                 "enabled",

@@ -83,9 +83,34 @@ def _tree(**second_opinion: object) -> dict[str, object]:
 
 def test_config_switches_it_off_and_checks_its_values() -> None:
     assert Router.from_config(_tree(enabled=False)).second is None
-    on = Router.from_config(_tree(enabled=True, gate=0.6, mix=0.25, threads=1)).second
-    assert on is not None and (on.gate, on.mix, on.threads) == (0.6, 0.25, 1)
+    on = Router.from_config(_tree(enabled=True, gate=0.6, mix=0.25, threads=1, max_waiting=2)).second
+    assert on is not None and (on.gate, on.mix, on.threads, on.max_waiting) == (0.6, 0.25, 1, 2)
     with pytest.raises(ConfigError, match=r"router.second_opinion.*gate"):
         Router.from_config(_tree(gate=1.5))
     with pytest.raises(ConfigError, match="unknown key"):
         config.check_keys(_tree(enabled=True, temperature=2))  # type: ignore[attr-defined]
+
+
+async def test_a_burst_of_unsure_messages_never_queues_past_max_waiting() -> None:
+    """48 unsure messages at once on the Router service's path: `max_waiting` of them wait for the
+    embedding, the rest are decided at once on the fast models, and each decision says which."""
+    import asyncio
+
+    from services.router.servicer import Caller, RouterServicer
+
+    async def no_generation(*_: object, **__: object) -> None:
+        raise AssertionError("Route never generates")
+
+    router = Router.load(second=SecondOpinion.load(max_waiting=3))
+    servicer = RouterServicer(router, no_generation, 30.0)  # type: ignore[arg-type]
+    decisions = await asyncio.gather(*(servicer._decide(f"{UNSURE} #{i}", 0, Caller()) for i in range(48)))
+    heard = [d for d in decisions if d.second_opinion]
+    skipped = [
+        d for d in decisions if any(r.startswith("second opinion skipped: 3 already waiting") for r in d.reasons)
+    ]
+    assert len(heard) == 3 and len(skipped) == 45
+    assert all(1 <= d.tier <= 4 for d in decisions)
+    # Once the queue has drained, the next unsure message is heard again.
+    assert (await servicer._decide(UNSURE, 0, Caller())).second_opinion
+    off = RouterServicer(Router.load(second=SecondOpinion.load(max_waiting=0)), no_generation, 30.0)  # type: ignore[arg-type]
+    assert not (await off._decide(UNSURE, 0, Caller())).second_opinion
