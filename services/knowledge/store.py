@@ -150,6 +150,8 @@ class KnowledgeStore:
                     f"{self.embedder.name} gives {self.embedder.dimension}: set knowledge.qdrant.collection "
                     "to a new name (and ingest again) or delete the old collection"
                 )
+            await self._index(name, [("model", qm.PayloadSchemaType.KEYWORD)])
+            await self._warn_of_other_models(name)
             return
         await self.client.create_collection(
             name,
@@ -160,14 +162,33 @@ class KnowledgeStore:
             ("collection", qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)),
             ("document_id", qm.PayloadSchemaType.KEYWORD),
             ("chunk_index", qm.PayloadSchemaType.INTEGER),
+            ("model", qm.PayloadSchemaType.KEYWORD),
         ]
+        await self._index(name, indexes)
+        log.info("created Qdrant collection", extra={"collection": name, "dimension": self.embedder.dimension})
+
+    async def _index(
+        self, name: str, indexes: Sequence[tuple[str, qm.PayloadSchemaType | qm.KeywordIndexParams]]
+    ) -> None:
+        assert self.client is not None
         with warnings.catch_warnings():
             # Embedded local mode scans every point anyway and warns that indexes do nothing there;
             # a Qdrant server uses them (the tenant index keeps each tenant's points together).
             warnings.filterwarnings("ignore", message="Payload indexes have no effect", category=UserWarning)
             for key, schema in indexes:
                 await self.client.create_payload_index(name, key, field_schema=schema)
-        log.info("created Qdrant collection", extra={"collection": name, "dimension": self.embedder.dimension})
+
+    async def _warn_of_other_models(self, name: str) -> None:
+        """Passages another embedding model wrote live in another vector space: searching them would
+        rank at random, so searches leave them out until their documents are upserted again."""
+        assert self.client is not None
+        other = qm.Filter(must_not=[qm.FieldCondition(key="model", match=qm.MatchValue(value=self.embedder.name))])
+        stale = (await self.client.count(name, count_filter=other, exact=True)).count
+        if stale:
+            log.warning(
+                "passages embedded by another model are not searched until their documents are ingested again",
+                extra={"passages": stale, "model": self.embedder.name, "collection": name},
+            )
 
     async def close(self) -> None:
         if self.client is not None:
@@ -242,6 +263,7 @@ class KnowledgeStore:
                                 "end": p.end,
                                 "doc_hash": digest,
                                 "lang": keywords.language(p.text),
+                                "model": self.embedder.name,
                                 "meta": dict(doc.metadata),
                             },
                         )
@@ -281,7 +303,10 @@ class KnowledgeStore:
         min_score: float = 0.0,
     ) -> list[Hit]:
         client = self._client()
-        conditions: list[qm.Condition] = [_tenant(collection)]
+        conditions: list[qm.Condition] = [
+            _tenant(collection),
+            qm.FieldCondition(key="model", match=qm.MatchValue(value=self.embedder.name)),
+        ]
         conditions += [
             qm.FieldCondition(key=f"meta.{k}", match=qm.MatchValue(value=v)) for k, v in (filters or {}).items()
         ]
