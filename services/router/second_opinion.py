@@ -10,14 +10,13 @@ probabilities. The decision is the mean of both opinions, weighted by `mix`; the
 that a second opinion was asked, why, and what it said.
 
 Trained by `python -m services.router.train` on the train split; the file holds the heads'
-weights only (a few hundred kilobytes of JSON). Embedding costs milliseconds, so the Router
+weights only (about 30 KB of JSON). Embedding costs milliseconds, so the Router
 service asks it off the event loop (`SecondOpinion.embed` on a worker thread).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -180,7 +179,3 @@ def fit_head(
 def describe(probs: Sequence[float], classes: Sequence[str]) -> str:
     k = max(range(len(probs)), key=probs.__getitem__)
     return f"{classes[k]} {probs[k]:.2f}"
-
-
-def confidence(probs: Sequence[float]) -> float:
-    return max(probs) if probs and all(math.isfinite(p) for p in probs) else 0.0
