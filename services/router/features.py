@@ -168,7 +168,7 @@ class Analysis:
 def _language(words: tuple[str, ...], raw: str) -> str:
     pt = sum(map(_PT_WORDS.__contains__, words))
     en = sum(map(_EN_WORDS.__contains__, words))
-    if any(ch in raw for ch in "ãõçâêôáéíóú"):
+    if any(map(raw.__contains__, "ãõçâêôáéíóú")):
         pt += 2
     if pt == en == 0:
         return "unknown"
@@ -178,7 +178,17 @@ def _language(words: tuple[str, ...], raw: str) -> str:
 
 
 def _count(text: str, markers: tuple[str, ...]) -> int:
-    return sum(text.count(m) for m in markers)
+    return sum(map(text.count, markers))
+
+
+def _at_least(text: str, markers: tuple[str, ...], n: int) -> bool:
+    """`_count(text, markers) >= n`, stopping once it is known."""
+    total = 0
+    for m in markers:
+        total += text.count(m)
+        if total >= n:
+            return True
+    return False
 
 
 _TRACE_ANCHORS = ("Error", "Exception", "Traceback", "panic:", "\tat ", "    at ", "fault", "Caused by")
@@ -192,15 +202,15 @@ _DIFF_ANCHORS = ("\n+++ ", "\n@@ -", "diff --git")
 def _detect_code(text: str, lowered: str, tokens: set[str], prose_raw: str) -> dict[str, int]:
     found: dict[str, int] = {}
     # Presence is what matters (a count of 1), and `any` stops at the first marker found.
-    if any(a in text for a in _TRACE_ANCHORS) and any(m in text for m in _TRACE_MARKERS):
+    if any(map(text.__contains__, _TRACE_ANCHORS)) and any(map(text.__contains__, _TRACE_MARKERS)):
         found["stack_trace"] = 1
-    if tokens & _SHELL_COMMANDS and any(m in lowered for m in _SHELL_MARKERS):
+    if tokens & _SHELL_COMMANDS and any(map(lowered.__contains__, _SHELL_MARKERS)):
         found["shell"] = 1
-    if tokens & _SQL_KEYWORDS and any(m in lowered for m in _SQL_STRONG):
+    if tokens & _SQL_KEYWORDS and any(map(lowered.__contains__, _SQL_STRONG)):
         clauses = _count(lowered, _SQL_CLAUSES)
         if clauses:  # "select" or "delete from" in prose has no query around it
             found["sql"] = 1 + clauses
-    if "\n" in text and any(a in text for a in _DIFF_ANCHORS):
+    if "\n" in text and any(map(text.__contains__, _DIFF_ANCHORS)):
         found["diff"] = _count(text, _DIFF_MARKERS)
     if "`" in prose_raw:
         inline = len(_INLINE.findall(prose_raw))
@@ -216,8 +226,9 @@ def _detect_code(text: str, lowered: str, tokens: set[str], prose_raw: str) -> d
         found["json_yaml"] = json_yaml
     paths = 0
     if "/" in text:  # directory-like paths, not counting the ones inside links
-        links = len(_URL.findall(text)) if "http" in text or "www." in text else 0
-        paths = max(0, len(_DIR_PATH.findall(text)) - links)
+        paths = len(_DIR_PATH.findall(text))
+        if paths and ("http" in text or "www." in text):
+            paths = max(0, paths - len(_URL.findall(text)))
     paths += len(_FILE_EXT.findall(lowered)) if "." in text else 0
     if paths:
         found["file_path"] = paths
@@ -254,7 +265,7 @@ def analyse(text: str) -> Analysis:
     code_lines = sum(block.count("\n") for block in fenced)
     if fenced:
         code["fenced"] = len(fenced)
-    elif text.count("\n") >= 2 and _count(text, _CODE_CHARS) >= 6:
+    elif text.count("\n") >= 2 and _at_least(text, _CODE_CHARS, 6):
         # Code pasted without fences: many code tokens over several lines.
         code["unfenced"] = 1
         code_lines = text.count("\n")
@@ -265,7 +276,8 @@ def analyse(text: str) -> Analysis:
     if "http" in folded or "www." in folded:
         folded = _URL.sub(" _url_ ", folded)
     words = tuple(_WORD.findall(folded))
-    emoji = len(_EMOJI.findall(sample)) if not sample.isascii() else 0
+    # No character from the first emoji block on: no emoji (max() runs in C; the search does not).
+    emoji = len(_EMOJI.findall(sample)) if not sample.isascii() and max(sample) >= "\u2190" else 0
     return Analysis(
         text=text,
         prose=folded,

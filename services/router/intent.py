@@ -8,6 +8,7 @@ words they resemble. Below `min_confidence` the label falls back to `other`, the
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -72,18 +73,24 @@ WORD_CACHE_SIZE = 50_000  # words whose summed weights are kept; Zipf makes most
 
 
 K = TypeVar("K")
+_UNEXPLAINING = FUNCTION_WORDS | {"<s>"}
 
 
-def _positive_margins(table: dict[K, Vector]) -> list[dict[K, float]]:
-    """For each class, how much each feature favours it over the mean of the others (> 0 only)."""
+Evidence = tuple[float, str, str]  # (margin, feature, what a reader is shown), so ties sort by feature
+
+
+def _evidence(table: dict[K, Vector], feature: Callable[[K], str]) -> list[dict[K, Evidence]]:
+    """For each class, the features that favour it over the mean of the others (margin > 0 only),
+    with their margin, name and readable form, computed once so an explanation is a lookup."""
     n = len(INTENTS)
-    out: list[dict[K, float]] = [{} for _ in range(n)]
+    out: list[dict[K, Evidence]] = [{} for _ in range(n)]
     for key, v in table.items():
         total = sum(v)
+        name = feature(key)
         for k in range(n):
             margin = v[k] - (total - v[k]) / (n - 1)
             if margin > 0:
-                out[k][key] = margin
+                out[k][key] = (margin, name, _readable(name))
     return out
 
 
@@ -120,8 +127,15 @@ class IntentClassifier:
         # How much each word and word pair favours each class over the others, precomputed so an
         # explanation costs one lookup per word.
         # Kept per class and only where positive: the evidence for a class is a lookup per word.
-        self._word_evidence = _positive_margins(self._words)
-        self._pair_evidence = _positive_margins(self._pairs)
+        # Function words ("de", "the") count in the score but explain nothing to a reader, so
+        # they are left out of these tables once, here.
+        self._word_evidence = _evidence(
+            {w: v for w, v in self._words.items() if w not in FUNCTION_WORDS}, lambda w: "w:" + w
+        )
+        self._pair_evidence = _evidence(
+            {pair: v for pair, v in self._pairs.items() if not set(pair) <= _UNEXPLAINING},
+            lambda pair: "b:" + pair[0] + " " + pair[1],
+        )
 
     @classmethod
     def load(cls, min_confidence: float, path: Path = MODEL_PATH) -> IntentClassifier:
@@ -165,15 +179,10 @@ class IntentClassifier:
         if explain:
             words = a.words[:MAX_WORDS]
             word_ev, pair_ev = self._word_evidence[k], self._pair_evidence[k]
-            # Function words ("de", "the") count in the score but explain nothing to a reader.
-            scored = [(word_ev[w], "w:" + w) for w in set(words) if w in word_ev and w not in FUNCTION_WORDS]
-            scored += [
-                (pair_ev[pair], "b:" + pair[0] + " " + pair[1])
-                for pair in zip(("<s>", *words), words, strict=False)
-                if pair in pair_ev and not {pair[0], pair[1]} <= FUNCTION_WORDS | {"<s>"}
-            ]
-            readable = (_readable(f) for _, f in heapq.nlargest(5, scored))
-            evidence = tuple(dict.fromkeys(readable))[:3]
+            # Set intersections: the lookups run in C, whatever the message's length.
+            scored = [word_ev[w] for w in word_ev.keys() & set(words)]
+            scored += [pair_ev[pair] for pair in pair_ev.keys() & set(zip(("<s>", *words), words, strict=False))]
+            evidence = tuple(dict.fromkeys(readable for _, _, readable in heapq.nlargest(5, scored)))[:3]
         return IntentResult(label, confidence, predicted, evidence)
 
 
