@@ -162,8 +162,8 @@ def second_opinion(node: Mapping[str, Any]) -> SecondOpinion | None:
     if not config.get_bool(so, "enabled", True, where=where):
         return None
     gate = config.get_float(so, "gate", 0.7, where=where, lo=0, hi=1)
-    mix = config.get_float(so, "mix", 0.5, where=where, lo=0, hi=1)
-    threads = config.get_int(so, "threads", 0, where=where, lo=0, hi=64)
+    mix = config.get_float(so, "mix", 0.7, where=where, lo=0, hi=1)
+    threads = config.get_int(so, "threads", 1, where=where, lo=0, hi=64)
     max_waiting = config.get_int(so, "max_waiting", 8, where=where, lo=0, hi=10_000)
     try:
         return SecondOpinion.load(gate=gate, mix=mix, threads=threads, max_waiting=max_waiting)

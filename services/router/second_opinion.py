@@ -29,7 +29,12 @@ from services.runtime import e5
 
 MODEL_PATH = Path(__file__).with_name("second_opinion_model.json")
 EMBEDDING_MODEL = "multilingual-e5-small"
-HEAD_TOKENS = 24  # the opening the embedding reads: bounded cost, whatever was pasted after it
+# The opening the embedding reads: bounded cost, whatever was pasted after it. Each token costs
+# about a millisecond of CPU here, the 5 that every opening carries ("query: ", <s>, </s>)
+# included. Cross-validated on the train split (`python -m bench.router_select`), openings of 9
+# to 24 tokens are within half a point of tier accuracy of each other; 9 is the longest that
+# keeps the slow path within 15 ms on one core here. Heads keep the count they were trained with.
+HEAD_TOKENS = 9
 _HEAD_CHARS = 160
 
 
@@ -84,13 +89,20 @@ class Engine:
                 self._e5 = e5.load(threads=self.threads)
             return self._e5
 
-    def opening(self, text: str) -> str:
-        """The message's first HEAD_TOKENS tokens (cut at a word), whitespace folded."""
+    def opening(self, text: str, tokens: int = HEAD_TOKENS) -> str:
+        """The message's first `tokens` tokens (cut at a word), whitespace folded."""
         model = self.model()
-        cut = " ".join(e5.c_text(text).split())[:_HEAD_CHARS]
-        while " " in cut and model.token_count(cut, True) > HEAD_TOKENS + 3:  # "query: ", <s>, </s>
-            cut = cut.rsplit(" ", 1)[0]
-        return cut
+        words = " ".join(e5.c_text(text).split())[:_HEAD_CHARS].split(" ")
+        # The most words whose tokens fit ("query: ", <s> and </s> take 3), found by bisection,
+        # as each count tokenizes again. One word is kept even if it is longer.
+        fits, over = 1, len(words) + 1
+        while over - fits > 1:
+            k = (fits + over) // 2
+            if model.token_count(" ".join(words[:k]), True) <= tokens + 3:
+                fits = k
+            else:
+                over = k
+        return " ".join(words[:fits])
 
     def vectors(self, openings: Sequence[str]) -> list[list[float]]:
         """Openings' embeddings, in one batch (an empty opening reads as the word "empty")."""
@@ -111,9 +123,10 @@ class SecondOpinion:
         complexity_head: Head,
         feature_names: Sequence[str],
         gate: float = 0.7,
-        mix: float = 0.5,
-        threads: int = 0,
+        mix: float = 0.7,
+        threads: int = 1,
         max_waiting: int = 8,
+        head_tokens: int = HEAD_TOKENS,
     ) -> None:
         if intent_head.classes != intent.INTENTS or complexity_head.classes != complexity.LEVELS:
             raise ValueError("second opinion heads do not match the intents and complexity levels")
@@ -126,6 +139,7 @@ class SecondOpinion:
         # A burst of unsure messages must not queue behind one CPU-bound worker: past this many
         # waiting, a decision is made on the fast models alone (and says so).
         self.max_waiting = max_waiting
+        self.head_tokens = head_tokens  # the opening the heads were trained on
         self.engine = Engine(threads)
 
     @classmethod
@@ -135,7 +149,13 @@ class SecondOpinion:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], **settings: Any) -> SecondOpinion:
         """From what `fit_second_opinion` wrote (the shipped file, or a `tiermesh train-router` bundle's part)."""
-        return cls(Head.from_json(data["intent"]), Head.from_json(data["complexity"]), data["features"], **settings)
+        return cls(
+            Head.from_json(data["intent"]),
+            Head.from_json(data["complexity"]),
+            data["features"],
+            head_tokens=int(data.get("head_tokens", HEAD_TOKENS)),
+            **settings,
+        )
 
     def with_heads(self, data: Mapping[str, Any]) -> SecondOpinion:
         """The same settings (gate, mix, threads, max_waiting) with other heads, e.g. retrained on a user's data."""
@@ -151,11 +171,11 @@ class SecondOpinion:
         return self.engine.model()
 
     def opening(self, text: str) -> str:
-        return self.engine.opening(text)
+        return self.engine.opening(text, self.head_tokens)
 
     def embed(self, text: str) -> list[float]:
         """The opening's embedding: milliseconds of CPU, so the service calls it on a worker thread."""
-        return self.engine.vectors([self.engine.opening(text)])[0]
+        return self.engine.vectors([self.opening(text)])[0]
 
     def opinion(self, vector: Sequence[float], named: Mapping[str, float]) -> Opinion:
         """Both heads' probabilities for an embedding and the message's named complexity features."""

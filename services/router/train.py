@@ -80,7 +80,7 @@ def fit(extra: Sequence[Mapping[str, str]] = ()) -> tuple[LinearModel, LinearMod
     return intent_model, cx_model
 
 
-def _embed_openings(engine: Any, openings: Sequence[str], cache: Path | None) -> list[list[float]]:
+def embed_openings(engine: Any, openings: Sequence[str], cache: Path | None) -> list[list[float]]:
     """The openings' embeddings, reusing those `cache` (an .npz by opening) already holds: embedding
     the project's 2,000 messages takes a minute here, and they change only with the data."""
     import numpy as np
@@ -109,7 +109,7 @@ def fit_second_opinion(extra: Sequence[Mapping[str, str]] = (), cache: Path | No
     named = [complexity.features(analyse(r["text"])) for r in rows]
     names = sorted({name for f in named for name in f})
     engine = second_opinion.Engine()
-    vectors = _embed_openings(engine, [engine.opening(r["text"]) for r in rows], cache)
+    vectors = embed_openings(engine, [engine.opening(r["text"]) for r in rows], cache)
     inputs = [second_opinion.inputs(v, f, names) for v, f in zip(vectors, named, strict=True)]
     heads = {
         key: second_opinion.fit_head(inputs, [labels.index(r[key]) for r in rows], labels, **SECOND_OPINION_PARAMS)

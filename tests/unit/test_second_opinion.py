@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.router.policy import Router
-from services.router.second_opinion import HEAD_TOKENS, SecondOpinion
+from services.router.second_opinion import SecondOpinion
 from services.runtime import config
 from services.runtime.config import ConfigError
 
@@ -64,7 +64,7 @@ def test_any_message_gets_a_bounded_opening_and_a_decision(second: SecondOpinion
     always = Router.load(second=SecondOpinion.load(gate=1.0))
     opening = second.opening(text)
     assert len(opening) <= 160 and "\x00" not in opening
-    assert second._model().token_count(opening, True) <= HEAD_TOKENS + 3 or " " not in opening
+    assert second._model().token_count(opening, True) <= second.head_tokens + 3 or " " not in opening
     d = always.decide(text)
     assert d.second_opinion and 1 <= d.tier <= 4
 

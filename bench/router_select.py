@@ -1,0 +1,122 @@
+"""How the second opinion's settings were chosen: 5-fold cross-validation on the train split.
+
+`python -m bench.router_select [--tokens 8,10,12,16,24]` refits both fast models and both
+second-opinion heads on four fifths of the train split, decides the fifth, and prints tier,
+intent and complexity accuracy (standard users) and the slow path's share for each opening
+length, gate and mix; the shipped test split is decided by models fitted on the whole train
+split, beside it. The independent split is never read. Embeddings are cached in the data dir
+(`.tiermesh/router-embeddings-<tokens>.npz`), so a second run takes the fast models' fitting only.
+
+The train split holds the hard cases (short asks for big jobs, the breadth set), so its
+cross-validated accuracy is lower than the test split's; it is the one that tells settings apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from services.router import complexity, intent, second_opinion
+from services.router.features import analyse
+from services.router.linear import train
+from services.router.policy import POLICY_PATH, load_policy
+from services.router.train import (
+    COMPLEXITY_PARAMS,
+    INTENT_PARAMS,
+    SECOND_OPINION_PARAMS,
+    embed_openings,
+    load_rows,
+)
+from services.runtime.config import REPO_ROOT
+
+FOLDS = 5
+GATES = (0.6, 0.7, 0.8)
+MIXES = (0.0, 0.5, 0.6, 0.7, 0.8, 1.0)  # 0: the fast path alone
+
+
+def _probabilities(head: second_opinion.Head, rows: Sequence[Sequence[float]]) -> list[list[float]]:
+    return [head.probabilities(x) for x in rows]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", default="8,10,12,16,24", help="opening lengths to try, comma-separated")
+    args = parser.parse_args(argv)
+    lengths = [int(n) for n in args.tokens.split(",")]
+    import numpy as np
+
+    policy = load_policy(POLICY_PATH)
+    rows = [*load_rows("train"), *load_rows("test")]
+    n_train = len(load_rows("train"))
+    analyses = [analyse(r["text"]) for r in rows]
+    intent_x = [intent.features(a) for a in analyses]
+    cx_x = [complexity.features(a) for a in analyses]
+    names = sorted({name for f in cx_x[:n_train] for name in f})
+    y_intent = [intent.INTENTS.index(r["intent"]) for r in rows]
+    y_cx = [complexity.LEVELS.index(r["complexity"]) for r in rows]
+    gold = [policy.select(r["complexity"], r["intent"], "standard").tier for r in rows]
+
+    order = list(range(n_train))
+    random.Random(0).shuffle(order)
+    # (name, fitted on, decided): five folds of the train split, then train -> test
+    sets = [(f"fold {k}", sorted(set(order) - set(order[k::FOLDS])), sorted(order[k::FOLDS])) for k in range(FOLDS)]
+    sets.append(("test", list(range(n_train)), list(range(n_train, len(rows)))))
+
+    fast: dict[str, tuple[Any, Any]] = {}
+    for name, fitted, decided in sets:
+        im = train([(intent_x[i], y_intent[i]) for i in fitted], intent.INTENTS, **INTENT_PARAMS)
+        cm = train([(cx_x[i], y_cx[i]) for i in fitted], complexity.LEVELS, **COMPLEXITY_PARAMS)
+        fast[name] = (
+            np.array([im.predict(intent_x[i])[1] for i in decided]),
+            np.array([cm.predict(cx_x[i])[1] for i in decided]),
+        )
+        print(f"fast models fitted for {name}", flush=True)
+
+    engine = second_opinion.Engine()
+    print("\ntokens gate  mix  | cross-validated tier intent complexity slow | test tier slow")
+    for tokens in lengths:
+        cache = REPO_ROOT / ".tiermesh" / f"router-embeddings-{tokens}.npz"
+        vectors = embed_openings(engine, [engine.opening(r["text"], tokens) for r in rows], cache)
+        inputs = [second_opinion.inputs(v, f, names) for v, f in zip(vectors, cx_x, strict=True)]
+        heard: dict[str, tuple[Any, Any]] = {}
+        for name, fitted, decided in sets:
+            heads = [
+                second_opinion.fit_head(
+                    [inputs[i] for i in fitted], [y[i] for i in fitted], labels, **SECOND_OPINION_PARAMS
+                )
+                for y, labels in ((y_intent, intent.INTENTS), (y_cx, complexity.LEVELS))
+            ]
+            heard[name] = tuple(np.array(_probabilities(h, [inputs[i] for i in decided])) for h in heads)  # type: ignore[assignment]
+        for gate in GATES:
+            for mix in MIXES:
+                tally: dict[str, list[int]] = {}
+                for name, _, decided in sets:
+                    fi, fc = fast[name]
+                    si, sc = heard[name]
+                    asked = (fi.max(1) < gate) | (fc.max(1) < gate)
+                    pi = np.where(asked[:, None], (1 - mix) * fi + mix * si, fi)
+                    pc = np.where(asked[:, None], (1 - mix) * fc + mix * sc, fc)
+                    right = [0, 0, 0]
+                    for j, i in enumerate(decided):
+                        k, level = int(pi[j].argmax()), complexity.LEVELS[int(pc[j].argmax())]
+                        label = intent.INTENTS[k] if pi[j][k] >= policy.min_intent_confidence else "other"
+                        right[0] += policy.select(level, label, "standard").tier == gold[i]
+                        right[1] += k == y_intent[i]
+                        right[2] += int(pc[j].argmax()) == y_cx[i]
+                    tally[name] = [*right, int(asked.sum()), len(decided)]
+                folds = [tally[name] for name, _, _ in sets[:FOLDS]]
+                total = sum(t[4] for t in folds)
+                cv = [sum(t[i] for t in folds) / total for i in range(4)]
+                test = tally["test"]
+                print(
+                    f"{tokens:>6} {gate:<5} {mix:<4} | {cv[0]:>20.4f} {cv[1]:.4f} {cv[2]:.4f} {cv[3]:>10.3f}"
+                    f" | {test[0] / test[4]:.4f} {test[3] / test[4]:.3f}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
