@@ -50,7 +50,6 @@ _SHELL_MARKERS = (
     "\n$ ",
 )
 _YAML_LINE = re.compile(r"\s*-?\s*[\w.-]+:(?:\s+\S|$)")
-_DIFF_MARKERS = ("\n+++ ", "\n--- ", "\n@@ -", "diff --git")
 _DIR_PATH = re.compile(r"/[\w.-]+/[\w./-]*")
 _FILE_EXT = re.compile(r"\.(?:py|js|ts|tsx|jsx|go|java|rb|php|ya?ml|json|sql|sh|tf|env|toml|conf|log|cs|cpp|kt)\b")
 _CODE_CHARS = ("{", "}", ";", "=>", "->", "==", "()", "&&", "||", "def ", "return ", "const ", "import ")
@@ -140,7 +139,7 @@ def fold(text: str) -> str:
 @dataclass(frozen=True)
 class Analysis:
     """What one message contains: counts of words, sentences and questions, and `code`, each
-    kind of code found (with a count where it is cheap to know, else 1)."""
+    kind of code found (1, or the number of fenced blocks for `fenced`)."""
 
     text: str
     prose: str  # folded text with code, URLs and numbers replaced by placeholders
@@ -200,39 +199,51 @@ _DIFF_ANCHORS = ("\n+++ ", "\n@@ -", "diff --git")
 
 
 def _detect_code(text: str, lowered: str, tokens: set[str], prose_raw: str) -> dict[str, int]:
+    """Each kind of code in the text (1: present). Only presence is read, by the models and the
+    reasons alike, so each test stops at its first sign."""
     found: dict[str, int] = {}
-    # Presence is what matters (a count of 1), and `any` stops at the first marker found.
     if any(map(text.__contains__, _TRACE_ANCHORS)) and any(map(text.__contains__, _TRACE_MARKERS)):
         found["stack_trace"] = 1
     if tokens & _SHELL_COMMANDS and any(map(lowered.__contains__, _SHELL_MARKERS)):
         found["shell"] = 1
-    if tokens & _SQL_KEYWORDS and any(map(lowered.__contains__, _SQL_STRONG)):
-        clauses = _count(lowered, _SQL_CLAUSES)
-        if clauses:  # "select" or "delete from" in prose has no query around it
-            found["sql"] = 1 + clauses
+    if (
+        tokens & _SQL_KEYWORDS
+        and any(map(lowered.__contains__, _SQL_STRONG))
+        and any(map(lowered.__contains__, _SQL_CLAUSES))  # "select" in prose has no query around it
+    ):
+        found["sql"] = 1
     if "\n" in text and any(map(text.__contains__, _DIFF_ANCHORS)):
-        found["diff"] = _count(text, _DIFF_MARKERS)
-    if "`" in prose_raw:
-        inline = len(_INLINE.findall(prose_raw))
-        if inline:
-            found["inline"] = inline
-    json_yaml = 0
-    if "\n" in text and ":" in text:
-        yaml_lines = sum(1 for line in text.split("\n") if ":" in line and _YAML_LINE.match(line))
-        json_yaml = yaml_lines if yaml_lines >= 2 else 0
-    if '{"' in text or '{ "' in text:
-        json_yaml += text.count('":')
-    if json_yaml:
-        found["json_yaml"] = json_yaml
-    paths = 0
-    if "/" in text:  # directory-like paths, not counting the ones inside links
-        paths = len(_DIR_PATH.findall(text))
-        if paths and ("http" in text or "www." in text):
-            paths = max(0, paths - len(_URL.findall(text)))
-    paths += len(_FILE_EXT.findall(lowered)) if "." in text else 0
-    if paths:
-        found["file_path"] = paths
+        found["diff"] = 1
+    if "`" in prose_raw and _INLINE.search(prose_raw):
+        found["inline"] = 1
+    if (('{"' in text or '{ "' in text) and '":' in text) or ("\n" in text and ":" in text and _yaml_lines(text, 2)):
+        found["json_yaml"] = 1
+    if _has_path(text, lowered):
+        found["file_path"] = 1
     return found
+
+
+def _yaml_lines(text: str, n: int) -> bool:
+    """Are there at least `n` `key: value` lines?"""
+    seen = 0
+    for line in text.split("\n"):
+        if ":" in line and _YAML_LINE.match(line):
+            seen += 1
+            if seen >= n:
+                return True
+    return False
+
+
+def _has_path(text: str, lowered: str) -> bool:
+    """A file name with a known extension, or a directory-like path outside a link."""
+    if "." in text and _FILE_EXT.search(lowered):
+        return True
+    if "/" not in text:
+        return False
+    paths = len(_DIR_PATH.findall(text))
+    if paths and ("http" in text or "www." in text):
+        paths -= len(_URL.findall(text))
+    return paths > 0
 
 
 def _split_fences(text: str) -> tuple[list[str], str]:
