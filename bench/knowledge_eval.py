@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from services.knowledge import config as kconfig
 from services.knowledge.config import KnowledgeConfig
 from services.knowledge.documents import discover, read_document
@@ -220,11 +221,6 @@ async def run(store_dir: Path, tune: bool = False, **overrides: object) -> Run:
     return Run(cfg.embedding_model, n, weights, results, latencies, load_s)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def report(r: Run, verbose: bool = True) -> None:
     questions = sum(len(v) for v in r.results.values())
     print(
@@ -237,7 +233,7 @@ def report(r: Run, verbose: bool = True) -> None:
         for name, subset in subsets(results):
             s = score(subset)
             print(f"{split:<7} {name:<6} {s.n:>4} {s.recall_1:>9.3f} {s.recall_5:>9.3f} {s.mrr:>7.3f}")
-    p50, p99 = percentile(r.latencies, 0.5) * 1000, percentile(r.latencies, 0.99) * 1000
+    p50, p99 = percentile(r.latencies, 50) * 1000, percentile(r.latencies, 99) * 1000
     print(f"search latency in-process (embed + Qdrant local): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     if not verbose:
         return
@@ -275,8 +271,8 @@ def one_model_json(model: str, tune: bool) -> None:
         "test": dataclasses.asdict(score(test)),
         "test_cross": dataclasses.asdict(score([x for x in test if x.cross])),
         "tuning": dataclasses.asdict(score(r.results["tuning"])),
-        "p50_ms": percentile(r.latencies, 0.5) * 1000,
-        "p99_ms": percentile(r.latencies, 0.99) * 1000,
+        "p50_ms": percentile(r.latencies, 50) * 1000,
+        "p99_ms": percentile(r.latencies, 99) * 1000,
         "load_s": r.load_s,
         "rss_mb": rss / 1024,
         "rss_model_mb": (rss - before) / 1024,
