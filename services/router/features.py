@@ -287,8 +287,7 @@ def analyse(text: str) -> Analysis:
     if "http" in folded or "www." in folded:
         folded = _URL.sub(" _url_ ", folded)
     words = tuple(_WORD.findall(folded))
-    # No character from the first emoji block on: no emoji (max() runs in C; the search does not).
-    emoji = len(_EMOJI.findall(sample)) if not sample.isascii() and max(sample) >= "\u2190" else 0
+    emoji = len(_EMOJI.findall(sample)) if not sample.isascii() else 0
     return Analysis(
         text=text,
         prose=folded,
