@@ -124,11 +124,9 @@ class IntentClassifier:
                 self._flags[name] = w
         self._zero: Vector = (0.0,) * len(INTENTS)
         self._word_cache: dict[str, Vector] = {}
-        # How much each word and word pair favours each class over the others, precomputed so an
-        # explanation costs one lookup per word.
-        # Kept per class and only where positive: the evidence for a class is a lookup per word.
-        # Function words ("de", "the") count in the score but explain nothing to a reader, so
-        # they are left out of these tables once, here.
+        # How much each word and word pair favours each class over the others, kept per class and
+        # only where positive, so the evidence for a class is a lookup. Function words ("de",
+        # "the") count in the score but explain nothing to a reader: they are left out here.
         self._word_evidence = _evidence(
             {w: v for w, v in self._words.items() if w not in FUNCTION_WORDS}, lambda w: "w:" + w
         )

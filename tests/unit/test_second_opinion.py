@@ -3,10 +3,12 @@ its reasons, bounded whatever the message, and switched by config."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from services.router.policy import Router
-from services.router.second_opinion import SecondOpinion
+from services.router.second_opinion import MODEL_PATH, SecondOpinion
 from services.runtime import config
 from services.runtime.config import ConfigError
 
@@ -114,3 +116,16 @@ async def test_a_burst_of_unsure_messages_never_queues_past_max_waiting() -> Non
     assert (await servicer._decide(UNSURE, 0, Caller())).second_opinion
     off = RouterServicer(Router.load(second=SecondOpinion.load(max_waiting=0)), no_generation, 30.0)  # type: ignore[arg-type]
     assert not (await off._decide(UNSURE, 0, Caller())).second_opinion
+
+
+def test_heads_read_the_opening_length_they_were_trained_on(second: SecondOpinion) -> None:
+    data = json.loads(MODEL_PATH.read_text(encoding="utf-8"))
+    text = "Please write a detailed migration plan for moving our Django monolith to services " * 3
+    lengths = {}
+    for tokens in (6, 24):
+        heads = SecondOpinion.from_json({**data, "head_tokens": tokens})
+        opening = heads.opening(text)
+        lengths[tokens] = second._model().token_count(opening, True)
+        assert lengths[tokens] <= tokens + 3
+    assert lengths[24] > lengths[6] + 10
+    assert second.head_tokens == data["head_tokens"]
