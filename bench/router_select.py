@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import random
 from collections.abc import Sequence
-from typing import Any
 
 from services.router import complexity, intent, second_opinion
+from services.router.complexity import ComplexityAnalyzer
 from services.router.features import analyse
+from services.router.intent import IntentClassifier
 from services.router.linear import train
-from services.router.policy import POLICY_PATH, load_policy
+from services.router.policy import POLICY_PATH, Look, Router, load_policy
 from services.router.train import (
     COMPLEXITY_PARAMS,
     INTENT_PARAMS,
@@ -36,20 +37,16 @@ GATES = (0.6, 0.7, 0.8)
 MIXES = (0.0, 0.5, 0.6, 0.7, 0.8, 1.0)  # 0: the fast path alone
 
 
-def _probabilities(head: second_opinion.Head, rows: Sequence[Sequence[float]]) -> list[list[float]]:
-    return [head.probabilities(x) for x in rows]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", default="8,10,12,16,24", help="opening lengths to try, comma-separated")
     args = parser.parse_args(argv)
     lengths = [int(n) for n in args.tokens.split(",")]
-    import numpy as np
 
     policy = load_policy(POLICY_PATH)
-    rows = [*load_rows("train"), *load_rows("test")]
-    n_train = len(load_rows("train"))
+    train_rows = load_rows("train")
+    rows = [*train_rows, *load_rows("test")]
+    n_train = len(train_rows)
     analyses = [analyse(r["text"]) for r in rows]
     intent_x = [intent.features(a) for a in analyses]
     cx_x = [complexity.features(a) for a in analyses]
@@ -64,14 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = [(f"fold {k}", sorted(set(order) - set(order[k::FOLDS])), sorted(order[k::FOLDS])) for k in range(FOLDS)]
     sets.append(("test", list(range(n_train)), list(range(n_train, len(rows)))))
 
-    fast: dict[str, tuple[Any, Any]] = {}
+    # Each set's Router, with fast models fitted on its part, and its fast path's look at each message.
+    routers: dict[str, Router] = {}
+    looks: dict[str, list[Look]] = {}
     for name, fitted, decided in sets:
         im = train([(intent_x[i], y_intent[i]) for i in fitted], intent.INTENTS, **INTENT_PARAMS)
         cm = train([(cx_x[i], y_cx[i]) for i in fitted], complexity.LEVELS, **COMPLEXITY_PARAMS)
-        fast[name] = (
-            np.array([im.predict(intent_x[i])[1] for i in decided]),
-            np.array([cm.predict(cx_x[i])[1] for i in decided]),
+        routers[name] = router = Router(
+            policy, IntentClassifier(im, policy.min_intent_confidence), ComplexityAnalyzer(cm)
         )
+        looks[name] = [router.look(rows[i]["text"]) for i in decided]
         print(f"fast models fitted for {name}", flush=True)
 
     engine = second_opinion.Engine()
@@ -80,32 +79,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = REPO_ROOT / ".tiermesh" / f"router-embeddings-{tokens}.npz"
         vectors = embed_openings(engine, [engine.opening(r["text"], tokens) for r in rows], cache)
         inputs = [second_opinion.inputs(v, f, names) for v, f in zip(vectors, cx_x, strict=True)]
-        heard: dict[str, tuple[Any, Any]] = {}
+        heads: dict[str, tuple[second_opinion.Head, second_opinion.Head]] = {}
+        opinions: dict[str, list[second_opinion.Opinion]] = {}
         for name, fitted, decided in sets:
-            heads = [
+            ih, ch = (
                 second_opinion.fit_head(
                     [inputs[i] for i in fitted], [y[i] for i in fitted], labels, **SECOND_OPINION_PARAMS
                 )
                 for y, labels in ((y_intent, intent.INTENTS), (y_cx, complexity.LEVELS))
-            ]
-            heard[name] = tuple(np.array(_probabilities(h, [inputs[i] for i in decided])) for h in heads)  # type: ignore[assignment]
+            )
+            heads[name] = (ih, ch)
+            heard = second_opinion.SecondOpinion(ih, ch, names)
+            opinions[name] = [heard.opinion(vectors[i], cx_x[i]) for i in decided]
         for gate in GATES:
             for mix in MIXES:
                 tally: dict[str, list[int]] = {}
                 for name, _, decided in sets:
-                    fi, fc = fast[name]
-                    si, sc = heard[name]
-                    asked = (fi.max(1) < gate) | (fc.max(1) < gate)
-                    pi = np.where(asked[:, None], (1 - mix) * fi + mix * si, fi)
-                    pc = np.where(asked[:, None], (1 - mix) * fc + mix * sc, fc)
-                    right = [0, 0, 0]
-                    for j, i in enumerate(decided):
-                        k, level = int(pi[j].argmax()), complexity.LEVELS[int(pc[j].argmax())]
-                        label = intent.INTENTS[k] if pi[j][k] >= policy.min_intent_confidence else "other"
-                        right[0] += policy.select(level, label, "standard").tier == gold[i]
-                        right[1] += k == y_intent[i]
-                        right[2] += int(pc[j].argmax()) == y_cx[i]
-                    tally[name] = [*right, int(asked.sum()), len(decided)]
+                    second = second_opinion.SecondOpinion(*heads[name], names, gate=gate, mix=mix)
+                    counts = [0, 0, 0, 0, len(decided)]  # tier, intent, complexity right; second opinions asked
+                    for i, look, opinion in zip(decided, looks[name], opinions[name], strict=True):
+                        if second.needed(look.intent, look.complexity):
+                            counts[3] += 1
+                            look = Look(
+                                look.analysis,
+                                second.blend(look.intent, opinion.intent),
+                                look.complexity_features,
+                                second.blend(look.complexity, opinion.complexity),
+                            )
+                        d = routers[name].conclude(look)
+                        counts[0] += d.tier == gold[i]
+                        counts[1] += d.intent == rows[i]["intent"]
+                        counts[2] += d.complexity == rows[i]["complexity"]
+                    tally[name] = counts
                 folds = [tally[name] for name, _, _ in sets[:FOLDS]]
                 total = sum(t[4] for t in folds)
                 cv = [sum(t[i] for t in folds) / total for i in range(4)]
