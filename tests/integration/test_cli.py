@@ -95,7 +95,9 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
         print(f"tiermesh up healthy in {match.group(1)} s (isolated network: {ISOLATED})")
         _, ingest_lines = _read_until(proc, r"^Try: ", 120)
         assert any("24/24 documents" in line for line in ingest_lines), ingest_lines
-        analytics_line = next(line for line in ingest_lines if line.strip().startswith("analytics "))
+        # The status table's row (indented), not a line of the part's own log echoed beside it
+        # ("analytics | ..."), which can land in the same window.
+        analytics_line = next(line for line in ingest_lines if line.startswith("  analytics "))
         assert ("NOT_SERVING: its database is unreachable" in analytics_line) == ISOLATED, analytics_line
         if web_built():
             port = env["TIERMESH_SERVICES__WEB__PORT"]
