@@ -43,6 +43,7 @@ log = logging.getLogger("tiermesh.analytics")
 
 TEAM = re.compile(r"[A-Za-z0-9._-]{0,128}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+KEY_ID = re.compile(r"key_[0-9a-f]{16}")  # what CreateKey makes
 MICRO = 1_000_000
 OVERWRITE = authz.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # What the key check passes on: a request's own credentials stop at the edge.
@@ -225,8 +226,9 @@ class AdminServicer:
     async def CreateKey(self, request: pb.CreateKeyRequest, context: Context) -> pb.CreateKeyResponse:
         operator_only(context)
         validate(request)
-        if CONTROL.search(request.user) or not request.user.strip():
+        if not request.user.strip():
             raise InvalidArgument("user: must be 1 to 256 characters without control characters")
+        _check_user(request.user)
         if not TEAM.fullmatch(request.team):
             raise InvalidArgument("team: use at most 128 letters, digits, '.', '_' or '-'")
         if request.role not in ("", identity.OPERATOR):
@@ -253,6 +255,7 @@ class AdminServicer:
     async def ListKeys(self, request: pb.ListKeysRequest, context: Context) -> pb.ListKeysResponse:
         operator_only(context)
         validate(request)
+        _check_user(request.user)  # no key can be a user's that CreateKey would refuse
         pool = await self._conn_pool()
         async with pool.acquire() as conn:
             rows = await db.list_keys(conn, request.user, request.include_revoked)
@@ -261,6 +264,10 @@ class AdminServicer:
     async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Context) -> pb.RevokeKeyResponse:
         operator_only(context)
         validate(request)
+        if not KEY_ID.fullmatch(request.id):
+            raise InvalidArgument(
+                f"id: {request.id[:40]!r} is not a key id (key_ and 16 hex digits); `tiermesh keys list` shows them"
+            )
         pool = await self._conn_pool()
         async with pool.acquire() as conn:
             row = await db.revoke_key(conn, request.id)
@@ -269,6 +276,12 @@ class AdminServicer:
         self.cache.update([row["id"]], ())
         log.info("API key revoked", extra={"key_id": row["id"], "user": row["user_id"]})
         return pb.RevokeKeyResponse(key=key_message(row))
+
+
+def _check_user(user: str) -> None:
+    """A user named in a key, or asked about: no control characters (PostgreSQL cannot store NUL)."""
+    if CONTROL.search(user):
+        raise InvalidArgument("user: must be 1 to 256 characters without control characters")
 
 
 def _denied(status: int, message: str) -> authz.CheckResponse:

@@ -209,6 +209,19 @@ async def test_keys_are_made_only_by_operators_and_checked_on_the_way_in(mesh: M
         assert made.returncode != 0 and message in made.stderr, (args, made.stderr)
     missing = keys_cli(mesh, "revoke", "key_0000000000000000")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    # Values PostgreSQL cannot hold (a NUL) are refused before they reach it, for every call.
+    async with mesh.edge() as channel:
+        admin = admin_grpc.AdminServiceStub(channel)
+        operator = (("authorization", f"Bearer {mesh.token(role='operator')}"),)
+        for call, request, field in (
+            (admin.ListKeys, admin_pb.ListKeysRequest(user="\x00uzz"), "user"),
+            (admin.RevokeKey, admin_pb.RevokeKeyRequest(id="key_\x00"), "id"),
+            (admin.RevokeKey, admin_pb.RevokeKeyRequest(id="'; drop table api_keys; --"), "id"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await call(request, metadata=operator, timeout=10)
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad.value.details()
+            assert (bad.value.details() or "").startswith(f"{field}:"), bad.value.details()
 
 
 async def test_no_key_is_stored_or_logged(mesh: Mesh) -> None:
