@@ -50,6 +50,7 @@ COLUMNS = (
     "complexity",
     "occurred_at",
     "client_request_id",
+    "team",
 )
 Row = tuple[Any, ...]
 INT64_MAX = 2**63 - 1
@@ -143,14 +144,14 @@ class Totals:
     cost_micro_usd: int = 0
 
 
-GROUP_COLUMNS = {"user": "user_id", "segment": "segment", "tier": "tier::text", "model": "model"}
+GROUP_COLUMNS = {"user": "user_id", "segment": "segment", "tier": "tier::text", "model": "model", "team": "team"}
 _SUMS = (
     "count(*) AS requests, coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
     "coalesce(sum(completion_tokens), 0) AS completion_tokens, coalesce(sum(cost_micro_usd), 0) AS cost_micro_usd"
 )
 
 
-def _where(start: datetime, end: datetime | None, user: str, segment: str) -> tuple[str, list[Any]]:
+def _where(start: datetime, end: datetime | None, user: str, segment: str, team: str = "") -> tuple[str, list[Any]]:
     clauses: list[str] = ["occurred_at >= $1"]
     args: list[Any] = [start]
     if end is not None:
@@ -162,6 +163,9 @@ def _where(start: datetime, end: datetime | None, user: str, segment: str) -> tu
     if segment:
         args.append(segment)
         clauses.append(f"segment = ${len(args)}")
+    if team:
+        args.append(team)
+        clauses.append(f"team = ${len(args)}")
     return " AND ".join(clauses), args
 
 
@@ -177,9 +181,14 @@ def _totals(record: Any) -> Totals:
 
 
 async def totals(
-    conn: asyncpg.Connection | asyncpg.Pool, start: datetime, end: datetime | None, user: str = "", segment: str = ""
+    conn: asyncpg.Connection | asyncpg.Pool,
+    start: datetime,
+    end: datetime | None,
+    user: str = "",
+    segment: str = "",
+    team: str = "",
 ) -> Totals:
-    where, args = _where(start, end, user, segment)
+    where, args = _where(start, end, user, segment, team)
     return _totals(await conn.fetchrow(f"SELECT {_SUMS} FROM usage_events WHERE {where}", *args))  # noqa: S608
 
 
@@ -190,10 +199,11 @@ async def groups(
     end: datetime | None,
     user: str = "",
     segment: str = "",
+    team: str = "",
     limit: int = 1000,
 ) -> list[tuple[str, Totals]]:
     column = GROUP_COLUMNS[dimension]
-    where, args = _where(start, end, user, segment)
+    where, args = _where(start, end, user, segment, team)
     rows = await conn.fetch(
         f"SELECT {column} AS key, {_SUMS} FROM usage_events WHERE {where} "  # noqa: S608
         f"GROUP BY 1 ORDER BY cost_micro_usd DESC, key LIMIT {int(limit)}",
@@ -210,11 +220,12 @@ async def bucketed(
     end: datetime | None,
     user: str = "",
     segment: str = "",
+    team: str = "",
     limit: int = 1000,
 ) -> list[tuple[datetime, str, Totals]]:
     """Spend per time bucket of `bucket_s` seconds aligned to `start` (and per value of
     `dimension` within each, the `limit` costliest; the key is empty without a dimension)."""
-    where, args = _where(start, end, user, segment)
+    where, args = _where(start, end, user, segment, team)
     args.append(timedelta(seconds=bucket_s))
     key = GROUP_COLUMNS[dimension] if dimension else "''"
     rows = await conn.fetch(

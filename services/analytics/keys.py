@@ -41,7 +41,6 @@ from services.runtime.validation import validate
 
 log = logging.getLogger("tiermesh.analytics")
 
-TEAM = re.compile(r"[A-Za-z0-9._-]{0,128}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 KEY_ID = re.compile(r"key_[0-9a-f]{16}")  # what CreateKey makes
 MICRO = 1_000_000
@@ -229,7 +228,7 @@ class AdminServicer:
         if not request.user.strip():
             raise InvalidArgument("user: must be 1 to 256 characters without control characters")
         _check_user(request.user)
-        if not TEAM.fullmatch(request.team):
+        if not identity.TEAM_NAME.fullmatch(request.team):
             raise InvalidArgument("team: use at most 128 letters, digits, '.', '_' or '-'")
         if request.role not in ("", identity.OPERATOR):
             raise InvalidArgument(f"role: must be '{identity.OPERATOR}' or empty, got {request.role!r}")

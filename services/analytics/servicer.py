@@ -27,6 +27,7 @@ DIMENSIONS = {
     pb.SPEND_DIMENSION_SEGMENT: "segment",
     pb.SPEND_DIMENSION_TIER: "tier",
     pb.SPEND_DIMENSION_MODEL: "model",
+    pb.SPEND_DIMENSION_TEAM: "team",
 }
 MAX_FUTURE = timedelta(days=1)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -94,6 +95,7 @@ def to_row(e: pb.UsageEvent, i: int, now: datetime) -> db.Row:
         name_of(c.Complexity, "COMPLEXITY_", e.complexity),
         occurred,
         _clean(e.client_request_id),
+        _clean(e.team),
     )
 
 
@@ -200,20 +202,21 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 )
         segment = segment_name(request.segment)
         user = spend_scope(request.user, context)
+        team = _clean(request.team)  # a filter only narrows: a token still reads only its own user's
         dims = list(dict.fromkeys(request.group_by))
         pool = await self._db()
         try:
-            total = await db.totals(pool, start, end, user, segment)
+            total = await db.totals(pool, start, end, user, segment, team)
             out = pb.GetSpendResponse(totals=totals_pb(total))
             for dim in dims:
-                for key, t in await db.groups(pool, DIMENSIONS[dim], start, end, user, segment):
+                for key, t in await db.groups(pool, DIMENSIONS[dim], start, end, user, segment, team):
                     out.groups.append(pb.SpendGroup(dimension=dim, key=key, totals=totals_pb(t)))
             if bucket:
                 buckets: dict[datetime, pb.SpendBucket] = {}
-                for at, _, t in await db.bucketed(pool, bucket, None, start, end, user, segment):
+                for at, _, t in await db.bucketed(pool, bucket, None, start, end, user, segment, team):
                     buckets[at] = pb.SpendBucket(start_time=timestamp(at), totals=totals_pb(t))
                 for dim in dims:
-                    for at, key, t in await db.bucketed(pool, bucket, DIMENSIONS[dim], start, end, user, segment):
+                    for at, key, t in await db.bucketed(pool, bucket, DIMENSIONS[dim], start, end, user, segment, team):
                         buckets[at].groups.append(pb.SpendGroup(dimension=dim, key=key, totals=totals_pb(t)))
                 out.buckets.extend(buckets[at] for at in sorted(buckets))
         except CONNECTION_ERRORS as exc:

@@ -56,6 +56,9 @@ CONNECTION_ERRORS = (
 # SQLSTATE classes that blame the rows, not the database: data exceptions (a value out of a
 # column's range, bad text), integrity constraints, and program limits (an index entry too big).
 DATA_ERROR_CLASSES = ("22", "23", "54")
+# Columns added since spill files were first written (client_request_id, team), each text that
+# defaults to "": a spill line from before them is still a row.
+SPILL_ADDED = 2
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -263,10 +266,9 @@ def load_spill(path: str, dead_letter_path: str) -> list[db.Row]:
     for line in spill_file.take(path):
         try:
             values = json.loads(line)
-            if not isinstance(values, list) or len(values) not in (len(db.COLUMNS) - 1, len(db.COLUMNS)):
+            if not isinstance(values, list) or not len(db.COLUMNS) - SPILL_ADDED <= len(values) <= len(db.COLUMNS):
                 raise ValueError(f"expected a list of {len(db.COLUMNS)} values")
-            if len(values) == len(db.COLUMNS) - 1:  # written before client_request_id existed
-                values.append("")
+            values.extend([""] * (len(db.COLUMNS) - len(values)))  # written before the last columns existed
             values[occurred] = datetime.fromisoformat(values[occurred])
         except (ValueError, TypeError) as exc:
             bad.append((line[:10_000], f"unreadable spill line: {_describe(exc)}"))

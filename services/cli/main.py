@@ -73,7 +73,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_spend(args: argparse.Namespace) -> int:
     from services.cli.spend import spend
 
-    return asyncio.run(spend(args.user, args.segment, args.since, args.watch, args.json, args.target))
+    return asyncio.run(spend(args.user, args.segment, args.since, args.watch, args.json, args.target, args.team))
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -215,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print one JSON array")
     search.set_defaults(func=_cmd_search)
 
-    spend = sub.add_parser("spend", help="tokens and cost by user, segment, tier and model")
+    spend = sub.add_parser("spend", help="tokens and cost by user, segment, tier, model and team")
     spend.add_argument("--user", default="", help="only this user")
     spend.add_argument("--segment", choices=["standard", "vip", "enterprise"], default="", help="only this segment")
+    spend.add_argument("--team", default="", help="only the requests of this team's API keys")
     spend.add_argument("--since", default="24h", help="how far back: 30m, 24h, 7d, 4w (default 24h)")
     spend.add_argument("--watch", action="store_true", help="this month's totals, redrawn live as usage arrives")
     spend.add_argument("--json", action="store_true", help="print JSON (one object per update with --watch)")

@@ -1,4 +1,4 @@
-"""`tiermesh spend` (who spent what, by user, segment, tier and model) and `tiermesh migrate`."""
+"""`tiermesh spend` (who spent what, by user, segment, tier, model and team) and `tiermesh migrate`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ DIMENSIONS = (
     ("segment", pb.SPEND_DIMENSION_SEGMENT),
     ("tier", pb.SPEND_DIMENSION_TIER),
     ("model", pb.SPEND_DIMENSION_MODEL),
+    ("team", pb.SPEND_DIMENSION_TEAM),
 )
 
 
@@ -53,11 +54,16 @@ def render(reply: pb.GetSpendResponse, title: str) -> str:
     return "\n".join(lines)
 
 
-async def spend(user: str, segment: str, since: str, watch: bool, as_json: bool, target: str | None) -> int:
+async def spend(
+    user: str, segment: str, since: str, watch: bool, as_json: bool, target: str | None, team: str = ""
+) -> int:
     try:
         window = parse_since(since)
     except ValueError as exc:
         print(f"tiermesh spend: {exc}", file=sys.stderr)
+        return 2
+    if team and watch:
+        print("tiermesh spend: --watch follows a user or a segment; leave out --team", file=sys.stderr)
         return 2
     tree = config.load()
     addr = target or config.target(tree, "analytics")
@@ -67,7 +73,7 @@ async def spend(user: str, segment: str, since: str, watch: bool, as_json: bool,
         try:
             if watch:
                 return await _watch(stub, user, seg, as_json)
-            request = pb.GetSpendRequest(user=user, segment=seg, group_by=[d for _, d in DIMENSIONS])
+            request = pb.GetSpendRequest(user=user, segment=seg, team=team, group_by=[d for _, d in DIMENSIONS])
             request.start_time.FromDatetime(datetime.now(UTC) - window)
             reply = await stub.GetSpend(request, timeout=10)
         except grpc.aio.AioRpcError as exc:
@@ -78,7 +84,8 @@ async def spend(user: str, segment: str, since: str, watch: bool, as_json: bool,
     if as_json:
         print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True)))
         return 0
-    who = " ".join(p for p in (f"user {user}" if user else "", f"segment {segment}" if segment else "") if p)
+    parts = (f"user {user}" if user else "", f"segment {segment}" if segment else "", f"team {team}" if team else "")
+    who = " ".join(p for p in parts if p)
     print(render(reply, f"spend over the last {since}" + (f" for {who}" if who else "")))
     return 0
 

@@ -162,6 +162,7 @@ def usage_event(
             value_of(common_pb2.Complexity, "COMPLEXITY_", metadata.get(identity.COMPLEXITY, ""))
         ),
         client_request_id=identity.client_request_id(metadata),
+        team=identity.team(metadata),
     )
     # Within the contract's range (a day): a longer request is recorded at the limit, not refused.
     event.latency.FromMicroseconds(min(int(latency_s * 1_000_000), MAX_RECORDED_US))

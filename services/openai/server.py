@@ -4,7 +4,7 @@ fallbacks, usage and budgets all apply as for any gRPC client; embeddings come f
 model (KnowledgeService.Embed).
 
 It sits behind the edge: Envoy verifies the caller's token or API key, applies the rate limits and
-writes the identity headers (`x-tiermesh-user`, `-segment`, `-role`, and a key's budget), which
+writes the identity headers (`x-tiermesh-user`, `-segment`, `-role`, and a key's budget and team), which
 this service honours only from the edge's certificate and passes on to the Router with a
 certificate of its own role (`openai`), the one besides the edge's whose identity headers the
 Router honours. tiermesh's facts about an answer travel in response headers (`x-tiermesh-tier`,
@@ -73,7 +73,15 @@ def _identity(headers: Mapping[str, str]) -> tuple[tuple[str, Any], ...]:
         {k: headers[k] for k in (identity.USER, identity.SEGMENT) if k in headers}
     )
     metadata: list[tuple[str, Any]] = [identity.user_metadata(user), (identity.SEGMENT, segment)]
-    for key in (identity.REQUEST_ID, identity.CLIENT_REQUEST_ID, identity.DEADLINE, identity.BUDGET, identity.ROLE):
+    keys = (
+        identity.REQUEST_ID,
+        identity.CLIENT_REQUEST_ID,
+        identity.DEADLINE,
+        identity.BUDGET,
+        identity.ROLE,
+        identity.TEAM,
+    )
+    for key in keys:
         value = headers.get(key)
         if value and value.isascii() and value.isprintable():
             metadata.append((key, value))

@@ -8,6 +8,7 @@ allowed; otherwise SpendBudgets compares Analytics' spend with the monthly budge
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from services.runtime import config
 from services.runtime.config import ConfigError
 from services.runtime.enums import value_of
 from services.runtime.errors import ResourceExhausted
-from services.runtime.identity import SEGMENTS
+from services.runtime.identity import SEGMENTS, TEAM_NAME
 from services.runtime.money import usd
 
 log = logging.getLogger("tiermesh.router")
@@ -35,21 +36,24 @@ BUDGET_ACTIONS = ("downgrade", "refuse")
 @dataclass(frozen=True)
 class Budgets:
     """Monthly budgets (calendar month, UTC) in micro-dollars, from `analytics.budgets`. A user's
-    own budget overrides the per-user budget of their segment; a segment's total caps all its
-    users together."""
+    own budget overrides the per-user budget of their segment; a team's total caps what all the
+    API keys of that team spend together; a segment's total caps all its users together."""
 
     action: str = "downgrade"
     users: Mapping[str, int] = field(default_factory=dict)
     per_user_by_segment: Mapping[str, int] = field(default_factory=dict)
     segments: Mapping[str, int] = field(default_factory=dict)
+    teams: Mapping[str, int] = field(default_factory=dict)
     cache_s: float = 5.0
 
     @property
     def any(self) -> bool:
-        return bool(self.users or self.per_user_by_segment or self.segments)
+        return bool(self.users or self.per_user_by_segment or self.segments or self.teams)
 
 
-def _amounts(node: Any, where: str, keys: tuple[str, ...] | None = None) -> dict[str, int]:
+def _amounts(
+    node: Any, where: str, keys: tuple[str, ...] | None = None, name: re.Pattern[str] | None = None
+) -> dict[str, int]:
     if node is None:
         return {}
     if not isinstance(node, Mapping):
@@ -58,6 +62,8 @@ def _amounts(node: Any, where: str, keys: tuple[str, ...] | None = None) -> dict
     for key, value in node.items():
         if keys is not None and key not in keys:
             raise ConfigError(f"{where}: unknown segment {key!r}; segments are {', '.join(keys)}")
+        if name is not None and not (isinstance(key, str) and key and name.fullmatch(key)):
+            raise ConfigError(f"{where}: {key!r} is not a team name (at most 128 letters, digits, '.', '_' or '-')")
         out[str(key)] = config.usd_to_micro(value, f"{where}.{key}")
     return out
 
@@ -73,6 +79,7 @@ def load_budgets(tree: Mapping[str, Any]) -> Budgets:
         users=_amounts(node.get("users"), f"{where}.users"),
         per_user_by_segment=_amounts(node.get("per_user_by_segment"), f"{where}.per_user_by_segment", SEGMENTS),
         segments=_amounts(node.get("segments"), f"{where}.segments", SEGMENTS),
+        teams=_amounts(node.get("teams"), f"{where}.teams", name=TEAM_NAME),
         cache_s=config.get_float(node, "cache_s", 5.0, where=where, lo=0, hi=3600),
     )
 
@@ -87,13 +94,13 @@ ALLOW = BudgetStatus("allow")
 
 
 class BudgetCheck(Protocol):
-    async def status(self, user: str, segment: str, own_limit: int | None = None) -> BudgetStatus: ...
+    async def status(self, user: str, segment: str, own_limit: int | None = None, team: str = "") -> BudgetStatus: ...
 
 
 class NoBudgets:
     """Every user may spend: no budgets are configured."""
 
-    async def status(self, user: str, segment: str, own_limit: int | None = None) -> BudgetStatus:
+    async def status(self, user: str, segment: str, own_limit: int | None = None, team: str = "") -> BudgetStatus:
         return ALLOW
 
 
@@ -113,7 +120,7 @@ SpendCall = Callable[..., Awaitable[apb.GetSpendResponse]]
 class SpendBudgets:
     """Monthly budgets checked against Analytics' spend for the calendar month (UTC).
 
-    Spend is cached for `budgets.cache_s` per user and per segment, so a chat costs at most one
+    Spend is cached for `budgets.cache_s` per user, team and segment, so a chat costs at most one
     GetSpend per cache period. When Analytics cannot answer in time the check allows (a budget is
     never a reason to fail a chat on a dependency's outage) and says so in the log."""
 
@@ -121,16 +128,18 @@ class SpendBudgets:
         self.budgets = budgets
         self.get_spend = get_spend
         self.deadline_s = deadline_s
-        self._cache: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[float, int | None]] = {}
 
-    async def _month_spend(self, user: str, segment: str) -> int | None:
-        key = (user, segment)
+    async def _month_spend(self, user: str = "", segment: str = "", team: str = "") -> int | None:
+        key = (user, segment, team)
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
         start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        request = apb.GetSpendRequest(user=user, segment=c.Segment.ValueType(value_of(c.Segment, "SEGMENT_", segment)))
+        request = apb.GetSpendRequest(
+            user=user, segment=c.Segment.ValueType(value_of(c.Segment, "SEGMENT_", segment)), team=team
+        )
         request.start_time.FromDatetime(start)
         spent: int | None
         try:
@@ -144,24 +153,26 @@ class SpendBudgets:
         self._cache[key] = (now + self.budgets.cache_s, spent)
         return spent
 
-    async def status(self, user: str, segment: str, own_limit: int | None = None) -> BudgetStatus:
+    async def status(self, user: str, segment: str, own_limit: int | None = None, team: str = "") -> BudgetStatus:
         """The verdict for this user; `own_limit` (an API key's budget for its user) comes before
-        the configured ones. Without any budget that applies, no spend is looked up."""
+        the configured ones, then the budget of the key's `team`, then the segment's. Without any
+        budget that applies, no spend is looked up."""
         b = self.budgets
         user_limit = (own_limit or b.users.get(user, b.per_user_by_segment.get(segment))) if user else None
-        if user_limit is not None:
-            spent = await self._month_spend(user, "")
-            if spent is not None and spent >= user_limit:
-                return BudgetStatus(
-                    b.action,  # type: ignore[arg-type]
-                    f"monthly budget spent: {usd(spent)} of {usd(user_limit)} this month",
-                )
-        segment_limit = b.segments.get(segment)
-        if segment_limit is not None:
-            spent = await self._month_spend("", segment)
-            if spent is not None and spent >= segment_limit:
-                return BudgetStatus(
-                    b.action,  # type: ignore[arg-type]
-                    f"the {segment} segment's monthly budget is spent: {usd(spent)} of {usd(segment_limit)}",
-                )
+        team_limit = b.teams.get(team) if team else None
+        scopes = (  # (limit, whose spend, what the reason says when it is spent)
+            (user_limit, {"user": user}, "monthly budget spent: {spent} of {limit} this month"),
+            (team_limit, {"team": team}, f"the {team} team's monthly budget is spent: {{spent}} of {{limit}}"),
+            (
+                b.segments.get(segment),
+                {"segment": segment},
+                f"the {segment} segment's monthly budget is spent: {{spent}} of {{limit}}",
+            ),
+        )
+        for limit, whose, says in scopes:
+            if limit is None:
+                continue
+            spent = await self._month_spend(**whose)
+            if spent is not None and spent >= limit:
+                return BudgetStatus(b.action, says.format(spent=usd(spent), limit=usd(limit)))  # type: ignore[arg-type]
         return ALLOW

@@ -54,6 +54,7 @@ class Caller:
     own_budget: int | None = None  # the monthly budget an API key sets for its user
     operator: bool = False  # a token's `role` claim or an API key's
     client_request_id: str = ""
+    team: str = ""  # the team of the caller's API key: its budget applies, its spend is counted
 
 
 def caller_from(context: Context) -> Caller:
@@ -68,6 +69,7 @@ def caller_from(context: Context) -> Caller:
         identity.own_budget(metadata),
         metadata.get(identity.ROLE) == identity.OPERATOR,
         client_request_id,
+        identity.team(metadata),
     )
 
 
@@ -184,7 +186,7 @@ class RouterServicer:
         decision = self.router.conclude(look, caller.segment, tier, vector, busy)
         if busy:
             metrics.second_opinion_skipped()
-        status = await self.budget.status(caller.user, caller.segment, caller.own_budget)
+        status = await self.budget.status(caller.user, caller.segment, caller.own_budget, caller.team)
         metrics.budget_verdict(status.action)
         if status.action != "allow":
             reasons = list(decision.reasons)
@@ -229,6 +231,7 @@ class RouterServicer:
             (identity.INTENT, decision.intent),
             (identity.COMPLEXITY, decision.complexity),
             (identity.CLIENT_REQUEST_ID, client_request_id),
+            (identity.TEAM, caller.team),
         )
         grounded = Grounded()
         if not self.grounding.wanted(decision.intent):

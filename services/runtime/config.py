@@ -206,6 +206,7 @@ SCHEMA: dict[str, Any] = {
             "users": MapOf(ANY),
             "per_user_by_segment": MapOf(ANY),
             "segments": MapOf(ANY),
+            "teams": MapOf(ANY),
         },
     },
     "auth": frozenset({"issuer", "audience", "jwks_uri", "jwks_cache_s"}),

@@ -12,6 +12,7 @@ that is not binary must be ASCII and a `sub` may be any string (`josé`, `李`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,8 @@ OPERATOR = "operator"
 # Set by the edge for a request that came with an API key: the key's id and its team, if any.
 KEY = "x-tiermesh-key"
 TEAM = "x-tiermesh-team"
+# What a team's name may be (checked when a key is made): letters, digits, `.`, `_`, `-`.
+TEAM_NAME = re.compile(r"[A-Za-z0-9._-]{0,128}")
 # An API key's own monthly budget for its user, in micro-dollars (the Router's budget check).
 BUDGET = "x-tiermesh-budget-micro-usd"
 MAX_BUDGET_MICRO_USD = 10**12
@@ -75,6 +78,12 @@ def own_budget(metadata: dict[str, str]) -> int | None:
     if not raw.isdigit() or not 0 < int(raw) <= MAX_BUDGET_MICRO_USD:
         return None
     return int(raw)
+
+
+def team(metadata: dict[str, str]) -> str:
+    """The team of the caller's API key; empty for none (or for a value no key could carry)."""
+    value = metadata.get(TEAM, "")
+    return value if TEAM_NAME.fullmatch(value) else ""
 
 
 def client_request_id(metadata: dict[str, str]) -> str:

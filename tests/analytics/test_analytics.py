@@ -244,6 +244,39 @@ async def test_get_spend_in_time_buckets_by_tier_and_model(analytics: Mesh) -> N
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in (err.value.details() or "")
 
 
+async def test_spend_of_one_team_and_by_team(analytics: Mesh) -> None:
+    """A team's spend is what its keys' requests cost, whichever user sent them; a team longer
+    than its column holds is refused before anything is stored."""
+    tag = uuid.uuid4().hex[:6]
+    team = f"team-{tag}"
+    events = [
+        event(f"{tag}-a", user=f"ana-{tag}", cost=30, team=team),
+        event(f"{tag}-b", user=f"bo-{tag}", cost=12, team=team),
+        event(f"{tag}-c", user=f"ana-{tag}", cost=500),  # the same user, without the team's key
+        event(f"{tag}-d", user=f"cy-{tag}", cost=7, team=f"other-{tag}"),
+    ]
+    channel, stub = stub_for(analytics)
+    async with channel:
+        await send(stub, events)
+        request = pb.GetSpendRequest(team=team, group_by=[pb.SPEND_DIMENSION_USER, pb.SPEND_DIMENSION_TEAM])
+        for _ in range(100):
+            spend = await stub.GetSpend(request, timeout=5)
+            if spend.totals.requests == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (spend.totals.requests, spend.totals.cost_micro_usd) == (2, 42)
+        assert {(g.dimension, g.key): g.totals.cost_micro_usd for g in spend.groups} == {
+            (pb.SPEND_DIMENSION_USER, f"ana-{tag}"): 30,
+            (pb.SPEND_DIMENSION_USER, f"bo-{tag}"): 12,
+            (pb.SPEND_DIMENSION_TEAM, team): 42,
+        }
+        mine = await stub.GetSpend(pb.GetSpendRequest(user=f"ana-{tag}", group_by=[pb.SPEND_DIMENSION_TEAM]))
+        assert {g.key: g.totals.cost_micro_usd for g in mine.groups} == {team: 30, "": 500}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RecordUsage(pb.RecordUsageRequest(events=[event(f"{tag}-long", team="t" * 129)]), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "team" in (err.value.details() or "")
+
+
 async def test_watch_spend_pushes_new_totals_as_usage_arrives(analytics: Mesh) -> None:
     user = f"watcher-{uuid.uuid4().hex[:6]}"
     channel, stub = stub_for(analytics)
@@ -372,6 +405,7 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
             "0004_api_keys",
             "0005_route_decisions",
             "0006_second_opinion",
+            "0007_usage_team",
         ]
         assert await db.migrate(conn) == []  # idempotent
         from datetime import UTC, datetime, timedelta
@@ -379,7 +413,7 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
         now = datetime.now(UTC)
         rows = [
             (f"r{i}", f"u{i % 3}", "standard", 1 + i % 2, "m", "d", 1, 2, i, 1000, None, False, False, [], "faq", "low",
-             now - timedelta(minutes=i % 5), "")
+             now - timedelta(minutes=i % 5), "", "")
             for i in range(200)
         ]  # fmt: skip
         rows.append(
@@ -402,6 +436,7 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
                 "",
                 now - timedelta(days=400),
                 "",
+                "",
             )
         )
         assert await db.insert_batch(conn, rows) == 201
@@ -415,7 +450,7 @@ async def test_rollups_match_raw_events_and_run_on_one_replica_at_a_time(fresh_d
             assert (rolled["n"], rolled["cost"]) == (raw["n"], raw["cost"])
         # A late event for a bucket already rolled up is counted at the next run.
         await db.insert_batch(
-            conn, [("late", "u1", "standard", 1, "m", "d", 1, 1, 1000, 1, None, False, False, [], "", "", now, "")]
+            conn, [("late", "u1", "standard", 1, "m", "d", 1, 1, 1000, 1, None, False, False, [], "", "", now, "", "")]
         )
         assert await db.rollup(conn, lag_s=0)
         assert await conn.fetchval("SELECT sum(cost_micro_usd) FROM spend_hour") == await conn.fetchval(
@@ -441,7 +476,7 @@ def test_migrate_command(tmp_path: Path, fresh_database_url: str) -> None:
     first = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     applied = "0001_usage_events, 0002_rollups, 0003_client_request_id, 0004_api_keys, 0005_route_decisions, "
-    applied += "0006_second_opinion"
+    applied += "0006_second_opinion, 0007_usage_team"
     assert first.stdout.strip() == f"applied {applied}"
     again = subprocess.run([tiermesh, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == "the database schema is up to date"

@@ -58,6 +58,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         TIERMESH_RATELIMIT__CONFIG__DESCRIPTORS=LIMITS,
         TIERMESH_RATELIMIT__TIMEOUT_MS="2000",
         TIERMESH_ANALYTICS__BUDGETS__CACHE_S="0",  # each chat sees the spend so far
+        TIERMESH_ANALYTICS__BUDGETS__TEAMS="{frugal: 0.000001}",  # spent by the team's first answer
     )
     m.env["DATABASE"] = database
     yield m
@@ -261,6 +262,49 @@ async def test_a_keys_budget_applies_to_its_user(mesh: Mesh) -> None:
         await asyncio.sleep(0.1)
     await client.close()
     assert reasons and "monthly budget spent" in reasons[0], reasons
+
+
+async def decided(secret: str, mesh: Mesh, question: str, **headers: str) -> dict[str, object]:
+    """The Router's decision for one chat through the OpenAI API with this key."""
+    client = openai.AsyncOpenAI(base_url=api(mesh), api_key=secret, max_retries=0, default_headers=headers)
+    answer = await client.chat.completions.create(model="auto", messages=[{"role": "user", "content": question}])
+    await client.close()
+    assert answer.model_extra is not None
+    decision: dict[str, object] = answer.model_extra["tiermesh"]["decision"]
+    return decision
+
+
+async def test_a_teams_budget_caps_what_all_its_keys_spend_together(mesh: Mesh) -> None:
+    question = "Explain the trade-offs of consistent hashing versus range partitioning in detail"  # not cached
+    _, first = create(mesh, "--team", "frugal")
+    _, teammate = create(mesh, "--team", "frugal")  # another user of the same team
+    _, outsider = create(mesh)
+    tier = (await decided(first, mesh, question))["tier"]
+    assert isinstance(tier, int) and tier > 1
+    reasons: list[str] = []
+    for _ in range(50):  # until the first answer's usage is recorded
+        decision = await decided(teammate, mesh, question)
+        if decision["tier"] == tier - 1:
+            reasons = decision["reasons"]  # type: ignore[assignment]
+            break
+        await asyncio.sleep(0.1)
+    assert reasons and reasons[0].startswith(f"downgraded from tier {tier} to {tier - 1}: the frugal team's"), reasons
+    # Neither a key of no team nor one that claims the team in a header of its own is held to it.
+    assert (await decided(outsider, mesh, question))["tier"] == tier
+    assert (await decided(outsider, mesh, question, **{"x-tiermesh-team": "frugal"}))["tier"] == tier
+    # What the team spent, read by an operator.
+    out = subprocess.run(
+        [TIERMESH, "spend", "--team", "frugal", "--since", "1h", "--json"],
+        env={**os.environ, **mesh.env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert int(report["totals"]["requests"]) >= 2 and int(report["totals"]["costMicroUsd"]) > 1
+    teams = {g["key"] for g in report["groups"] if g["dimension"] == "SPEND_DIMENSION_TEAM"}
+    assert teams == {"frugal"}
 
 
 async def test_the_official_openai_npm_package_from_node(mesh: Mesh) -> None:

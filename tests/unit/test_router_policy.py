@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tiermesh.analytics.v1 import analytics_service_pb2 as apb
 
 from services.router import budget
 from services.router.budget import BudgetStatus
@@ -152,6 +153,33 @@ def test_budget_verdicts() -> None:
     assert budget.apply(1, BudgetStatus("downgrade", "spent"), []) == 1
     with pytest.raises(ResourceExhausted, match="budget of 50 USD is spent"):
         budget.apply(2, BudgetStatus("refuse", "your monthly budget of 50 USD is spent"), [])
+
+
+def test_team_budgets_are_read_with_their_names_checked() -> None:
+    read = budget.load_budgets({"analytics": {"budgets": {"teams": {"data-eng.eu_1": 5, "ops": "0.5"}}}})
+    assert read.teams == {"data-eng.eu_1": 5_000_000, "ops": 500_000} and read.any
+    for bad in ("a team", "", "équipe", "x" * 129):
+        with pytest.raises(ConfigError, match=r"analytics\.budgets\.teams: .* is not a team name"):
+            budget.load_budgets({"analytics": {"budgets": {"teams": {bad: 1}}}})
+
+
+async def test_a_teams_budget_is_checked_against_the_teams_spend_alone() -> None:
+    asked: list[apb.GetSpendRequest] = []
+    spent = {"": 100, "ops": 2_000_000}  # micro-dollars this month, by team
+
+    async def get_spend(request: apb.GetSpendRequest, timeout: float) -> apb.GetSpendResponse:
+        asked.append(request)
+        return apb.GetSpendResponse(totals=apb.SpendTotals(cost_micro_usd=spent.get(request.team, 0)))
+
+    check = budget.SpendBudgets(budget.Budgets(teams={"ops": 1_000_000, "ml": 3_000_000}), get_spend)
+    over = await check.status("ana", "standard", team="ops")
+    assert (
+        over.action == "downgrade" and over.reason == "the ops team's monthly budget is spent: $2.000000 of $1.000000"
+    )
+    assert [(r.user, r.team) for r in asked] == [("", "ops")]  # the team's spend, every user of it
+    assert (await check.status("ana", "standard", team="ml")) == budget.ALLOW
+    assert (await check.status("ana", "standard")) == budget.ALLOW  # no team: no team's budget
+    assert [r.team for r in asked] == ["ops", "ml"]  # a user without a team costs no look-up
 
 
 def test_every_decision_explains_itself(router: Router) -> None:

@@ -28,7 +28,7 @@ from tiermesh.common.v1 import common_pb2 as tiermesh_dot_common_dot_v1_dot_comm
 from tiermesh.common.v1 import limits_pb2 as tiermesh_dot_common_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tiermesh/analytics/v1/analytics_service.proto\x12\x15tiermesh.analytics.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftiermesh/common/v1/common.proto\x1a\x1ftiermesh/common/v1/limits.proto\"\xb5\x05\n\nUsageEvent\x12\x1f\n\nrequest_id\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12\x15\n\x04user\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12\x34\n\x07segment\x18\x03 \x01(\x0e\x32\x1b.tiermesh.common.v1.SegmentB\x06\xca\xf3\x18\x02\x38\x01\x12.\n\x04tier\x18\x04 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x06\xca\xf3\x18\x02\x38\x01\x12\x16\n\x05model\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12\x1b\n\ndeployment\x18\x06 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12(\n\x05usage\x18\x07 \x01(\x0b\x32\x19.tiermesh.common.v1.Usage\x12\x42\n\x07latency\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x18\xf5@\x12N\n\x13time_to_first_token\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x18\xf5@\x12\x0e\n\x06\x63\x61\x63hed\x18\n \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x0b \x01(\x08\x12 \n\rfallback_path\x18\x0c \x03(\tB\t\xca\xf3\x18\x05\x18\x80\x02 \x10\x12\x32\n\x06intent\x18\r \x01(\x0e\x32\x1a.tiermesh.common.v1.IntentB\x06\xca\xf3\x18\x02\x38\x01\x12:\n\ncomplexity\x18\x0e \x01(\x0e\x32\x1e.tiermesh.common.v1.ComplexityB\x06\xca\xf3\x18\x02\x38\x01\x12>\n\x0boccurred_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\r\xca\xf3\x18\t)\x00\x00\x00\xc0\xa1\x36\xcc\x41\x12\"\n\x11\x63lient_request_id\x18\x10 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x01\"R\n\x12RecordUsageRequest\x12<\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.tiermesh.analytics.v1.UsageEventB\t\xca\xf3\x18\x05\x08\x01 \xe8\x07\"\'\n\x13RecordUsageResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"i\n\x0bSpendTotals\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ost_micro_usd\x18\x04 \x01(\x03\"\x87\x01\n\nSpendGroup\x12\x38\n\tdimension\x18\x01 \x01(\x0e\x32%.tiermesh.analytics.v1.SpendDimension\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x32\n\x06totals\x18\x03 \x01(\x0b\x32\".tiermesh.analytics.v1.SpendTotals\"\xa0\x02\n\x0fGetSpendRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04user\x18\x03 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12\x34\n\x07segment\x18\x04 \x01(\x0e\x32\x1b.tiermesh.common.v1.SegmentB\x06\xca\xf3\x18\x02\x38\x01\x12\x41\n\x08group_by\x18\x05 \x03(\x0e\x32%.tiermesh.analytics.v1.SpendDimensionB\x08\xca\xf3\x18\x04 \x04\x38\x01\x12\x1f\n\x08\x62ucket_s\x18\x06 \x01(\rB\r\xca\xf3\x18\t1\x00\x00\x00\x00\x00\x18\xf5@\"\xa4\x01\n\x0bSpendBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06totals\x18\x02 \x01(\x0b\x32\".tiermesh.analytics.v1.SpendTotals\x12\x31\n\x06groups\x18\x03 \x03(\x0b\x32!.tiermesh.analytics.v1.SpendGroup\"\xae\x01\n\x10GetSpendResponse\x12\x32\n\x06totals\x18\x01 \x01(\x0b\x32\".tiermesh.analytics.v1.SpendTotals\x12\x31\n\x06groups\x18\x02 \x03(\x0b\x32!.tiermesh.analytics.v1.SpendGroup\x12\x33\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\".tiermesh.analytics.v1.SpendBucket\"`\n\x11WatchSpendRequest\x12\x15\n\x04user\x18\x01 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12\x34\n\x07segment\x18\x02 \x01(\x0e\x32\x1b.tiermesh.common.v1.SegmentB\x06\xca\xf3\x18\x02\x38\x01\"s\n\x12WatchSpendResponse\x12\x32\n\x06totals\x18\x01 \x01(\x0b\x32\".tiermesh.analytics.v1.SpendTotals\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x04\n\x13RouteDecisionRecord\x12\x1f\n\nrequest_id\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12>\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\r\xca\xf3\x18\t)\x00\x00\x00\xc0\xa1\x36\xcc\x41\x12\x17\n\x04rule\x18\x03 \x01(\tB\t\xca\xf3\x18\x05\x08\x01\x18\x80\x01\x12\x30\n\x04tier\x18\x04 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x08\xca\xf3\x18\x04\x08\x01\x38\x01\x12\x32\n\x06intent\x18\x05 \x01(\x0e\x32\x1a.tiermesh.common.v1.IntentB\x06\xca\xf3\x18\x02\x38\x01\x12\x31\n\x11intent_confidence\x18\x06 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xf0?\x12:\n\ncomplexity\x18\x07 \x01(\x0e\x32\x1e.tiermesh.common.v1.ComplexityB\x06\xca\xf3\x18\x02\x38\x01\x12\x30\n\x10\x63omplexity_score\x18\x08 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xf0?\x12\x34\n\x07segment\x18\t \x01(\x0e\x32\x1b.tiermesh.common.v1.SegmentB\x06\xca\xf3\x18\x02\x38\x01\x12\x1e\n\x0epolicy_version\x18\n \x01(\tB\x06\xca\xf3\x18\x02\x18@\x12\x1a\n\x07reasons\x18\x0b \x03(\tB\t\xca\xf3\x18\x05\x18\x80\x10 \x10\x12\x1e\n\x0emessage_sha256\x18\x0c \x01(\tB\x06\xca\xf3\x18\x02\x18@\x12\x15\n\rmessage_chars\x18\r \x01(\r\x12\x19\n\x07message\x18\x0e \x01(\tB\x08\xca\xf3\x18\x04\x18\x80\xfa\x01\x12\x16\n\x0esecond_opinion\x18\x0f \x01(\x08\"b\n\x16RecordDecisionsRequest\x12H\n\tdecisions\x18\x01 \x03(\x0b\x32*.tiermesh.analytics.v1.RouteDecisionRecordB\t\xca\xf3\x18\x05\x08\x01 \xe8\x07\")\n\x17RecordDecisionsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\"t\n\x14GetRouteStatsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\tRuleStats\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12&\n\x04tier\x18\x02 \x01(\x0e\x32\x18.tiermesh.common.v1.Tier\x12\x11\n\tdecisions\x18\x03 \x01(\x04\x12\x10\n\x08\x61nswered\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ost_micro_usd\x18\x05 \x01(\x03\x12\x16\n\x0elatency_p50_ms\x18\x06 \x01(\x01\x12\x11\n\tfell_back\x18\x07 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x04\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x04\x12\x17\n\x0fsecond_opinions\x18\n \x01(\x04\"[\n\x15GetRouteStatsResponse\x12/\n\x05rules\x18\x01 \x03(\x0b\x32 .tiermesh.analytics.v1.RuleStats\x12\x11\n\tdecisions\x18\x02 \x01(\x04*\x9d\x01\n\x0eSpendDimension\x12\x1f\n\x1bSPEND_DIMENSION_UNSPECIFIED\x10\x00\x12\x18\n\x14SPEND_DIMENSION_USER\x10\x01\x12\x1b\n\x17SPEND_DIMENSION_SEGMENT\x10\x02\x12\x18\n\x14SPEND_DIMENSION_TIER\x10\x03\x12\x19\n\x15SPEND_DIMENSION_MODEL\x10\x04\x32\x98\x04\n\x10\x41nalyticsService\x12\x64\n\x0bRecordUsage\x12).tiermesh.analytics.v1.RecordUsageRequest\x1a*.tiermesh.analytics.v1.RecordUsageResponse\x12[\n\x08GetSpend\x12&.tiermesh.analytics.v1.GetSpendRequest\x1a\'.tiermesh.analytics.v1.GetSpendResponse\x12\x63\n\nWatchSpend\x12(.tiermesh.analytics.v1.WatchSpendRequest\x1a).tiermesh.analytics.v1.WatchSpendResponse0\x01\x12p\n\x0fRecordDecisions\x12-.tiermesh.analytics.v1.RecordDecisionsRequest\x1a..tiermesh.analytics.v1.RecordDecisionsResponse\x12j\n\rGetRouteStats\x12+.tiermesh.analytics.v1.GetRouteStatsRequest\x1a,.tiermesh.analytics.v1.GetRouteStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tiermesh/analytics/v1/analytics_service.proto\x12\x15tiermesh.analytics.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftiermesh/common/v1/common.proto\x1a\x1ftiermesh/common/v1/limits.proto\"\xcc\x05\n\nUsageEvent\x12\x1f\n\nrequest_id\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12\x15\n\x04user\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12\x34\n\x07segment\x18\x03 \x01(\x0e\x32\x1b.tiermesh.common.v1.SegmentB\x06\xca\xf3\x18\x02\x38\x01\x12.\n\x04tier\x18\x04 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x06\xca\xf3\x18\x02\x38\x01\x12\x16\n\x05model\x18\x05 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12\x1b\n\ndeployment\x18\x06 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12(\n\x05usage\x18\x07 \x01(\x0b\x32\x19.tiermesh.common.v1.Usage\x12\x42\n\x07latency\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x18\xf5@\x12N\n\x13time_to_first_token\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x18\xf5@\x12\x0e\n\x06\x63\x61\x63hed\x18\n \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x0b \x01(\x08\x12 \n\rfallback_path\x18\x0c \x03(\tB\t\xca\xf3\x18\x05\x18\x80\x02 \x10\x12\x32\n\x06intent\x18\r \x01(\x0e\x32\x1a.tiermesh.common.v1.IntentB\x06\xca\xf3\x18\x02\x38\x01\x12:\n\ncomplexity\x18\x0e \x01(\x0e\x32\x1e.tiermesh.common.v1.ComplexityB\x06\xca\xf3\x18\x02\x38\x01\x12>\n\x0boccurred_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\r\xca\xf3\x18\t)\x00\x00\x00\xc0\xa1\x36\xcc\x41\x12\"\n\x11\x63lient_request_id\x18\x10 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x01\x12\x15\n\x04team\x18\x11 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x01\"R\n\x12RecordUsageRequest\x12<\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.tiermesh.analytics.v1.UsageEventB\t\xca\xf3\x18\x05\x08\x01 \xe8\x07\"\'\n\x13RecordUsageResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"i\n\x0bSpendTotals\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ost_micro_usd\x18\x04 \x01(\x03\"\x87\x01\n\nSpendGroup\x12\x38\n\tdimension\x18\x01 \x01(\x0e\x32%.tiermesh.analytics.v1.SpendDimension\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x32\n\x06totals\x18\x03 \x01(\x0b\x32\".tiermesh.analytics.v1.SpendTotals\"\xb7\x02\n\x0fGetSpendRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x04user\x18\x03 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12\x34\n\x07segment\x18\x04 \x01(\x0e\x32\x1b.tiermesh.common.v1.SegmentB\x06\xca\xf3\x18\x02\x38\x01\x12\x41\n\x08group_by\x18\x05 \x03(\x0e\x32%.tiermesh.analytics.v1.SpendDimensionB\x08\xca\xf3\x18\x04 \x05\x38\x01\x12\x1f\n\x08\x62ucket_s\x18\x06 \x01(\rB\r\xca\xf3\x18\t1\x00\x00\x00\x00\x00\x18\xf5@\x12\x15\n\x04team\x18\x07 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x01\"\xa4\x01\n\x0bSpendBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06totals\x18\x02 \x01(\x0b\x32\".tiermesh.analytics.v1.SpendTotals\x12\x31\n\x06groups\x18\x03 \x03(\x0b\x32!.tiermesh.analytics.v1.SpendGroup\"\xae\x01\n\x10GetSpendResponse\x12\x32\n\x06totals\x18\x01 \x01(\x0b\x32\".tiermesh.analytics.v1.SpendTotals\x12\x31\n\x06groups\x18\x02 \x03(\x0b\x32!.tiermesh.analytics.v1.SpendGroup\x12\x33\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\".tiermesh.analytics.v1.SpendBucket\"`\n\x11WatchSpendRequest\x12\x15\n\x04user\x18\x01 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\x12\x34\n\x07segment\x18\x02 \x01(\x0e\x32\x1b.tiermesh.common.v1.SegmentB\x06\xca\xf3\x18\x02\x38\x01\"s\n\x12WatchSpendResponse\x12\x32\n\x06totals\x18\x01 \x01(\x0b\x32\".tiermesh.analytics.v1.SpendTotals\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x04\n\x13RouteDecisionRecord\x12\x1f\n\nrequest_id\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12>\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\r\xca\xf3\x18\t)\x00\x00\x00\xc0\xa1\x36\xcc\x41\x12\x17\n\x04rule\x18\x03 \x01(\tB\t\xca\xf3\x18\x05\x08\x01\x18\x80\x01\x12\x30\n\x04tier\x18\x04 \x01(\x0e\x32\x18.tiermesh.common.v1.TierB\x08\xca\xf3\x18\x04\x08\x01\x38\x01\x12\x32\n\x06intent\x18\x05 \x01(\x0e\x32\x1a.tiermesh.common.v1.IntentB\x06\xca\xf3\x18\x02\x38\x01\x12\x31\n\x11intent_confidence\x18\x06 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xf0?\x12:\n\ncomplexity\x18\x07 \x01(\x0e\x32\x1e.tiermesh.common.v1.ComplexityB\x06\xca\xf3\x18\x02\x38\x01\x12\x30\n\x10\x63omplexity_score\x18\x08 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xf0?\x12\x34\n\x07segment\x18\t \x01(\x0e\x32\x1b.tiermesh.common.v1.SegmentB\x06\xca\xf3\x18\x02\x38\x01\x12\x1e\n\x0epolicy_version\x18\n \x01(\tB\x06\xca\xf3\x18\x02\x18@\x12\x1a\n\x07reasons\x18\x0b \x03(\tB\t\xca\xf3\x18\x05\x18\x80\x10 \x10\x12\x1e\n\x0emessage_sha256\x18\x0c \x01(\tB\x06\xca\xf3\x18\x02\x18@\x12\x15\n\rmessage_chars\x18\r \x01(\r\x12\x19\n\x07message\x18\x0e \x01(\tB\x08\xca\xf3\x18\x04\x18\x80\xfa\x01\x12\x16\n\x0esecond_opinion\x18\x0f \x01(\x08\"b\n\x16RecordDecisionsRequest\x12H\n\tdecisions\x18\x01 \x03(\x0b\x32*.tiermesh.analytics.v1.RouteDecisionRecordB\t\xca\xf3\x18\x05\x08\x01 \xe8\x07\")\n\x17RecordDecisionsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\"t\n\x14GetRouteStatsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\tRuleStats\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12&\n\x04tier\x18\x02 \x01(\x0e\x32\x18.tiermesh.common.v1.Tier\x12\x11\n\tdecisions\x18\x03 \x01(\x04\x12\x10\n\x08\x61nswered\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ost_micro_usd\x18\x05 \x01(\x03\x12\x16\n\x0elatency_p50_ms\x18\x06 \x01(\x01\x12\x11\n\tfell_back\x18\x07 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x04\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x04\x12\x17\n\x0fsecond_opinions\x18\n \x01(\x04\"[\n\x15GetRouteStatsResponse\x12/\n\x05rules\x18\x01 \x03(\x0b\x32 .tiermesh.analytics.v1.RuleStats\x12\x11\n\tdecisions\x18\x02 \x01(\x04*\xb7\x01\n\x0eSpendDimension\x12\x1f\n\x1bSPEND_DIMENSION_UNSPECIFIED\x10\x00\x12\x18\n\x14SPEND_DIMENSION_USER\x10\x01\x12\x1b\n\x17SPEND_DIMENSION_SEGMENT\x10\x02\x12\x18\n\x14SPEND_DIMENSION_TIER\x10\x03\x12\x19\n\x15SPEND_DIMENSION_MODEL\x10\x04\x12\x18\n\x14SPEND_DIMENSION_TEAM\x10\x05\x32\x98\x04\n\x10\x41nalyticsService\x12\x64\n\x0bRecordUsage\x12).tiermesh.analytics.v1.RecordUsageRequest\x1a*.tiermesh.analytics.v1.RecordUsageResponse\x12[\n\x08GetSpend\x12&.tiermesh.analytics.v1.GetSpendRequest\x1a\'.tiermesh.analytics.v1.GetSpendResponse\x12\x63\n\nWatchSpend\x12(.tiermesh.analytics.v1.WatchSpendRequest\x1a).tiermesh.analytics.v1.WatchSpendResponse0\x01\x12p\n\x0fRecordDecisions\x12-.tiermesh.analytics.v1.RecordDecisionsRequest\x1a..tiermesh.analytics.v1.RecordDecisionsResponse\x12j\n\rGetRouteStats\x12+.tiermesh.analytics.v1.GetRouteStatsRequest\x1a,.tiermesh.analytics.v1.GetRouteStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,6 +61,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGEEVENT'].fields_by_name['occurred_at']._serialized_options = b'\312\363\030\t)\000\000\000\300\2416\314A'
   _globals['_USAGEEVENT'].fields_by_name['client_request_id']._loaded_options = None
   _globals['_USAGEEVENT'].fields_by_name['client_request_id']._serialized_options = b'\312\363\030\003\030\200\001'
+  _globals['_USAGEEVENT'].fields_by_name['team']._loaded_options = None
+  _globals['_USAGEEVENT'].fields_by_name['team']._serialized_options = b'\312\363\030\003\030\200\001'
   _globals['_RECORDUSAGEREQUEST'].fields_by_name['events']._loaded_options = None
   _globals['_RECORDUSAGEREQUEST'].fields_by_name['events']._serialized_options = b'\312\363\030\005\010\001 \350\007'
   _globals['_GETSPENDREQUEST'].fields_by_name['user']._loaded_options = None
@@ -68,9 +70,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSPENDREQUEST'].fields_by_name['segment']._loaded_options = None
   _globals['_GETSPENDREQUEST'].fields_by_name['segment']._serialized_options = b'\312\363\030\0028\001'
   _globals['_GETSPENDREQUEST'].fields_by_name['group_by']._loaded_options = None
-  _globals['_GETSPENDREQUEST'].fields_by_name['group_by']._serialized_options = b'\312\363\030\004 \0048\001'
+  _globals['_GETSPENDREQUEST'].fields_by_name['group_by']._serialized_options = b'\312\363\030\004 \0058\001'
   _globals['_GETSPENDREQUEST'].fields_by_name['bucket_s']._loaded_options = None
   _globals['_GETSPENDREQUEST'].fields_by_name['bucket_s']._serialized_options = b'\312\363\030\t1\000\000\000\000\000\030\365@'
+  _globals['_GETSPENDREQUEST'].fields_by_name['team']._loaded_options = None
+  _globals['_GETSPENDREQUEST'].fields_by_name['team']._serialized_options = b'\312\363\030\003\030\200\001'
   _globals['_WATCHSPENDREQUEST'].fields_by_name['user']._loaded_options = None
   _globals['_WATCHSPENDREQUEST'].fields_by_name['user']._serialized_options = b'\312\363\030\003\030\200\002'
   _globals['_WATCHSPENDREQUEST'].fields_by_name['segment']._loaded_options = None
@@ -103,40 +107,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTEDECISIONRECORD'].fields_by_name['message']._serialized_options = b'\312\363\030\004\030\200\372\001'
   _globals['_RECORDDECISIONSREQUEST'].fields_by_name['decisions']._loaded_options = None
   _globals['_RECORDDECISIONSREQUEST'].fields_by_name['decisions']._serialized_options = b'\312\363\030\005\010\001 \350\007'
-  _globals['_SPENDDIMENSION']._serialized_start=3334
-  _globals['_SPENDDIMENSION']._serialized_end=3491
+  _globals['_SPENDDIMENSION']._serialized_start=3380
+  _globals['_SPENDDIMENSION']._serialized_end=3563
   _globals['_USAGEEVENT']._serialized_start=204
-  _globals['_USAGEEVENT']._serialized_end=897
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=899
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=981
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=983
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=1022
-  _globals['_SPENDTOTALS']._serialized_start=1024
-  _globals['_SPENDTOTALS']._serialized_end=1129
-  _globals['_SPENDGROUP']._serialized_start=1132
-  _globals['_SPENDGROUP']._serialized_end=1267
-  _globals['_GETSPENDREQUEST']._serialized_start=1270
-  _globals['_GETSPENDREQUEST']._serialized_end=1558
-  _globals['_SPENDBUCKET']._serialized_start=1561
-  _globals['_SPENDBUCKET']._serialized_end=1725
-  _globals['_GETSPENDRESPONSE']._serialized_start=1728
-  _globals['_GETSPENDRESPONSE']._serialized_end=1902
-  _globals['_WATCHSPENDREQUEST']._serialized_start=1904
-  _globals['_WATCHSPENDREQUEST']._serialized_end=2000
-  _globals['_WATCHSPENDRESPONSE']._serialized_start=2002
-  _globals['_WATCHSPENDRESPONSE']._serialized_end=2117
-  _globals['_ROUTEDECISIONRECORD']._serialized_start=2120
-  _globals['_ROUTEDECISIONRECORD']._serialized_end=2746
-  _globals['_RECORDDECISIONSREQUEST']._serialized_start=2748
-  _globals['_RECORDDECISIONSREQUEST']._serialized_end=2846
-  _globals['_RECORDDECISIONSRESPONSE']._serialized_start=2848
-  _globals['_RECORDDECISIONSRESPONSE']._serialized_end=2889
-  _globals['_GETROUTESTATSREQUEST']._serialized_start=2891
-  _globals['_GETROUTESTATSREQUEST']._serialized_end=3007
-  _globals['_RULESTATS']._serialized_start=3010
-  _globals['_RULESTATS']._serialized_end=3238
-  _globals['_GETROUTESTATSRESPONSE']._serialized_start=3240
-  _globals['_GETROUTESTATSRESPONSE']._serialized_end=3331
-  _globals['_ANALYTICSSERVICE']._serialized_start=3494
-  _globals['_ANALYTICSSERVICE']._serialized_end=4030
+  _globals['_USAGEEVENT']._serialized_end=920
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=922
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=1004
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=1006
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=1045
+  _globals['_SPENDTOTALS']._serialized_start=1047
+  _globals['_SPENDTOTALS']._serialized_end=1152
+  _globals['_SPENDGROUP']._serialized_start=1155
+  _globals['_SPENDGROUP']._serialized_end=1290
+  _globals['_GETSPENDREQUEST']._serialized_start=1293
+  _globals['_GETSPENDREQUEST']._serialized_end=1604
+  _globals['_SPENDBUCKET']._serialized_start=1607
+  _globals['_SPENDBUCKET']._serialized_end=1771
+  _globals['_GETSPENDRESPONSE']._serialized_start=1774
+  _globals['_GETSPENDRESPONSE']._serialized_end=1948
+  _globals['_WATCHSPENDREQUEST']._serialized_start=1950
+  _globals['_WATCHSPENDREQUEST']._serialized_end=2046
+  _globals['_WATCHSPENDRESPONSE']._serialized_start=2048
+  _globals['_WATCHSPENDRESPONSE']._serialized_end=2163
+  _globals['_ROUTEDECISIONRECORD']._serialized_start=2166
+  _globals['_ROUTEDECISIONRECORD']._serialized_end=2792
+  _globals['_RECORDDECISIONSREQUEST']._serialized_start=2794
+  _globals['_RECORDDECISIONSREQUEST']._serialized_end=2892
+  _globals['_RECORDDECISIONSRESPONSE']._serialized_start=2894
+  _globals['_RECORDDECISIONSRESPONSE']._serialized_end=2935
+  _globals['_GETROUTESTATSREQUEST']._serialized_start=2937
+  _globals['_GETROUTESTATSREQUEST']._serialized_end=3053
+  _globals['_RULESTATS']._serialized_start=3056
+  _globals['_RULESTATS']._serialized_end=3284
+  _globals['_GETROUTESTATSRESPONSE']._serialized_start=3286
+  _globals['_GETROUTESTATSRESPONSE']._serialized_end=3377
+  _globals['_ANALYTICSSERVICE']._serialized_start=3566
+  _globals['_ANALYTICSSERVICE']._serialized_end=4102
 # @@protoc_insertion_point(module_scope)

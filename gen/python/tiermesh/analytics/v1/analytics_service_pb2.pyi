@@ -38,6 +38,8 @@ class _SpendDimensionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpendD
     """SPEND_DIMENSION_TIER groups by tier."""
     SPEND_DIMENSION_MODEL: _SpendDimension.ValueType  # 4
     """SPEND_DIMENSION_MODEL groups by model."""
+    SPEND_DIMENSION_TEAM: _SpendDimension.ValueType  # 5
+    """SPEND_DIMENSION_TEAM groups by the team of the API key a request came with ("" for none)."""
 
 class SpendDimension(_SpendDimension, metaclass=_SpendDimensionEnumTypeWrapper):
     """SpendDimension is a way to break spend down."""
@@ -52,6 +54,8 @@ SPEND_DIMENSION_TIER: SpendDimension.ValueType  # 3
 """SPEND_DIMENSION_TIER groups by tier."""
 SPEND_DIMENSION_MODEL: SpendDimension.ValueType  # 4
 """SPEND_DIMENSION_MODEL groups by model."""
+SPEND_DIMENSION_TEAM: SpendDimension.ValueType  # 5
+"""SPEND_DIMENSION_TEAM groups by the team of the API key a request came with ("" for none)."""
 Global___SpendDimension: _TypeAlias = SpendDimension  # noqa: Y015
 
 @_typing.final
@@ -76,6 +80,7 @@ class UsageEvent(_message.Message):
     COMPLEXITY_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TEAM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """request_id identifies the request; the idempotency key: 1 to 128 code points."""
     user: _builtins.str
@@ -99,6 +104,10 @@ class UsageEvent(_message.Message):
     client_request_id: _builtins.str
     """client_request_id is the id the client gave its request, kept for correlation only (billing
     is keyed by request_id, which the mesh makes): at most 128 code points.
+    """
+    team: _builtins.str
+    """team is the team of the API key the request came with (its budget counts this event): at
+    most 128 code points; empty for none.
     """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
@@ -141,10 +150,11 @@ class UsageEvent(_message.Message):
         complexity: _common_pb2.Complexity.ValueType = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         client_request_id: _builtins.str = ...,
+        team: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "occurred_at", b"occurred_at", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "client_request_id", b"client_request_id", "complexity", b"complexity", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "intent", b"intent", "latency", b"latency", "model", b"model", "occurred_at", b"occurred_at", "request_id", b"request_id", "segment", b"segment", "tier", b"tier", "time_to_first_token", b"time_to_first_token", "usage", b"usage", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "client_request_id", b"client_request_id", "complexity", b"complexity", "degraded", b"degraded", "deployment", b"deployment", "fallback_path", b"fallback_path", "intent", b"intent", "latency", b"latency", "model", b"model", "occurred_at", b"occurred_at", "request_id", b"request_id", "segment", b"segment", "team", b"team", "tier", b"tier", "time_to_first_token", b"time_to_first_token", "usage", b"usage", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -244,7 +254,7 @@ class SpendGroup(_message.Message):
     dimension: Global___SpendDimension.ValueType
     """dimension is what the group is keyed by."""
     key: _builtins.str
-    """key is the value of the dimension (a user id, a segment name, a tier number, a model)."""
+    """key is the value of the dimension (a user id, a segment name, a tier number, a model, a team)."""
     @_builtins.property
     def totals(self) -> Global___SpendTotals:
         """totals is the spend of the group."""
@@ -276,6 +286,7 @@ class GetSpendRequest(_message.Message):
     SEGMENT_FIELD_NUMBER: _builtins.int
     GROUP_BY_FIELD_NUMBER: _builtins.int
     BUCKET_S_FIELD_NUMBER: _builtins.int
+    TEAM_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """user restricts to one user: at most 256 code points; empty means all users."""
     segment: _common_pb2.Segment.ValueType
@@ -284,6 +295,11 @@ class GetSpendRequest(_message.Message):
     """bucket_s, when set, also splits the range into buckets of this many seconds (60 to 86,400),
     aligned to start_time, each with the totals and the breakdowns of group_by; at most 1,440
     buckets per request. 0 asks for no buckets.
+    """
+    team: _builtins.str
+    """team restricts to the requests of one team's API keys: at most 128 code points; empty means
+    every request. Through the edge a token without the operator role still reads only its own
+    user's spend, within the team.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -295,7 +311,7 @@ class GetSpendRequest(_message.Message):
 
     @_builtins.property
     def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___SpendDimension.ValueType]:
-        """group_by lists the breakdowns wanted: at most 4."""
+        """group_by lists the breakdowns wanted: at most 5 (each dimension once)."""
 
     def __init__(
         self,
@@ -306,10 +322,11 @@ class GetSpendRequest(_message.Message):
         segment: _common_pb2.Segment.ValueType = ...,
         group_by: _abc.Iterable[Global___SpendDimension.ValueType] | None = ...,
         bucket_s: _builtins.int = ...,
+        team: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_s", b"bucket_s", "end_time", b"end_time", "group_by", b"group_by", "segment", b"segment", "start_time", b"start_time", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_s", b"bucket_s", "end_time", b"end_time", "group_by", b"group_by", "segment", b"segment", "start_time", b"start_time", "team", b"team", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
