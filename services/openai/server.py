@@ -48,6 +48,14 @@ SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-contro
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class EventStream(web.StreamResponse):
+    """A streamed response whose status line and headers leave with its first bytes of body (one
+    write, one TLS record, one segment for Envoy to read) instead of on their own before them, as
+    aiohttp does for a `web.Response`."""
+
+    _send_headers_immediately = False
+
+
 def _error_response(err: ApiError) -> web.Response:
     return web.Response(status=err.status, body=err.body(), content_type="application/json", headers=err.headers)
 
@@ -181,7 +189,7 @@ class OpenAIApi:
             headers["x-tiermesh-cost-usd"] = f"{done.get('cost_usd', 0.0):.6f}"
             headers["x-tiermesh-model"] = str(done.get("model", ""))
             return web.json_response(stream.completion(), headers=headers, dumps=_dumps)
-        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        response = EventStream(headers={**SSE_HEADERS, **headers})
         await response.prepare(request)
         # Each write is a TLS record and a system call: the role chunk (no text) goes out with
         # whatever comes next, and the last chunks with the end of the response.
