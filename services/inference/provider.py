@@ -306,6 +306,7 @@ class Provider:
                     buffer = lines.pop()
                     text_parts: list[str] = []
                     finish = usage_piece = None
+                    malformed = False
                     for line in lines:
                         if not line.startswith(b"data:"):
                             continue
@@ -313,22 +314,28 @@ class Provider:
                         if data == b"[DONE]":
                             done = True
                             break
-                        chunk = orjson.loads(data)  # a provider's chunk per token: the parse is on the hot path
-                        for choice in chunk.get("choices") or ():
-                            content = (choice.get("delta") or {}).get("content")
-                            if content:
-                                sent += 1
-                                text_parts.append(str(content))
-                            if choice.get("finish_reason"):
-                                finish = str(choice["finish_reason"])
-                        usage = chunk.get("usage")
-                        if usage and usage.get("completion_tokens") is not None:
-                            usage_piece = Piece(
-                                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                completion_tokens=int(usage["completion_tokens"]),
-                            )
+                        try:  # a provider's chunk per token: the parse is on the hot path
+                            chunk = orjson.loads(data)
+                            for choice in chunk.get("choices") or ():
+                                content = (choice.get("delta") or {}).get("content")
+                                if content:
+                                    sent += 1
+                                    text_parts.append(str(content))
+                                if choice.get("finish_reason"):
+                                    finish = str(choice["finish_reason"])
+                            usage = chunk.get("usage")
+                            if usage and usage.get("completion_tokens") is not None:
+                                usage_piece = Piece(
+                                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                    completion_tokens=int(usage["completion_tokens"]),
+                                )
+                        except (ValueError, TypeError, AttributeError):  # not JSON, or not a chunk's shape
+                            malformed = True  # the text before it still goes out, then the stream fails
+                            break
                     if text_parts:
                         yield Piece(text="".join(text_parts))
+                    if malformed:
+                        raise ValueError("malformed stream chunk")
                     if finish:
                         yield Piece(finish_reason=finish)
                     if usage_piece is not None:

@@ -118,3 +118,51 @@ async def test_a_paced_stream_is_read_once_per_flush_interval_with_nothing_lost_
     assert len(each_texts) >= 25  # ~one read per token
     assert len(merged_texts) <= len(each_texts) // 2
     assert merged_texts[0] == each_texts[0]  # the first token is not held back for the interval
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'{"choices": [{"delta": {"content": "trunc',
+        b"NaN",
+        b"\xff\xfe not utf-8",
+        b'{"choices": [}',
+        b"42",  # JSON, but not a chunk
+        b'{"choices": ["a"]}',
+        b'{"choices": [{"delta": "text"}]}',
+        b'{"choices": [], "usage": {"completion_tokens": [1]}}',
+    ],
+)
+async def test_a_malformed_chunk_is_a_provider_error_after_the_text_before_it(provider: Provider, bad: bytes) -> None:
+    """A provider (a real HTTP server on loopback) that sends one good chunk and then one it
+    cannot have meant: the good text arrives, then the stream fails as `malformed stream`, which
+    the engine treats as the provider's fault (and may fall back), never as a crash."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": [{"index": 0, "delta": {"content": "hello"}}]}\n\n')
+        await resp.write(b"data: " + bad + b"\n\n")
+        await resp.write_eof(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    d = Deployment("odd", 1, "openai", "odd-model", 1, 1, 1000, api_base=f"http://127.0.0.1:{port}/v1")
+    pieces: list[Piece] = []
+    try:
+        with pytest.raises(ProviderError) as err:
+            call = Call(d, [{"role": "user", "content": "hi"}], 0, None, 10, "rid")
+            async for piece in provider._lean(call):
+                pieces.append(piece)
+    finally:
+        await runner.cleanup()
+    assert "".join(p.text for p in pieces) == "hello"
+    assert err.value.outcome == "malformed stream" and err.value.tokens_sent == 1
+    assert "odd sent a malformed stream chunk" in str(err.value)
