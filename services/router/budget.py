@@ -36,19 +36,21 @@ BUDGET_ACTIONS = ("downgrade", "refuse")
 @dataclass(frozen=True)
 class Budgets:
     """Monthly budgets (calendar month, UTC) in micro-dollars, from `analytics.budgets`. A user's
-    own budget overrides the per-user budget of their segment; a team's total caps what all the
-    API keys of that team spend together; a segment's total caps all its users together."""
+    own budget overrides the per-user budget of their segment; a team's total (its own, or
+    `per_team` for a team not named) caps what all the API keys of that team spend together; a
+    segment's total caps all its users together."""
 
     action: str = "downgrade"
     users: Mapping[str, int] = field(default_factory=dict)
     per_user_by_segment: Mapping[str, int] = field(default_factory=dict)
     segments: Mapping[str, int] = field(default_factory=dict)
     teams: Mapping[str, int] = field(default_factory=dict)
+    per_team: int | None = None  # a team not named in `teams`
     cache_s: float = 5.0
 
     @property
     def any(self) -> bool:
-        return bool(self.users or self.per_user_by_segment or self.segments or self.teams)
+        return bool(self.users or self.per_user_by_segment or self.segments or self.teams or self.per_team is not None)
 
 
 def _amounts(
@@ -80,6 +82,7 @@ def load_budgets(tree: Mapping[str, Any]) -> Budgets:
         per_user_by_segment=_amounts(node.get("per_user_by_segment"), f"{where}.per_user_by_segment", SEGMENTS),
         segments=_amounts(node.get("segments"), f"{where}.segments", SEGMENTS),
         teams=_amounts(node.get("teams"), f"{where}.teams", name=TEAM_NAME),
+        per_team=None if node.get("per_team") is None else config.usd_to_micro(node["per_team"], f"{where}.per_team"),
         cache_s=config.get_float(node, "cache_s", 5.0, where=where, lo=0, hi=3600),
     )
 
@@ -159,7 +162,7 @@ class SpendBudgets:
         budget that applies, no spend is looked up."""
         b = self.budgets
         user_limit = (own_limit or b.users.get(user, b.per_user_by_segment.get(segment))) if user else None
-        team_limit = b.teams.get(team) if team else None
+        team_limit = b.teams.get(team, b.per_team) if team else None
         scopes = (  # (limit, whose spend, what the reason says when it is spent)
             (user_limit, {"user": user}, "monthly budget spent: {spent} of {limit} this month"),
             (team_limit, {"team": team}, f"the {team} team's monthly budget is spent: {{spent}} of {{limit}}"),

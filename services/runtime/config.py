@@ -207,6 +207,7 @@ SCHEMA: dict[str, Any] = {
             "per_user_by_segment": MapOf(ANY),
             "segments": MapOf(ANY),
             "teams": MapOf(ANY),
+            "per_team": ANY,
         },
     },
     "auth": frozenset({"issuer", "audience", "jwks_uri", "jwks_cache_s"}),

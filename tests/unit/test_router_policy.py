@@ -158,6 +158,10 @@ def test_budget_verdicts() -> None:
 def test_team_budgets_are_read_with_their_names_checked() -> None:
     read = budget.load_budgets({"analytics": {"budgets": {"teams": {"data-eng.eu_1": 5, "ops": "0.5"}}}})
     assert read.teams == {"data-eng.eu_1": 5_000_000, "ops": 500_000} and read.any
+    assert read.per_team is None and budget.load_budgets({}).per_team is None
+    assert budget.load_budgets({"analytics": {"budgets": {"per_team": 20}}}).per_team == 20_000_000
+    with pytest.raises(ConfigError, match=r"analytics\.budgets\.per_team: must be an amount in USD"):
+        budget.load_budgets({"analytics": {"budgets": {"per_team": "lots"}}})
     for bad in ("a team", "", "équipe", "x" * 129):
         with pytest.raises(ConfigError, match=r"analytics\.budgets\.teams: .* is not a team name"):
             budget.load_budgets({"analytics": {"budgets": {"teams": {bad: 1}}}})
@@ -180,6 +184,11 @@ async def test_a_teams_budget_is_checked_against_the_teams_spend_alone() -> None
     assert (await check.status("ana", "standard", team="ml")) == budget.ALLOW
     assert (await check.status("ana", "standard")) == budget.ALLOW  # no team: no team's budget
     assert [r.team for r in asked] == ["ops", "ml"]  # a user without a team costs no look-up
+    every = budget.SpendBudgets(budget.Budgets(teams={"ops": 3_000_000}, per_team=1_000_000), get_spend)
+    assert (await every.status("ana", "standard", team="ops")) == budget.ALLOW  # its own budget first
+    spent["new-team"] = 1_000_000
+    over = await every.status("bo", "standard", team="new-team")  # a team not named: per_team
+    assert over.reason == "the new-team team's monthly budget is spent: $1.000000 of $1.000000"
 
 
 def test_every_decision_explains_itself(router: Router) -> None:
