@@ -12,8 +12,9 @@ What the edge does with a request, in order:
 3. The JWT is verified (ES256/RS256 against the JWKS), and only a token with an `exp`, a
    non-empty `sub` of at most 256 characters and a `segment` that is exactly one of the
    contract's segments gets through (otherwise UNAUTHENTICATED, naming the claim). Its claims
-   become `x-tiermesh-user` / `x-tiermesh-segment`, and a `role` claim (only `operator`
-   exists) `x-tiermesh-role`.
+   become `x-tiermesh-user` / `x-tiermesh-segment`, a `role` claim (only `operator` exists)
+   `x-tiermesh-role`, and a `team` claim (1 to 128 letters, digits, `.`, `_`, `-`)
+   `x-tiermesh-team`, as an API key's team would: the team's rate limits and budget apply.
 4. One call to the RateLimit service counts the request per client address (the downstream
    address, or the one `envoy.trusted_proxy_hops` proxies in front vouch for) and per user
    within the segment; a local token bucket is the backstop when that service is away.
@@ -501,6 +502,7 @@ def _jwt_filter(tree: Mapping[str, Any], jwks_path: Path | None) -> hcm_v3.HttpF
             jwt_authn.JwtClaimToHeader(header_name=identity.USER, claim_name="sub"),
             jwt_authn.JwtClaimToHeader(header_name=identity.SEGMENT, claim_name="segment"),
             jwt_authn.JwtClaimToHeader(header_name=identity.ROLE, claim_name="role"),
+            jwt_authn.JwtClaimToHeader(header_name=identity.TEAM, claim_name="team"),
         ],
         # The route is chosen again once the claims are known: a token whose claims are not
         # acceptable matches a route that refuses it.
@@ -703,6 +705,20 @@ def _verified(claim: str, value: matcher.ValueMatcher) -> list[matcher.MetadataM
     ]
 
 
+def _text_matching(regex: str) -> matcher.ValueMatcher:
+    """A claim that is a string matching `regex` whole."""
+    return matcher.ValueMatcher(string_match=matcher.StringMatcher(safe_regex=matcher.RegexMatcher(regex=regex)))
+
+
+def _present_unless(claim: str, value: matcher.ValueMatcher) -> list[matcher.MetadataMatcher]:
+    """Matchers for a token whose optional `claim` is there but does not match `value`."""
+    where = "envoy.filters.http.jwt_authn"
+    return [
+        matcher.MetadataMatcher(filter=where, path=_jwt_claim(claim), value=matcher.ValueMatcher(present_match=True)),
+        matcher.MetadataMatcher(filter=where, path=_jwt_claim(claim), value=value, invert=True),
+    ]
+
+
 def _protocol_guard() -> route.Route:
     """Refuses, before any service sees it, a request in a protocol the edge does not serve
     (anything but gRPC and gRPC-Web outside the OpenAI-compatible API's `/v1/`)."""
@@ -744,12 +760,7 @@ def _claim_guards() -> list[route.Route]:
             "bad-sub-claim",
             route.RouteMatch(
                 prefix="/",
-                dynamic_metadata=_verified(
-                    "sub",
-                    matcher.ValueMatcher(
-                        string_match=matcher.StringMatcher(safe_regex=matcher.RegexMatcher(regex=SUB_PATTERN))
-                    ),
-                ),
+                dynamic_metadata=_verified("sub", _text_matching(SUB_PATTERN)),
             ),
             401,
             "the token's 'sub' claim must be a string of 1 to 256 characters without control characters",
@@ -777,22 +788,21 @@ def _claim_guards() -> list[route.Route]:
             "bad-role-claim",
             route.RouteMatch(
                 prefix="/",
-                dynamic_metadata=[
-                    matcher.MetadataMatcher(
-                        filter="envoy.filters.http.jwt_authn",
-                        path=_jwt_claim("role"),
-                        value=matcher.ValueMatcher(present_match=True),
-                    ),
-                    matcher.MetadataMatcher(
-                        filter="envoy.filters.http.jwt_authn",
-                        path=_jwt_claim("role"),
-                        value=matcher.ValueMatcher(string_match=matcher.StringMatcher(exact=identity.OPERATOR)),
-                        invert=True,
-                    ),
-                ],
+                dynamic_metadata=_present_unless(
+                    "role", matcher.ValueMatcher(string_match=matcher.StringMatcher(exact=identity.OPERATOR))
+                ),
             ),
             401,
             f"the token's 'role' claim, when present, must be exactly '{identity.OPERATOR}'",
+        ),
+        _refuse(
+            "bad-team-claim",
+            route.RouteMatch(
+                prefix="/",
+                dynamic_metadata=_present_unless("team", _text_matching(identity.TEAM_CHARS + "{1,128}")),
+            ),
+            401,
+            "the token's 'team' claim, when present, must be a string of 1 to 128 letters, digits, '.', '_' or '-'",
         ),
     ]
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.runtime import config
-from services.runtime.identity import OPERATOR, SEGMENTS
+from services.runtime.identity import OPERATOR, SEGMENTS, TEAM_NAME
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,21 @@ def parse_ttl(text: str) -> int:
     return value
 
 
-def mint(tree: Mapping[str, Any], user: str, segment: str, ttl_s: int, now: float | None = None, role: str = "") -> str:
+def mint(
+    tree: Mapping[str, Any],
+    user: str,
+    segment: str,
+    ttl_s: int,
+    now: float | None = None,
+    role: str = "",
+    team: str = "",
+) -> str:
     """A development token for `user` in `segment` (with the `role` claim when given: only
-    `operator` exists), signed with the dev key (ES256)."""
+    `operator` exists; and the `team` claim when given), signed with the dev key (ES256)."""
     if role not in ("", OPERATOR):
         raise ValueError(f"role must be {OPERATOR} or none")
+    if not TEAM_NAME.fullmatch(team):
+        raise ValueError("team must be at most 128 letters, digits, '.', '_' or '-'")
     if segment not in SEGMENTS:
         raise ValueError(f"segment must be one of {', '.join(SEGMENTS)}")
     if not user or len(user) > 256:
@@ -127,4 +137,6 @@ def mint(tree: Mapping[str, Any], user: str, segment: str, ttl_s: int, now: floa
     }
     if role:
         claims["role"] = role
+    if team:
+        claims["team"] = team
     return jwt.encode(claims, keys.private_key, algorithm="ES256", headers={"kid": keys.kid})

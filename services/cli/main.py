@@ -122,7 +122,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     try:
         ttl = keys.parse_ttl(args.ttl)
-        print(keys.mint(config.load(), args.user, args.segment, ttl, role=args.role))
+        print(keys.mint(config.load(), args.user, args.segment, ttl, role=args.role, team=args.team))
     except ValueError as exc:
         print(f"tiermesh token: {exc}", file=sys.stderr)
         return 2
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--role", choices=["operator"], default="", help="operator: may read every user's spend and the model catalog"
     )
+    token.add_argument("--team", default="", help="the token's team: its rate limits and budget apply")
     token.set_defaults(func=_cmd_token)
 
     render = sub.add_parser("render-envoy", help="write Envoy's bootstrap for this config (and validate it)")

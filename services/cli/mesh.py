@@ -105,12 +105,12 @@ class Mesh:
     def logs(self, name: str) -> list[str]:
         return list(self.sup[name].lines)
 
-    def token(self, user: str = "", segment: str = "standard", ttl_s: int = 600, role: str = "") -> str:
+    def token(self, user: str = "", segment: str = "standard", ttl_s: int = 600, role: str = "", team: str = "") -> str:
         """A valid development token; by default for a fresh user, so tests never share a
         rate-limit bucket unless they mean to."""
         from gateway import keys
 
-        return keys.mint(self.tree, user or f"tester-{uuid.uuid4().hex[:12]}", segment, ttl_s, role=role)
+        return keys.mint(self.tree, user or f"tester-{uuid.uuid4().hex[:12]}", segment, ttl_s, role=role, team=team)
 
     def auth(self, user: str = "", segment: str = "standard") -> tuple[tuple[str, str], ...]:
         """gRPC metadata with a valid development token."""

@@ -25,11 +25,14 @@ SEGMENT = "x-tiermesh-segment"
 # user's spend and the model catalog through the edge.
 ROLE = "x-tiermesh-role"
 OPERATOR = "operator"
-# Set by the edge for a request that came with an API key: the key's id and its team, if any.
+# Set by the edge for a request that came with an API key: the key's id and its team, if any (a
+# token's `team` claim sets the team too).
 KEY = "x-tiermesh-key"
 TEAM = "x-tiermesh-team"
-# What a team's name may be (checked when a key is made): letters, digits, `.`, `_`, `-`.
-TEAM_NAME = re.compile(r"[A-Za-z0-9._-]{0,128}")
+# What a team's name may be (checked when a key is made, and by the edge in a token's `team`
+# claim): up to 128 letters, digits, `.`, `_`, `-`.
+TEAM_CHARS = r"[A-Za-z0-9._-]"
+TEAM_NAME = re.compile(TEAM_CHARS + "{0,128}")
 # An API key's own monthly budget for its user, in micro-dollars (the Router's budget check).
 BUDGET = "x-tiermesh-budget-micro-usd"
 MAX_BUDGET_MICRO_USD = 10**12

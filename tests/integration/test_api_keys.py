@@ -292,6 +292,16 @@ async def test_a_teams_budget_caps_what_all_its_keys_spend_together(mesh: Mesh) 
     # Neither a key of no team nor one that claims the team in a header of its own is held to it.
     assert (await decided(outsider, mesh, question))["tier"] == tier
     assert (await decided(outsider, mesh, question, **{"x-tiermesh-team": "frugal"}))["tier"] == tier
+    # A token whose signed `team` claim names the team is held to it, as the team's keys are.
+    async with mesh.edge() as channel:
+        request = pb.RouteRequest(messages=[c.ChatMessage(role=c.CHAT_ROLE_USER, content=question)])
+        for team, held in (("frugal", True), ("", False)):
+            token = mesh.token(segment="vip", team=team)
+            reply = await pb_grpc.RouterServiceStub(channel).Route(
+                request, metadata=(("authorization", f"Bearer {token}"),), timeout=10
+            )
+            assert (reply.decision.tier == tier - 1) is held, (team, list(reply.decision.reasons))
+            assert ("the frugal team's" in reply.decision.reasons[0]) is held
     # What the team spent, read by an operator.
     out = subprocess.run(
         [TIERMESH, "spend", "--team", "frugal", "--since", "1h", "--json"],

@@ -136,16 +136,23 @@ async def test_a_forged_role_header_makes_nobody_an_operator(attack: Attack) -> 
     assert "operator role" in (models.value.details() or "")
 
 
-@pytest.mark.parametrize("role", ["admin", "Operator", ["operator"], 1, True, ""])
-async def test_a_role_claim_other_than_operator_is_refused(attack: Attack, role: object) -> None:
-    token = signed(attack.mesh, claims(attack.mesh, sub=f"odd-{uuid.uuid4().hex[:8]}", role=role))
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        *(("role", v) for v in ("admin", "Operator", ["operator"], 1, True, "")),
+        # A team becomes the header rate limits and budgets read: only a name an API key could carry.
+        *(("team", v) for v in ("a team", "", "x" * 129, "équipe", "ops\n", 7, ["ops"], None)),
+    ],
+)
+async def test_a_role_or_team_claim_out_of_shape_is_refused(attack: Attack, claim: str, value: object) -> None:
+    token = signed(attack.mesh, claims(attack.mesh, sub=f"odd-{uuid.uuid4().hex[:8]}", **{claim: value}))
     async with attack.mesh.edge() as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await ipb_grpc.InferenceServiceStub(channel).ListModels(
                 ipb.ListModelsRequest(), metadata=bearer(token), timeout=10
             )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "'role' claim" in (caught.value.details() or "")
+    assert f"'{claim}' claim" in (caught.value.details() or "")
 
 
 async def test_an_operator_reads_everyones_spend_and_the_catalog(attack: Attack) -> None:

@@ -56,7 +56,14 @@ def test_streams_are_never_cut_and_retried_only_when_they_never_started(tmp_path
     assert unary.route.retry_policy is not None and unary.route.retry_policy.num_retries == 2
     assert routes.index(unary) < routes.index(streaming[0])  # the exact path wins over the prefix
     guards = [r.name for r in routes if r.direct_response is not None]
-    assert guards == ["no-exp-claim", "bad-sub-claim", "bad-segment-claim", "bad-role-claim", "unserved-protocol"]
+    assert guards == [
+        "no-exp-claim",
+        "bad-sub-claim",
+        "bad-segment-claim",
+        "bad-role-claim",
+        "bad-team-claim",
+        "unserved-protocol",
+    ]
     # The OpenAI-compatible API's JSON is served under /v1/ only: its route comes after the token
     # checks and before the refusal of every other non-gRPC request.
     api = next(r for r in routes if r.name == "openai")
