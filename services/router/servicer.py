@@ -54,7 +54,7 @@ class Caller:
     own_budget: int | None = None  # the monthly budget an API key sets for its user
     operator: bool = False  # a token's `role` claim or an API key's
     client_request_id: str = ""
-    team: str = ""  # the team of the caller's API key: its budget applies, its spend is counted
+    team: str = ""  # its API key's team, or its token's `team` claim: that budget applies, its spend counts
 
 
 def caller_from(context: Context) -> Caller:

@@ -84,7 +84,8 @@ def own_budget(metadata: dict[str, str]) -> int | None:
 
 
 def team(metadata: dict[str, str]) -> str:
-    """The team of the caller's API key; empty for none (or for a value no key could carry)."""
+    """The caller's team (its API key's, or its token's `team` claim); empty for none, or for a
+    value no key could carry."""
     value = metadata.get(TEAM, "")
     return value if TEAM_NAME.fullmatch(value) else ""
 
