@@ -39,7 +39,7 @@ class _SpendDimensionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpendD
     SPEND_DIMENSION_MODEL: _SpendDimension.ValueType  # 4
     """SPEND_DIMENSION_MODEL groups by model."""
     SPEND_DIMENSION_TEAM: _SpendDimension.ValueType  # 5
-    """SPEND_DIMENSION_TEAM groups by the team of the API key a request came with ("" for none)."""
+    """SPEND_DIMENSION_TEAM groups by the caller's team ("" for none)."""
 
 class SpendDimension(_SpendDimension, metaclass=_SpendDimensionEnumTypeWrapper):
     """SpendDimension is a way to break spend down."""
@@ -55,7 +55,7 @@ SPEND_DIMENSION_TIER: SpendDimension.ValueType  # 3
 SPEND_DIMENSION_MODEL: SpendDimension.ValueType  # 4
 """SPEND_DIMENSION_MODEL groups by model."""
 SPEND_DIMENSION_TEAM: SpendDimension.ValueType  # 5
-"""SPEND_DIMENSION_TEAM groups by the team of the API key a request came with ("" for none)."""
+"""SPEND_DIMENSION_TEAM groups by the caller's team ("" for none)."""
 Global___SpendDimension: _TypeAlias = SpendDimension  # noqa: Y015
 
 @_typing.final
@@ -106,8 +106,8 @@ class UsageEvent(_message.Message):
     is keyed by request_id, which the mesh makes): at most 128 code points.
     """
     team: _builtins.str
-    """team is the team of the API key the request came with (its budget counts this event): at
-    most 128 code points; empty for none.
+    """team is the caller's team (its API key's, or its token's `team` claim); that team's budget
+    counts this event: at most 128 code points; empty for none.
     """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
@@ -297,7 +297,8 @@ class GetSpendRequest(_message.Message):
     buckets per request. 0 asks for no buckets.
     """
     team: _builtins.str
-    """team restricts to the requests of one team's API keys: at most 128 code points; empty means
+    """team restricts to the requests of one team (its keys' and its members' tokens): at most 128
+    code points; empty means
     every request. Through the edge a token without the operator role still reads only its own
     user's spend, within the team.
     """

@@ -138,8 +138,8 @@ export type UsageEvent = Message<"tiermesh.analytics.v1.UsageEvent"> & {
   clientRequestId: string;
 
   /**
-   * team is the team of the API key the request came with (its budget counts this event): at
-   * most 128 code points; empty for none.
+   * team is the caller's team (its API key's, or its token's `team` claim); that team's budget
+   * counts this event: at most 128 code points; empty for none.
    *
    * @generated from field: string team = 17;
    */
@@ -324,7 +324,8 @@ export type GetSpendRequest = Message<"tiermesh.analytics.v1.GetSpendRequest"> &
   bucketS: number;
 
   /**
-   * team restricts to the requests of one team's API keys: at most 128 code points; empty means
+   * team restricts to the requests of one team (its keys' and its members' tokens): at most 128
+   * code points; empty means
    * every request. Through the edge a token without the operator role still reads only its own
    * user's spend, within the team.
    *
@@ -811,7 +812,7 @@ export enum SpendDimension {
   MODEL = 4,
 
   /**
-   * SPEND_DIMENSION_TEAM groups by the team of the API key a request came with ("" for none).
+   * SPEND_DIMENSION_TEAM groups by the caller's team ("" for none).
    *
    * @generated from enum value: SPEND_DIMENSION_TEAM = 5;
    */
