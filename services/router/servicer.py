@@ -214,6 +214,7 @@ class RouterServicer:
             "routed",
             extra={
                 "user": user,
+                "team": caller.team,
                 "client_request_id": client_request_id,
                 "tier": decision.tier,
                 "intent": decision.intent,
