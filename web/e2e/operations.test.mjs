@@ -16,7 +16,7 @@ test("an operator sees spend charts and breaker states, live", async () => {
   await page.waitForURL(`${WEB}/ops`);
   const ops = page.getByTestId("ops");
   await ops.waitFor();
-  for (const chart of ["chart-tier", "chart-model", "chart-segment"]) {
+  for (const chart of ["chart-tier", "chart-model", "chart-segment", "chart-team"]) {
     const figure = page.getByTestId(chart);
     await figure.locator("svg.recharts-surface").first().waitFor();
     await figure.locator(".recharts-bar-rectangle").first().waitFor({ timeout: 20_000 });

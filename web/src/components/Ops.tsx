@@ -36,6 +36,7 @@ const DIMENSIONS = [
   { dimension: SpendDimension.TIER, testId: "chart-tier", name: "tier" },
   { dimension: SpendDimension.MODEL, testId: "chart-model", name: "model" },
   { dimension: SpendDimension.SEGMENT, testId: "chart-segment", name: "segment" },
+  { dimension: SpendDimension.TEAM, testId: "chart-team", name: "team" },
 ] as const;
 
 export function Ops() {
@@ -71,7 +72,7 @@ export function Ops() {
 
 /** Labels for a dimension's keys: tiers are numbers on the wire. */
 function keyLabel(name: string, key: string): string {
-  if (!key) return "(none)";
+  if (!key) return name === "team" ? "(no team)" : "(none)";
   return name === "tier" && /^\d+$/.test(key) ? `Tier ${key}` : key;
 }
 
