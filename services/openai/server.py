@@ -46,6 +46,15 @@ MAX_BODY_BYTES = 1 << 20  # the contract allows 64 messages of 32,000 characters
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The edge's headers, besides who the caller is, handed on to the Router as they came.
+PASSED_ON = (
+    identity.REQUEST_ID,
+    identity.CLIENT_REQUEST_ID,
+    identity.DEADLINE,
+    identity.BUDGET,
+    identity.ROLE,
+    identity.TEAM,
+)
 
 
 class EventStream(web.StreamResponse):
@@ -81,15 +90,7 @@ def _identity(headers: Mapping[str, str]) -> tuple[tuple[str, Any], ...]:
         {k: headers[k] for k in (identity.USER, identity.SEGMENT) if k in headers}
     )
     metadata: list[tuple[str, Any]] = [identity.user_metadata(user), (identity.SEGMENT, segment)]
-    keys = (
-        identity.REQUEST_ID,
-        identity.CLIENT_REQUEST_ID,
-        identity.DEADLINE,
-        identity.BUDGET,
-        identity.ROLE,
-        identity.TEAM,
-    )
-    for key in keys:
+    for key in PASSED_ON:
         value = headers.get(key)
         if value and value.isascii() and value.isprintable():
             metadata.append((key, value))

@@ -120,6 +120,13 @@ def apply(tier: int, status: BudgetStatus, reasons: list[str]) -> int:
 SpendCall = Callable[..., Awaitable[apb.GetSpendResponse]]
 
 
+def _spent_reason(kind: str, name: str, spent: int, limit: int) -> str:
+    """What a decision says when the `kind` (user, team, segment) budget `name` is spent."""
+    if kind == "user":
+        return f"monthly budget spent: {usd(spent)} of {usd(limit)} this month"
+    return f"the {name} {kind}'s monthly budget is spent: {usd(spent)} of {usd(limit)}"
+
+
 class SpendBudgets:
     """Monthly budgets checked against Analytics' spend for the calendar month (UTC).
 
@@ -163,19 +170,14 @@ class SpendBudgets:
         b = self.budgets
         user_limit = (own_limit or b.users.get(user, b.per_user_by_segment.get(segment))) if user else None
         team_limit = b.teams.get(team, b.per_team) if team else None
-        scopes = (  # (limit, whose spend, what the reason says when it is spent)
-            (user_limit, {"user": user}, "monthly budget spent: {spent} of {limit} this month"),
-            (team_limit, {"team": team}, f"the {team} team's monthly budget is spent: {{spent}} of {{limit}}"),
-            (
-                b.segments.get(segment),
-                {"segment": segment},
-                f"the {segment} segment's monthly budget is spent: {{spent}} of {{limit}}",
-            ),
-        )
-        for limit, whose, says in scopes:
+        for limit, kind, name in (
+            (user_limit, "user", user),
+            (team_limit, "team", team),
+            (b.segments.get(segment), "segment", segment),
+        ):
             if limit is None:
                 continue
-            spent = await self._month_spend(**whose)
+            spent = await self._month_spend(**{kind: name})
             if spent is not None and spent >= limit:
-                return BudgetStatus(b.action, says.format(spent=usd(spent), limit=usd(limit)))  # type: ignore[arg-type]
+                return BudgetStatus(b.action, _spent_reason(kind, name, spent, limit))  # type: ignore[arg-type]
         return ALLOW

@@ -232,8 +232,7 @@ class RouterServicer:
             (identity.INTENT, decision.intent),
             (identity.COMPLEXITY, decision.complexity),
             (identity.CLIENT_REQUEST_ID, client_request_id),
-            (identity.TEAM, caller.team),
-        )
+        ) + (((identity.TEAM, caller.team),) if caller.team else ())
         grounded = Grounded()
         if not self.grounding.wanted(decision.intent):
             # Nothing to look up first: Inference starts while the decision is being written.
