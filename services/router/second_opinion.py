@@ -33,7 +33,8 @@ EMBEDDING_MODEL = "multilingual-e5-small"
 # about a millisecond of CPU here, the 5 that every opening carries ("query: ", <s>, </s>)
 # included. Cross-validated on the train split (`python -m bench.router_select`), openings of 9
 # to 24 tokens are within half a point of tier accuracy of each other; 9 is the longest that
-# keeps the slow path within 15 ms on one core here. Heads keep the count they were trained with.
+# keeps the slow path within 15 ms on one core here with the package's own engine (10 ms with the
+# engine built for the CPU, services/runtime/e5.py). Heads keep the count they were trained with.
 HEAD_TOKENS = 9
 _HEAD_CHARS = 160
 
