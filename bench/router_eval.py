@@ -101,7 +101,15 @@ def main() -> None:
         f"\ndecision latency in-process, first pass ({len(cold)} decisions, cold word cache): "
         f"p50 {percentile(cold, 50) * 1e6:.0f} µs, p99 {percentile(cold, 99) * 1e6:.0f} µs"
     )
-    timed(router, texts, 1)  # warm its word cache: the steady trials measure a warm Router
+    # A Router that has been running meets messages it has not seen: warmed on the train split,
+    # it decides both test splits once (the figure the fast path's p99 budget is held to).
+    timed(router, [r["text"] for r in load_rows("train")], 1)
+    unseen = timed(router, texts + [r["text"] for r in load_rows("independent")], 1)
+    print(
+        f"decision latency in-process, warm Router, unseen messages ({len(unseen)} decisions): "
+        f"p50 {percentile(unseen, 50) * 1e6:.0f} µs, p99 {percentile(unseen, 99) * 1e6:.0f} µs"
+    )
+    timed(router, texts, 1)  # the steady trials decide the test split again and again
     trials = [timed(router, texts, 10) for _ in range(3)]
     for i, times in enumerate(trials, 1):
         print(
