@@ -33,7 +33,7 @@ from services.router.train import (
 from services.runtime.config import REPO_ROOT
 
 FOLDS = 5
-GATES = (0.6, 0.7, 0.8)
+GATES = (0.6, 0.65, 0.7, 0.8)
 MIXES = (0.0, 0.5, 0.6, 0.7, 0.8, 1.0)  # 0: the fast path alone
 
 

@@ -19,7 +19,7 @@ from services.router.complexity import LEVELS, ComplexityAnalyzer
 from services.router.features import Analysis, analyse
 from services.router.intent import INTENTS, IntentClassifier
 from services.router.linear import LinearModel
-from services.router.second_opinion import SecondOpinion, describe
+from services.router.second_opinion import GATE, MIX, SecondOpinion, describe
 from services.runtime import config
 from services.runtime.config import REPO_ROOT, ConfigError, check_keys
 from services.runtime.errors import PermissionDenied
@@ -161,8 +161,8 @@ def second_opinion(node: Mapping[str, Any]) -> SecondOpinion | None:
     so = config.section(node, "second_opinion")
     if not config.get_bool(so, "enabled", True, where=where):
         return None
-    gate = config.get_float(so, "gate", 0.7, where=where, lo=0, hi=1)
-    mix = config.get_float(so, "mix", 0.7, where=where, lo=0, hi=1)
+    gate = config.get_float(so, "gate", GATE, where=where, lo=0, hi=1)
+    mix = config.get_float(so, "mix", MIX, where=where, lo=0, hi=1)
     threads = config.get_int(so, "threads", 1, where=where, lo=0, hi=64)
     max_waiting = config.get_int(so, "max_waiting", 8, where=where, lo=0, hi=10_000)
     try:
