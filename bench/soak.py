@@ -73,10 +73,12 @@ async def main(minutes: float) -> None:
             pids = {name: part.proc.pid for name, part in mesh.sup.parts.items() if part.proc is not None}
             await asyncio.sleep(min(60.0, minutes * 60 / 5))  # warm-up: caches, pools, first imports
             samples: dict[str, list[float]] = {name: [] for name in pids}
+            anon: dict[str, list[float]] = {name: [] for name in pids}
             started = time.monotonic()
             while time.monotonic() - started < minutes * 60:
                 for name, pid in pids.items():
                     samples[name].append(rss_mb(pid))
+                    anon[name].append(rss_mb(pid, "RssAnon"))
                 await asyncio.sleep(SAMPLE_S)
         finally:
             stop.set()
@@ -87,10 +89,19 @@ async def main(minutes: float) -> None:
     print(
         f"soak: {minutes:g} min, {CLIENTS} clients, {counts[0]} chats, {counts[1]} failed ({failed}); RSS per process:"
     )
+    # RSS counts the pages of mapped files too: an embedding model's weights are mapped, and a row
+    # of its vocabulary is paged in the first time a token needs it (bounded by the file, shared,
+    # reclaimable), so anonymous memory, where a leak would show, is reported beside it.
     for name, xs in samples.items():
         last = sum(xs[-tail:]) / len(xs[-tail:])
         growth = (last - xs[0]) / xs[0] * 100 if xs[0] else 0.0
-        print(f"  {name:<10} {xs[0]:7.1f} MB -> {last:7.1f} MB  ({growth:+5.1f}%)   peak {max(xs):7.1f} MB")
+        ys = anon[name]
+        anon_last = sum(ys[-tail:]) / len(ys[-tail:])
+        anon_growth = (anon_last - ys[0]) / ys[0] * 100 if ys[0] else 0.0
+        print(
+            f"  {name:<10} {xs[0]:7.1f} MB -> {last:7.1f} MB  ({growth:+5.1f}%)   peak {max(xs):7.1f} MB   "
+            f"anonymous {ys[0]:7.1f} MB -> {anon_last:7.1f} MB ({anon_growth:+5.1f}%)"
+        )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process, from /proc, in MB."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of a process, from /proc, in MB (`field`: VmRSS, or RssAnon for the
+    anonymous memory alone, without the pages of mapped files such as a model's weights)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
