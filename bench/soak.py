@@ -89,18 +89,21 @@ async def main(minutes: float) -> None:
     print(
         f"soak: {minutes:g} min, {CLIENTS} clients, {counts[0]} chats, {counts[1]} failed ({failed}); RSS per process:"
     )
+
     # RSS counts the pages of mapped files too: an embedding model's weights are mapped, and a row
     # of its vocabulary is paged in the first time a token needs it (bounded by the file, shared,
     # reclaimable), so anonymous memory, where a leak would show, is reported beside it.
-    for name, xs in samples.items():
+    def growth(xs: list[float]) -> tuple[float, float]:
+        """(the mean of the last minute, its growth over the first sample in %)."""
         last = sum(xs[-tail:]) / len(xs[-tail:])
-        growth = (last - xs[0]) / xs[0] * 100 if xs[0] else 0.0
-        ys = anon[name]
-        anon_last = sum(ys[-tail:]) / len(ys[-tail:])
-        anon_growth = (anon_last - ys[0]) / ys[0] * 100 if ys[0] else 0.0
+        return last, (last - xs[0]) / xs[0] * 100 if xs[0] else 0.0
+
+    for name, xs in samples.items():
+        (last, grew), ys = growth(xs), anon[name]
+        anon_last, anon_grew = growth(ys)
         print(
-            f"  {name:<10} {xs[0]:7.1f} MB -> {last:7.1f} MB  ({growth:+5.1f}%)   peak {max(xs):7.1f} MB   "
-            f"anonymous {ys[0]:7.1f} MB -> {anon_last:7.1f} MB ({anon_growth:+5.1f}%)"
+            f"  {name:<10} {xs[0]:7.1f} MB -> {last:7.1f} MB  ({grew:+5.1f}%)   peak {max(xs):7.1f} MB   "
+            f"anonymous {ys[0]:7.1f} MB -> {anon_last:7.1f} MB ({anon_grew:+5.1f}%)"
         )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from services.router.features import FUNCTION_WORDS, Analysis
+from services.router.features import FUNCTION_WORDS, PROSE_SAMPLE, Analysis
 from services.router.linear import LinearModel, softmax_argmax
 
 MODEL_PATH = Path(__file__).with_name("intent_model.json")
@@ -30,7 +30,8 @@ def _pieces(word: str) -> list[str]:
 
 
 # Slices of a padded word's 4-letter pieces, made once: `_piece_set` cuts a word with C calls only.
-_PIECE_SLICES = tuple(slice(i, i + 4) for i in range(256))
+# Words come from the prose sample, so none is longer than it.
+_PIECE_SLICES = tuple(slice(i, i + 4) for i in range(PROSE_SAMPLE))
 
 
 def _piece_set(word: str) -> set[str]:
@@ -39,8 +40,6 @@ def _piece_set(word: str) -> set[str]:
     if len(word) <= 3 or word[0] == "_":
         return set()
     padded = "<" + word + ">"
-    if len(padded) - 3 > len(_PIECE_SLICES):
-        return set(_pieces(word))
     return set(map(padded.__getitem__, _PIECE_SLICES[: len(padded) - 3]))
 
 
