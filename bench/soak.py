@@ -90,9 +90,8 @@ async def main(minutes: float) -> None:
         f"soak: {minutes:g} min, {CLIENTS} clients, {counts[0]} chats, {counts[1]} failed ({failed}); RSS per process:"
     )
 
-    # RSS counts the pages of mapped files too: an embedding model's weights are mapped, and a row
-    # of its vocabulary is paged in the first time a token needs it (bounded by the file, shared,
-    # reclaimable), so anonymous memory, where a leak would show, is reported beside it.
+    # RSS counts the pages of mapped files too (an embedding model's weights, paged in when it
+    # loads), so anonymous memory, where a leak would show, is reported beside it.
     def growth(xs: list[float]) -> tuple[float, float]:
         """(the mean of the last minute, its growth over the first sample in %)."""
         last = sum(xs[-tail:]) / len(xs[-tail:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
 from tiermesh.knowledge.v1 import knowledge_service_pb2_grpc as kpb_grpc
@@ -47,6 +49,10 @@ async def main() -> None:
             "models": config.get_str(router_cfg, "models_path", "", where="router") or "shipped",
         },
     )
+    if router.second is not None:
+        # The second opinion's model loads beside start-up, not on the first unsure message: that
+        # message does not wait for it, and the memory the process holds is what it will keep.
+        threading.Thread(target=router.second.engine.model, name="e5-load", daemon=True).start()
     channel = tls.channel(tree, "inference", "router")
     generate_raw = channel.unary_stream(
         "/tiermesh.inference.v1.InferenceService/Generate",
