@@ -40,6 +40,10 @@ class KnowledgeConfig:
     candidates: int = 40
     # Added to the cosine of a passage written in the other language than the question (pt/en).
     cross_language_boost: float = 0.0
+    # A passage's score is blended with its document's: (own + document_weight * the mean of the
+    # document's `document_passages` best other candidate passages) / (1 + document_weight).
+    document_weight: float = 0.0
+    document_passages: int = 2
     synonyms_path: Path | None = None
     synonym_weight: float = 0.7
 
@@ -103,6 +107,8 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> K
         cross_language_boost=config.get_float(
             search, "cross_language_boost", 0.0, where=f"{where}.search", lo=0, hi=0.5
         ),
+        document_weight=config.get_float(search, "document_weight", 0.0, where=f"{where}.search", lo=0, hi=10),
+        document_passages=config.get_int(search, "document_passages", 2, where=f"{where}.search", lo=1, hi=50),
         synonyms_path=_path(synonyms, config.REPO_ROOT) if synonyms else None,
         synonym_weight=config.get_float(search, "synonym_weight", 0.7, where=f"{where}.search", lo=0, hi=1),
     )

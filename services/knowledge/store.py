@@ -257,6 +257,7 @@ class KnowledgeStore:
                                 "collection": collection,
                                 "document_id": doc.id,
                                 "chunk_index": p.index,
+                                "passages": len(passages),
                                 "chunk_id": p.chunk_id(doc.id),
                                 "title": doc.title,
                                 "text": p.text,
@@ -303,6 +304,15 @@ class KnowledgeStore:
         filters: Mapping[str, str] | None = None,
         min_score: float = 0.0,
     ) -> list[Hit]:
+        found = await self.candidates(collection, query, filters, at_least=top_k)
+        return rank(self.cfg, keywords.language(query), found, top_k, min_score)
+
+    async def candidates(
+        self, collection: str, query: str, filters: Mapping[str, str] | None = None, at_least: int = 0
+    ) -> list[Candidate]:
+        """The passages worth scoring for `query`: the `candidates` (or `at_least`) nearest by
+        meaning and as many best by keywords, each with its cosine and its raw keyword score. What they
+        are does not depend on the ranking's weights (`rank` applies those)."""
         client = self._client()
         conditions: list[qm.Condition] = [
             _tenant(collection),
@@ -314,7 +324,7 @@ class KnowledgeStore:
         flt = qm.Filter(must=conditions)
         dense = (await self.embedder.embed([query], query=True))[0]
         sparse = keywords.query_vector(query, self.synonyms)
-        limit = max(self.cfg.candidates, top_k)
+        limit = max(self.cfg.candidates, at_least)
         requests = [qm.QueryRequest(query=dense.tolist(), using=DENSE, filter=flt, limit=limit, with_payload=True)]
         if sparse.indices:
             requests.append(
@@ -351,33 +361,102 @@ class KnowledgeStore:
                     limit=len(unscored),
                 )
                 keyword.update({str(p.id): float(p.score) for p in extra.points})
-        w, sat = self.cfg.semantic_weight, self.cfg.keyword_saturation
-        asked_in = keywords.language(query)
-        hits: list[Hit] = []
-        for pid, payload in payloads.items():
-            cos = semantic.get(pid, 0.0)
-            # The embedding model puts any two texts of one language a little closer than texts of
-            # two: a passage written in the other language gets that back.
-            written_in = str(payload.get("lang", ""))
-            crossing = self.cfg.cross_language_boost if asked_in and written_in and written_in != asked_in else 0.0
-            raw_kw = keyword.get(pid, 0.0)
-            kw = raw_kw / (raw_kw + sat) if raw_kw > 0 else 0.0
-            score = w * max(cos + crossing, 0.0) + (1 - w) * kw
-            if score < min_score:
-                continue
-            hits.append(
-                Hit(
-                    document_id=str(payload.get("document_id", "")),
-                    chunk_id=str(payload.get("chunk_id", "")),
-                    title=str(payload.get("title", "")),
-                    text=str(payload.get("text", "")),
-                    start=int(payload.get("start", 0)),
-                    end=int(payload.get("end", 0)),
-                    score=score,
-                    semantic_score=cos,
-                    keyword_score=kw,
-                    metadata={str(k): str(v) for k, v in (payload.get("meta") or {}).items()},
-                )
+        return [Candidate(payload, semantic.get(pid, 0.0), keyword.get(pid, 0.0)) for pid, payload in payloads.items()]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A passage found for a query, before ranking: its payload, cosine and raw BM25 score."""
+
+    payload: Mapping[str, Any]
+    cosine: float
+    keyword: float
+
+
+def rank(
+    cfg: KnowledgeConfig, asked_in: str, found: Sequence[Candidate], top_k: int, min_score: float = 0.0
+) -> list[Hit]:
+    """Score and order the candidates of a question asked in language `asked_in` ('' unknown).
+
+    A passage's own score is semantic_weight * cosine + (1 - semantic_weight) * keyword (the BM25
+    score squashed as s / (s + keyword_saturation)), with cross_language_boost on the cosine of a
+    passage written in the other language. It is then blended with its document's
+    (`with_document_context`), so a passage of an article that is about the question throughout
+    ranks above a lone passage that shares a few words with it; the blend stays on the same scale,
+    so `min_score` reads it as it reads a passage's own score."""
+    w, sat = cfg.semantic_weight, cfg.keyword_saturation
+    own: list[float] = []
+    for c in found:
+        written_in = str(c.payload.get("lang", ""))
+        # The embedding model puts any two texts of one language a little closer than texts of
+        # two: a passage written in the other language gets that back.
+        crossing = cfg.cross_language_boost if asked_in and written_in and written_in != asked_in else 0.0
+        kw = c.keyword / (c.keyword + sat) if c.keyword > 0 else 0.0
+        own.append(w * max(c.cosine + crossing, 0.0) + (1 - w) * kw)
+    blended = with_document_context(
+        own,
+        [str(c.payload.get("document_id", "")) for c in found],
+        [_passage_count(c.payload) for c in found],
+        cfg.document_weight,
+        cfg.document_passages,
+    )
+    hits: list[Hit] = []
+    for c, score in zip(found, blended, strict=True):
+        if score < min_score:
+            continue
+        payload = c.payload
+        hits.append(
+            Hit(
+                document_id=str(payload.get("document_id", "")),
+                chunk_id=str(payload.get("chunk_id", "")),
+                title=str(payload.get("title", "")),
+                text=str(payload.get("text", "")),
+                start=int(payload.get("start", 0)),
+                end=int(payload.get("end", 0)),
+                score=score,
+                semantic_score=c.cosine,
+                keyword_score=c.keyword / (c.keyword + sat) if c.keyword > 0 else 0.0,
+                metadata={str(k): str(v) for k, v in (payload.get("meta") or {}).items()},
             )
-        hits.sort(key=lambda h: (-h.score, h.chunk_id))
-        return hits[:top_k]
+        )
+    hits.sort(key=lambda h: (-h.score, h.chunk_id))
+    return hits[:top_k]
+
+
+def _passage_count(payload: Mapping[str, Any]) -> int | None:
+    count = payload.get("passages")
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def with_document_context(
+    scores: Sequence[float],
+    documents: Sequence[str],
+    passages: Sequence[int | None],
+    weight: float,
+    siblings: int,
+) -> list[float]:
+    """Each score blended with its document's: (own + weight * context) / (1 + weight), where
+    context is the mean of the `siblings` best other candidates from the same document. A sibling
+    that was not among the candidates counts as the weakest candidate did (it scored no better);
+    one that does not exist (the document has fewer passages, `passages`, None when unknown)
+    counts as the passage itself, so a short document is neither helped nor held back by its
+    length. weight 0 leaves every score as it is."""
+    if weight <= 0 or not scores:
+        return list(scores)
+    weakest = min(scores)
+    by_document: dict[str, list[int]] = {}
+    for i, doc in enumerate(documents):
+        by_document.setdefault(doc, []).append(i)
+    blended = list(scores)
+    for members in by_document.values():
+        ordered = sorted(members, key=lambda i: -scores[i])
+        for i in members:
+            others = [scores[j] for j in ordered if j != i][:siblings]
+            total = passages[i]
+            existing = siblings if total is None else min(siblings, total - 1)
+            while len(others) < existing:
+                others.append(weakest)
+            while len(others) < siblings:
+                others.append(scores[i])
+            blended[i] = (scores[i] + weight * sum(others) / siblings) / (1 + weight)
+    return blended

@@ -183,7 +183,15 @@ SCHEMA: dict[str, Any] = {
         "embedding": frozenset({"provider", "model", "dimension", "api_key_env", "api_base", "batch_size", "threads"}),
         "chunking": frozenset({"max_tokens", "overlap_tokens"}),
         "search": frozenset(
-            {"semantic_weight", "keyword_saturation", "candidates", "synonym_weight", "cross_language_boost"}
+            {
+                "semantic_weight",
+                "keyword_saturation",
+                "candidates",
+                "synonym_weight",
+                "cross_language_boost",
+                "document_weight",
+                "document_passages",
+            }
         ),
         "synonyms_path": ANY,
     },

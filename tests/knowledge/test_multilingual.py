@@ -68,8 +68,9 @@ async def test_a_question_finds_its_answer_written_in_the_other_language(knowled
 
 async def test_cross_language_questions_of_the_test_split_find_their_article(store: KnowledgeStore) -> None:
     """The test split (written by another hand, never tuned on): asked in one language about an
-    article in the other, the article is in the top 5 for at least 90% of questions; asked in its
-    own language, for at least 95%. The English-only model found 74% across languages."""
+    article in the other, the article is in the top 5 for at least 90% of questions, and first for
+    at least 70% (62% before passages were ranked with their article); asked in its own language,
+    in the top 5 for at least 95%. The English-only model found 74% across languages."""
     await knowledge_eval.ingest_samples(store, "helpcenter-crossing")
     results, _ = await knowledge_eval.evaluate(store, "helpcenter-crossing", knowledge_eval.SPLITS["test"])
     cross = [r for r in results if r.cross]
@@ -77,6 +78,7 @@ async def test_cross_language_questions_of_the_test_split_find_their_article(sto
     assert len(cross) >= 60 and len(same) >= 60
     assert {r.lang for r in cross} == {"pt", "en"}
     assert knowledge_eval.score(cross).recall_5 >= 0.90, f"cross-language recall@5 {knowledge_eval.score(cross)}"
+    assert knowledge_eval.score(cross).recall_1 >= 0.70, f"cross-language recall@1 {knowledge_eval.score(cross)}"
     assert knowledge_eval.score(same).recall_5 >= 0.95, f"same-language recall@5 {knowledge_eval.score(same)}"
 
 

@@ -1,0 +1,83 @@
+"""Ranking with a passage's document beside it (services.knowledge.store.rank): an article about
+the question throughout outranks a lone passage that matches as well on its own, a short article
+is not held back for being short, and the score stays on the scale `min_score` is set on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from services.knowledge.config import KnowledgeConfig
+from services.knowledge.store import Candidate, rank, with_document_context
+
+CFG = KnowledgeConfig(
+    semantic_weight=0.8, keyword_saturation=4.0, cross_language_boost=0.04, document_weight=0.3, document_passages=2
+)
+
+
+def passage(doc: str, index: int, cosine: float, keyword: float = 0.0, lang: str = "en", count: int | None = 5):
+    payload = {"document_id": doc, "chunk_id": f"{doc}#{index}", "chunk_index": index, "lang": lang, "text": "t"}
+    if count is not None:
+        payload["passages"] = count
+    return Candidate(payload, cosine, keyword)
+
+
+def test_an_article_about_the_question_throughout_outranks_a_lone_passage_as_close() -> None:
+    found = [
+        passage("returns", 0, 0.84),
+        passage("returns", 1, 0.82),
+        passage("returns", 2, 0.81),
+        passage("blender-manual", 3, 0.845),  # its other passages were not even among the candidates
+        passage("careers", 0, 0.70),
+    ]
+    assert rank(dataclasses.replace(CFG, document_weight=0.0), "en", found, 3)[0].document_id == "blender-manual"
+    hits = rank(CFG, "en", found, 3)
+    assert [h.document_id for h in hits[:2]] == ["returns", "returns"]
+    assert hits[0].chunk_id == "returns#0"
+
+
+def test_weight_zero_leaves_every_score_as_it_was() -> None:
+    scores = [0.9, 0.5, 0.7]
+    assert with_document_context(scores, ["a", "a", "b"], [3, 3, 3], 0.0, 2) == scores
+
+
+def test_a_one_passage_article_is_neither_helped_nor_held_back() -> None:
+    blended = with_document_context([0.8, 0.6, 0.7], ["faq", "long", "long"], [1, 9, 9], 0.3, 2)
+    assert blended[0] == pytest.approx(0.8)
+
+
+def test_missing_siblings_count_as_the_weakest_candidate_unless_the_article_has_none() -> None:
+    # "a" has 5 passages and only one was found: its others scored no better than the weakest (0.5).
+    scores, docs = [0.8, 0.5], ["a", "b"]
+    found_alone = with_document_context(scores, docs, [5, 1], 0.3, 2)
+    assert found_alone[0] == pytest.approx((0.8 + 0.3 * 0.5) / 1.3)
+    # Stored before passage counts were kept (None): the same assumption, never a free pass.
+    assert with_document_context(scores, docs, [None, 1], 0.3, 2)[0] == pytest.approx(found_alone[0])
+    # A two-passage article whose other passage was not found: one sibling at the weakest, one as itself.
+    two = with_document_context(scores, docs, [2, 1], 0.3, 2)
+    assert two[0] == pytest.approx((0.8 + 0.3 * (0.5 + 0.8) / 2) / 1.3)
+
+
+def test_the_blend_stays_within_the_passages_own_scores() -> None:
+    scores = [0.91, 0.42, 0.77, 0.66, 0.58, 0.80]
+    docs = ["a", "a", "b", "b", "b", "c"]
+    blended = with_document_context(scores, docs, [4, 4, 3, 3, 3, 1], 0.3, 2)
+    assert all(min(scores) <= b <= max(scores) for b in blended)
+
+
+def test_min_score_reads_the_blended_score_and_hits_come_best_first() -> None:
+    found = [passage("a", 0, 0.90), passage("a", 1, 0.50), passage("b", 0, 0.86, count=1)]
+    everything = rank(CFG, "en", found, 10)
+    assert [h.score for h in everything] == sorted((h.score for h in everything), reverse=True)
+    cut = (everything[0].score + everything[1].score) / 2
+    kept = rank(CFG, "en", found, 10, min_score=cut)
+    assert kept == everything[:1]
+    # The own score a passage reports beside the blend is unchanged: its cosine and keyword score.
+    assert {h.semantic_score for h in everything} == {0.90, 0.50, 0.86}
+
+
+def test_a_passage_in_the_other_language_gets_the_crossing_boost() -> None:
+    found = [passage("pt-article", 0, 0.80, lang="pt", count=1), passage("en-article", 0, 0.82, lang="en", count=1)]
+    assert rank(CFG, "en", found, 2)[0].document_id == "pt-article"  # 0.80 + 0.04 > 0.82
+    assert rank(CFG, "", found, 2)[0].document_id == "en-article"  # language unknown: no boost
