@@ -359,6 +359,7 @@ class KnowledgeStore:
                     using=SPARSE,
                     query_filter=qm.Filter(must=[*conditions, qm.HasIdCondition(has_id=list(unscored))]),
                     limit=len(unscored),
+                    with_payload=False,  # the scores alone: the payloads came with the first query
                 )
                 keyword.update({str(p.id): float(p.score) for p in extra.points})
         return [Candidate(payload, semantic.get(pid, 0.0), keyword.get(pid, 0.0)) for pid, payload in payloads.items()]
