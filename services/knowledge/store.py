@@ -401,27 +401,25 @@ def rank(
         cfg.document_weight,
         cfg.document_passages,
     )
-    hits: list[Hit] = []
-    for c, score in zip(found, blended, strict=True):
-        if score < min_score:
-            continue
-        payload = c.payload
-        hits.append(
-            Hit(
-                document_id=str(payload.get("document_id", "")),
-                chunk_id=str(payload.get("chunk_id", "")),
-                title=str(payload.get("title", "")),
-                text=str(payload.get("text", "")),
-                start=int(payload.get("start", 0)),
-                end=int(payload.get("end", 0)),
-                score=score,
-                semantic_score=c.cosine,
-                keyword_score=c.keyword / (c.keyword + sat) if c.keyword > 0 else 0.0,
-                metadata={str(k): str(v) for k, v in (payload.get("meta") or {}).items()},
-            )
-        )
-    hits.sort(key=lambda h: (-h.score, h.chunk_id))
-    return hits[:top_k]
+    kept = [i for i, score in enumerate(blended) if score >= min_score]
+    kept.sort(key=lambda i: (-blended[i], str(found[i].payload.get("chunk_id", ""))))
+    return [_hit(found[i], blended[i], sat) for i in kept[:top_k]]
+
+
+def _hit(c: Candidate, score: float, saturation: float) -> Hit:
+    payload = c.payload
+    return Hit(
+        document_id=str(payload.get("document_id", "")),
+        chunk_id=str(payload.get("chunk_id", "")),
+        title=str(payload.get("title", "")),
+        text=str(payload.get("text", "")),
+        start=int(payload.get("start", 0)),
+        end=int(payload.get("end", 0)),
+        score=score,
+        semantic_score=c.cosine,
+        keyword_score=c.keyword / (c.keyword + saturation) if c.keyword > 0 else 0.0,
+        metadata={str(k): str(v) for k, v in (payload.get("meta") or {}).items()},
+    )
 
 
 def _passage_count(payload: Mapping[str, Any]) -> int | None:
