@@ -130,3 +130,32 @@ def test_the_router_ends_streams_before_the_edge_would_cut_them() -> None:
     tree = config.load(environ={"TIERMESH_ROUTER__MAX_DEADLINE_S": "600"})
     with pytest.raises(ConfigError, match=r"router\.max_deadline_s: 600 must be shorter than envoy\.max_stream"):
         max_deadline_s(tree)
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "message"),
+    [
+        ("DOCUMENT_WEIGHT", "-0.1", r"knowledge\.search\.document_weight: .*0"),
+        ("DOCUMENT_WEIGHT", "lots", r"knowledge\.search\.document_weight: "),
+        ("DOCUMENT_PASSAGES", "0", r"knowledge\.search\.document_passages: .*1"),
+        (
+            "DOCUMENT_PASSAGE",
+            "2",
+            r"knowledge\.search\.document_passage: unknown key; did you mean 'document_passages'",
+        ),
+    ],
+)
+def test_the_article_blend_settings_are_checked_at_start(key: str, raw: str, message: str) -> None:
+    from services.knowledge import config as knowledge_config
+
+    with pytest.raises(ConfigError, match=message):
+        knowledge_config.load(config.load(environ={f"TIERMESH_KNOWLEDGE__SEARCH__{key}": raw}), environ={})
+
+
+def test_the_shipped_search_blends_each_passage_with_its_article() -> None:
+    from services.knowledge import config as knowledge_config
+
+    cfg = knowledge_config.load(config.load(environ={}), environ={})
+    assert cfg.document_weight > 0 and cfg.document_passages >= 1
+    off = knowledge_config.load(config.load(environ={"TIERMESH_KNOWLEDGE__SEARCH__DOCUMENT_WEIGHT": "0"}), environ={})
+    assert off.document_weight == 0
