@@ -314,7 +314,8 @@ class Chunk(_message.Message):
     """end is the offset just past the passage, in code points."""
     score: _builtins.float
     """score is the relevance used for ranking, 0 to 1: a weighted sum of `semantic_score`
-    (negative similarity counts as 0) and `keyword_score`.
+    (negative similarity counts as 0) and `keyword_score`, blended with the scores of the best
+    other passages of the same document (knowledge.search.document_weight; 0 turns it off).
     """
     semantic_score: _builtins.float
     """semantic_score is the cosine similarity of the passage's and the query's embeddings, -1 to 1."""

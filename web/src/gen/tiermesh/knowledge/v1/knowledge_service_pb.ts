@@ -281,7 +281,8 @@ export type Chunk = Message<"tiermesh.knowledge.v1.Chunk"> & {
 
   /**
    * score is the relevance used for ranking, 0 to 1: a weighted sum of `semantic_score`
-   * (negative similarity counts as 0) and `keyword_score`.
+   * (negative similarity counts as 0) and `keyword_score`, blended with the scores of the best
+   * other passages of the same document (knowledge.search.document_weight; 0 turns it off).
    *
    * @generated from field: float score = 7;
    */
