@@ -152,6 +152,7 @@ class KnowledgeStore:
                 )
             await self._index(name, [("model", qm.PayloadSchemaType.KEYWORD)])
             await self._warn_of_other_models(name)
+            await self._count_passages(name)
             return
         await self.client.create_collection(
             name,
@@ -189,6 +190,39 @@ class KnowledgeStore:
             log.warning(
                 "passages embedded by another model are not searched until their documents are ingested again",
                 extra={"passages_about": stale, "model": self.embedder.name, "collection": name},
+            )
+
+    async def _count_passages(self, name: str) -> None:
+        """Points written before each carried its document's passage count (`passages`, which
+        ranking reads) get it, once: the number of the document's points. Only points still
+        without it are written, so a document upserted meanwhile keeps its own count."""
+        assert self.client is not None
+        lacking = qm.IsEmptyCondition(is_empty=qm.PayloadField(key="passages"))
+        counted: set[tuple[str, str]] = set()
+        while True:
+            points, _ = await self.client.scroll(
+                name, scroll_filter=qm.Filter(must=[lacking]), limit=256, with_payload=["collection", "document_id"]
+            )
+            found = {
+                (str(p.payload.get("collection", "")), str(p.payload.get("document_id", "")))
+                for p in points
+                if p.payload
+            }
+            if not found - counted:  # nothing left, or only points no document can claim
+                break
+            for collection, document_id in found - counted:
+                of_document: list[qm.Condition] = [
+                    _tenant(collection),
+                    qm.FieldCondition(key="document_id", match=qm.MatchValue(value=document_id)),
+                ]
+                n = (await self.client.count(name, count_filter=qm.Filter(must=of_document), exact=True)).count
+                await self.client.set_payload(
+                    name, {"passages": n}, points=qm.Filter(must=[*of_document, lacking]), wait=True
+                )
+                counted.add((collection, document_id))
+        if counted:
+            log.info(
+                "passage counts added to documents stored before they were kept", extra={"documents": len(counted)}
             )
 
     async def close(self) -> None:
@@ -437,9 +471,10 @@ def with_document_context(
     """Each score blended with its document's: (own + weight * context) / (1 + weight), where
     context is the mean of the `siblings` best other candidates from the same document. A sibling
     that was not among the candidates counts as the weakest candidate did (it scored no better);
-    one that does not exist (the document has fewer passages, `passages`, None when unknown)
-    counts as the passage itself, so a short document is neither helped nor held back by its
-    length. weight 0 leaves every score as it is."""
+    one that does not exist (the document has fewer passages, `passages`) counts as the passage
+    itself, so a short document is neither helped nor held back by its length. Where the count is
+    unknown (None) only the siblings found count, and the passage stands in for the rest.
+    weight 0 leaves every score as it is."""
     if weight <= 0 or not scores:
         return list(scores)
     weakest = min(scores)
@@ -452,7 +487,7 @@ def with_document_context(
         for i in members:
             others = [scores[j] for j in ordered if j != i][:siblings]
             total = passages[i]
-            existing = siblings if total is None else min(siblings, total - 1)
+            existing = len(others) if total is None else min(siblings, total - 1)
             while len(others) < existing:
                 others.append(weakest)
             while len(others) < siblings:

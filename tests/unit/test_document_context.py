@@ -52,8 +52,10 @@ def test_missing_siblings_count_as_the_weakest_candidate_unless_the_article_has_
     scores, docs = [0.8, 0.5], ["a", "b"]
     found_alone = with_document_context(scores, docs, [5, 1], 0.3, 2)
     assert found_alone[0] == pytest.approx((0.8 + 0.3 * 0.5) / 1.3)
-    # Stored before passage counts were kept (None): the same assumption, never a free pass.
-    assert with_document_context(scores, docs, [None, 1], 0.3, 2)[0] == pytest.approx(found_alone[0])
+    # A count unknown (None): only the siblings found count, the passage stands in for the rest.
+    assert with_document_context(scores, docs, [None, 1], 0.3, 2)[0] == pytest.approx(0.8)
+    unknown = with_document_context([0.8, 0.6, 0.5], ["a", "a", "b"], [None, None, 1], 0.3, 2)
+    assert unknown[0] == pytest.approx((0.8 + 0.3 * (0.6 + 0.8) / 2) / 1.3)
     # A two-passage article whose other passage was not found: one sibling at the weakest, one as itself.
     two = with_document_context(scores, docs, [2, 1], 0.3, 2)
     assert two[0] == pytest.approx((0.8 + 0.3 * (0.5 + 0.8) / 2) / 1.3)
