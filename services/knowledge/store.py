@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import logging
 import re
@@ -483,9 +484,10 @@ def with_document_context(
         by_document.setdefault(doc, []).append(i)
     blended = list(scores)
     for members in by_document.values():
-        ordered = sorted(members, key=lambda i: -scores[i])
+        # Any passage's best others are among its document's siblings + 1 best: one sort a document.
+        best = heapq.nlargest(siblings + 1, members, key=lambda i: scores[i])
         for i in members:
-            others = [scores[j] for j in ordered if j != i][:siblings]
+            others = [scores[j] for j in best if j != i][:siblings]
             total = passages[i]
             existing = len(others) if total is None else min(siblings, total - 1)
             while len(others) < existing:

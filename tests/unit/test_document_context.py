@@ -5,6 +5,7 @@ is not held back for being short, and the score stays on the scale `min_score` i
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
@@ -83,3 +84,21 @@ def test_a_passage_in_the_other_language_gets_the_crossing_boost() -> None:
     found = [passage("pt-article", 0, 0.80, lang="pt", count=1), passage("en-article", 0, 0.82, lang="en", count=1)]
     assert rank(CFG, "en", found, 2)[0].document_id == "pt-article"  # 0.80 + 0.04 > 0.82
     assert rank(CFG, "", found, 2)[0].document_id == "en-article"  # language unknown: no boost
+
+
+def test_each_passage_is_blended_with_its_own_documents_best_others() -> None:
+    """Against the definition written out the long way, on many documents and ties."""
+    rng = random.Random(7)
+    scores = [round(rng.uniform(0.3, 0.95), 2) for _ in range(300)]
+    docs = [f"d{rng.randrange(12)}" for _ in scores]
+    counts: list[int | None] = [rng.choice([None, 1, 3, 40]) for _ in scores]
+    weakest = min(scores)
+    for siblings in (1, 2, 3):
+        got = with_document_context(scores, docs, counts, 0.3, siblings)
+        for i, s in enumerate(scores):
+            others = sorted((scores[j] for j in range(len(scores)) if docs[j] == docs[i] and j != i), reverse=True)
+            others = others[:siblings]
+            exist = len(others) if counts[i] is None else min(siblings, counts[i] - 1)
+            others += [weakest] * max(0, exist - len(others))
+            others += [s] * (siblings - len(others))
+            assert got[i] == pytest.approx((s + 0.3 * sum(others) / siblings) / 1.3)
