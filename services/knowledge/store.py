@@ -386,8 +386,11 @@ class KnowledgeStore:
                 payloads[pid] = p.payload or {}
                 if pid not in semantic and isinstance(p.vector, dict) and DENSE in p.vector:
                     semantic[pid] = float(np.dot(dense, np.asarray(p.vector[DENSE], dtype=np.float32)))
-            unscored = [pid for pid in semantic if pid not in keyword]
-            if unscored:  # passages found by meaning only: what do their words score?
+            # Passages found by meaning only: what do their words score? When the keyword query
+            # came back short of its limit it returned every passage sharing a word with the
+            # question, so the others score 0 and need no second look.
+            unscored = [pid for pid in semantic if pid not in keyword] if len(results[1].points) >= limit else []
+            if unscored:
                 extra = await client.query_points(
                     self.cfg.qdrant_collection,
                     query=qm.SparseVector(indices=sparse.indices, values=sparse.values),
