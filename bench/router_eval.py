@@ -37,8 +37,13 @@ def timings(router: Router, texts: list[str], reps: int) -> list[list[float]]:
     return out
 
 
+def pooled(per_message: list[list[float]]) -> list[float]:
+    """Every message's times in one sorted list."""
+    return sorted(t for times in per_message for t in times)
+
+
 def timed(router: Router, texts: list[str], reps: int) -> list[float]:
-    return sorted(t for times in timings(router, texts, reps) for t in times)
+    return pooled(timings(router, texts, reps))
 
 
 def agreement() -> None:
@@ -116,7 +121,7 @@ def main() -> None:
     )
     timed(router, texts, 1)  # the steady trials decide the test split again and again
     per_message = [timings(router, texts, 10) for _ in range(3)]
-    trials = [sorted(t for times in trial for t in times) for trial in per_message]
+    trials = [pooled(trial) for trial in per_message]
     for i, times in enumerate(trials, 1):
         print(
             f"decision latency in-process, steady trial {i} ({len(times)} decisions): "

@@ -209,9 +209,10 @@ class KnowledgeStore:
                 for p in points
                 if p.payload
             }
-            if not found - counted:  # nothing left, or only points no document can claim
+            new = found - counted
+            if not new:  # nothing left, or only points no document can claim
                 break
-            for collection, document_id in found - counted:
+            for collection, document_id in new:
                 of_document: list[qm.Condition] = [
                     _tenant(collection),
                     qm.FieldCondition(key="document_id", match=qm.MatchValue(value=document_id)),
@@ -430,8 +431,7 @@ def rank(
         # The embedding model puts any two texts of one language a little closer than texts of
         # two: a passage written in the other language gets that back.
         crossing = cfg.cross_language_boost if asked_in and written_in and written_in != asked_in else 0.0
-        kw = c.keyword / (c.keyword + sat) if c.keyword > 0 else 0.0
-        own.append(w * max(c.cosine + crossing, 0.0) + (1 - w) * kw)
+        own.append(w * max(c.cosine + crossing, 0.0) + (1 - w) * _squashed(c.keyword, sat))
     blended = with_document_context(
         own,
         [str(c.payload.get("document_id", "")) for c in found],
@@ -455,9 +455,14 @@ def _hit(c: Candidate, score: float, saturation: float) -> Hit:
         end=int(payload.get("end", 0)),
         score=score,
         semantic_score=c.cosine,
-        keyword_score=c.keyword / (c.keyword + saturation) if c.keyword > 0 else 0.0,
+        keyword_score=_squashed(c.keyword, saturation),
         metadata={str(k): str(v) for k, v in (payload.get("meta") or {}).items()},
     )
+
+
+def _squashed(keyword: float, saturation: float) -> float:
+    """A raw BM25 score squashed to 0 to 1: s / (s + saturation)."""
+    return keyword / (keyword + saturation) if keyword > 0 else 0.0
 
 
 def _passage_count(payload: Mapping[str, Any]) -> int | None:
