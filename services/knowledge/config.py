@@ -13,7 +13,13 @@ from services.runtime.config import ConfigError
 
 EMBEDDING_PROVIDERS = ("local", "litellm")
 # The models the `local` provider runs (services/knowledge/embedder.py).
-LOCAL_MODELS = ("multilingual-e5-small", "multilingual-e5-small-enpt", "all-MiniLM-L6-v2")
+LOCAL_MODELS = (
+    "multilingual-e5-small",
+    "multilingual-e5-small-enpt",
+    "use-multilingual-v3",
+    "multilingual-e5-small+use-multilingual-v3",
+    "all-MiniLM-L6-v2",
+)
 
 
 @dataclass(frozen=True)
@@ -23,9 +29,9 @@ class KnowledgeConfig:
     qdrant_path: Path | None = None
     qdrant_url: str = ""
     qdrant_api_key: str = ""
-    qdrant_collection: str = "tiermesh_chunks"
+    qdrant_collection: str = "tiermesh_passages"
     embedding_provider: str = "local"
-    embedding_model: str = "multilingual-e5-small"
+    embedding_model: str = "multilingual-e5-small+use-multilingual-v3"
     embedding_dimension: int = 384
     embedding_api_key_env: str = ""
     embedding_api_base: str = ""
@@ -67,7 +73,7 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> K
         raise ConfigError(
             f"{where}.embedding.provider: must be one of {', '.join(EMBEDDING_PROVIDERS)}, got {provider!r}"
         )
-    model = config.get_str(embedding, "model", "multilingual-e5-small", where=f"{where}.embedding")
+    model = config.get_str(embedding, "model", "multilingual-e5-small+use-multilingual-v3", where=f"{where}.embedding")
     if provider == "local" and model not in LOCAL_MODELS:
         raise ConfigError(
             f"{where}.embedding.model: the local provider runs {', '.join(LOCAL_MODELS)}, got {model!r}"
@@ -89,7 +95,7 @@ def load(tree: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> K
         else _path(config.get_str(qdrant, "path", "qdrant", where=f"{where}.qdrant"), config.data_dir(tree)),
         qdrant_url=url,
         qdrant_api_key=env.get(key_env, "") if key_env else "",
-        qdrant_collection=config.get_str(qdrant, "collection", "tiermesh_chunks", where=f"{where}.qdrant"),
+        qdrant_collection=config.get_str(qdrant, "collection", "tiermesh_passages", where=f"{where}.qdrant"),
         embedding_provider=provider,
         embedding_model=model,
         embedding_dimension=config.get_int(embedding, "dimension", 384, where=f"{where}.embedding", lo=1, hi=65536),

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.knowledge.chunking import TokenCounter, approximate_tokens
-from services.runtime import e5
+from services.runtime import e5, use
 from services.runtime.errors import Unavailable
 
 log = logging.getLogger("tiermesh.knowledge")
@@ -211,6 +211,78 @@ class E5Embedder(_BatchingEmbedder):
     def _encode(self, texts: list[str], query: bool) -> Vectors:
         vectors: Vectors = self._model.encode([e5.c_text(t) for t in texts], is_query=query)
         return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
+
+
+class USEEmbedder(_BatchingEmbedder):
+    """Google's Universal Sentence Encoder, multilingual v3 (services/runtime/use.py): 512
+    dimensions, trained to put a sentence and its translation together. It reads a whole text at
+    any length; the chunker counts its words (it has no limit of its own)."""
+
+    name = use.NAME
+
+    def __init__(self, batch_size: int = 32, threads: int = 1) -> None:
+        super().__init__(batch_size)
+        self.threads = threads
+        self.dimension = use.DIMENSION
+        self.max_tokens = 512
+        self._model: Any = None
+
+    def _load(self) -> None:
+        self._model = use.load(self.threads)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return approximate_tokens(texts)
+
+    def _encode(self, texts: list[str], query: bool) -> Vectors:
+        vectors: Vectors = self._model.encode([e5.c_text(t) for t in texts])
+        return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
+
+
+class PairEmbedder(_BatchingEmbedder):
+    """Two models read every text; the vector is both of theirs, each scaled by the square root
+    of its share (`weight` for the first): still of length 1, and the cosine of two such vectors
+    is the weighted mean of the two models' cosines. So a store searches both models at once,
+    with one vector a passage, and a passage either model finds close is a candidate.
+
+    multilingual-e5-small beside the Universal Sentence Encoder: e5 ranks finely within a
+    language, USE bridges the two (bench/README.md, "Quality", measures each and the pair).
+    Passages are cut by the first model's tokens."""
+
+    def __init__(self, first: E5Embedder, second: USEEmbedder, weight: float = 0.5, batch_size: int = 32) -> None:
+        super().__init__(batch_size)
+        if not 0 < weight < 1:
+            raise ValueError(f"the first model's share must be between 0 and 1, got {weight}")
+        self.first, self.second, self.weight = first, second, weight
+        self.name = f"{first.name}+{second.name}"
+        self.max_tokens = first.max_tokens
+
+    def _load(self) -> None:
+        self.first._load()
+        self.second._load()
+        self.dimension = self.first.dimension + self.second.dimension
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.first.count_tokens(texts)
+
+    def _encode(self, texts: list[str], query: bool) -> Vectors:
+        a = self.first._encode(texts, query) * np.float32(np.sqrt(self.weight))
+        b = self.second._encode(texts, query) * np.float32(np.sqrt(1 - self.weight))
+        return np.ascontiguousarray(np.hstack([a, b]), dtype=np.float32)
+
+
+PAIR = f"multilingual-e5-small+{use.NAME}"
+
+
+def local_embedder(model: str, batch_size: int = 32, threads: int = 0) -> Embedder:
+    """The local model `knowledge.embedding.model` names (config.LOCAL_MODELS), on `threads`
+    threads (0: the engine's default); USE always runs on one."""
+    if model in E5_MODELS:
+        return E5Embedder(model, batch_size=batch_size, threads=threads)
+    if model == use.NAME:
+        return USEEmbedder(batch_size=batch_size)
+    if model == PAIR:
+        return PairEmbedder(E5Embedder(threads=threads), USEEmbedder(), batch_size=batch_size)
+    return LocalEmbedder(batch_size=batch_size, threads=threads)
 
 
 class LiteLLMEmbedder:

@@ -10,7 +10,7 @@ from tiermesh.knowledge.v1 import knowledge_service_pb2 as pb
 
 from services.knowledge import config as knowledge_config
 from services.knowledge.config import KnowledgeConfig
-from services.knowledge.embedder import E5_MODELS, E5Embedder, Embedder, LiteLLMEmbedder, LocalEmbedder
+from services.knowledge.embedder import Embedder, LiteLLMEmbedder, local_embedder
 from services.knowledge.keywords import Synonyms
 from services.knowledge.servicer import KnowledgeServicer
 from services.knowledge.store import KnowledgeStore
@@ -27,10 +27,8 @@ def build_store(cfg: KnowledgeConfig) -> KnowledgeStore:
         embedder = LiteLLMEmbedder(
             cfg.embedding_model, cfg.embedding_dimension, cfg.embedding_api_key_env, cfg.embedding_api_base
         )
-    elif cfg.embedding_model in E5_MODELS:
-        embedder = E5Embedder(cfg.embedding_model, batch_size=cfg.embedding_batch_size, threads=cfg.embedding_threads)
     else:
-        embedder = LocalEmbedder(batch_size=cfg.embedding_batch_size, threads=cfg.embedding_threads)
+        embedder = local_embedder(cfg.embedding_model, cfg.embedding_batch_size, cfg.embedding_threads)
     synonyms = Synonyms()
     if cfg.synonyms_path is not None:
         try:

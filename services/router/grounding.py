@@ -57,7 +57,7 @@ class GroundingSettings:
     intents: frozenset[str] = frozenset({"faq", "support", "sales", "technical"})
     collection: str = "default"
     top_k: int = 4
-    min_score: float = 0.80
+    min_score: float = 0.54
     deadline_s: float = 0.4
     max_context_chars: int = 6000
     failures_to_pause: int = 3
@@ -77,7 +77,7 @@ class GroundingSettings:
             intents=frozenset(intents),
             collection=collection,
             top_k=config.get_int(node, "top_k", 4, where=where, lo=1, hi=50),
-            min_score=config.get_float(node, "min_score", 0.80, where=where, lo=0, hi=1),
+            min_score=config.get_float(node, "min_score", 0.54, where=where, lo=0, hi=1),
             deadline_s=config.get_int(node, "deadline_ms", 400, where=where, lo=1, hi=60_000) / 1000,
             max_context_chars=config.get_int(node, "max_context_chars", 6000, where=where, lo=200, hi=30_000),
             failures_to_pause=config.get_int(node, "failures_to_pause", 3, where=where, lo=1, hi=1000),

@@ -272,19 +272,22 @@ async def test_an_operator_pins_a_deployment_by_name_and_no_one_else_may(api: Ap
 
 
 async def test_embeddings_come_from_the_knowledge_bases_model_in_either_encoding(api: Api) -> None:
+    """The knowledge base's model: multilingual-e5-small and USE side by side (384 + 512 dimensions)."""
+    MODEL = "multilingual-e5-small+use-multilingual-v3"  # noqa: N806 - a name the test reads like a constant
+
     def embed() -> openai.types.CreateEmbeddingResponse:
         with sync_client(api) as client:  # the SDK asks for base64 and decodes it
             return client.embeddings.create(model="auto", input=["Where is my order?", "Onde está meu pedido?"])
 
     reply = await asyncio.to_thread(embed)
-    assert [d.index for d in reply.data] == [0, 1] and reply.model == "multilingual-e5-small"
+    assert [d.index for d in reply.data] == [0, 1] and reply.model == MODEL
     assert reply.usage.prompt_tokens > 0 and reply.usage.total_tokens == reply.usage.prompt_tokens
     vector = reply.data[0].embedding
-    assert len(vector) == 384 and abs(sum(v * v for v in vector) - 1.0) < 1e-3
+    assert len(vector) == 896 and abs(sum(v * v for v in vector) - 1.0) < 1e-3
     async with httpx.AsyncClient(timeout=30) as raw:
         floats = await raw.post(
             api.url + "/embeddings",
-            json={"model": "multilingual-e5-small", "input": "Where is my order?", "encoding_format": "float"},
+            json={"model": MODEL, "input": "Where is my order?", "encoding_format": "float"},
             headers=api.auth,
         )
     assert floats.status_code == 200
@@ -293,7 +296,7 @@ async def test_embeddings_come_from_the_knowledge_bases_model_in_either_encoding
     client = async_client(api)
     with pytest.raises(openai.NotFoundError) as other_model:
         await client.embeddings.create(model="text-embedding-3-large", input="hi")
-    assert other_model.value.code == "model_not_found" and "multilingual-e5-small" in other_model.value.message
+    assert other_model.value.code == "model_not_found" and MODEL in other_model.value.message
     for bad, param in (([], "input"), ([[1, 2, 3]], "input"), ([""], "texts[0]"), ("x" * 16_385, "16384")):
         with pytest.raises(openai.BadRequestError) as refused:
             await client.embeddings.create(model="auto", input=bad, encoding_format="float")  # type: ignore[arg-type]

