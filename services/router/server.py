@@ -52,7 +52,7 @@ async def main() -> None:
     if router.second is not None:
         # The second opinion's model loads beside start-up, not on the first unsure message: that
         # message does not wait for it, and the memory the process holds is what it will keep.
-        threading.Thread(target=router.second.engine.model, name="e5-load", daemon=True).start()
+        threading.Thread(target=router.second.engine.model, name="embedding-load", daemon=True).start()
     channel = tls.channel(tree, "inference", "router")
     generate_raw = channel.unary_stream(
         "/tiermesh.inference.v1.InferenceService/Generate",

