@@ -117,6 +117,7 @@ class KnowledgeStore:
         self.chunker: Chunker | None = None
         self._locks = _KeyedLocks()
         self._fingerprint = ""
+        self._one_model = False  # every stored passage is known to be this model's (local mode)
 
     @property
     def local(self) -> bool:
@@ -155,6 +156,7 @@ class KnowledgeStore:
             await self._warn_of_other_models(name)
             await self._count_passages(name)
             return
+        self._one_model = self.local
         await self.client.create_collection(
             name,
             vectors_config={DENSE: qm.VectorParams(size=self.embedder.dimension, distance=qm.Distance.COSINE)},
@@ -186,7 +188,10 @@ class KnowledgeStore:
         assert self.client is not None
         other = qm.Filter(must_not=[qm.FieldCondition(key="model", match=qm.MatchValue(value=self.embedder.name))])
         # An estimate: an exact count would read every point of a large collection at each start.
-        stale = (await self.client.count(name, count_filter=other, exact=False)).count
+        stale = (await self.client.count(name, count_filter=other, exact=self.local)).count
+        # Embedded local mode locks its directory to this process, which writes with this model
+        # only: with no other model's passages now, searches need not check each point's model.
+        self._one_model = self.local and stale == 0
         if stale:
             log.warning(
                 "passages embedded by another model are not searched until their documents are ingested again",
@@ -350,10 +355,9 @@ class KnowledgeStore:
         meaning and as many best by keywords, each with its cosine and its raw keyword score. What they
         are does not depend on the ranking's weights (`rank` applies those)."""
         client = self._client()
-        conditions: list[qm.Condition] = [
-            _tenant(collection),
-            qm.FieldCondition(key="model", match=qm.MatchValue(value=self.embedder.name)),
-        ]
+        conditions: list[qm.Condition] = [_tenant(collection)]
+        if not self._one_model:
+            conditions.append(qm.FieldCondition(key="model", match=qm.MatchValue(value=self.embedder.name)))
         conditions += [
             qm.FieldCondition(key=f"meta.{k}", match=qm.MatchValue(value=v)) for k, v in (filters or {}).items()
         ]
@@ -396,7 +400,8 @@ class KnowledgeStore:
                     self.cfg.qdrant_collection,
                     query=qm.SparseVector(indices=sparse.indices, values=sparse.values),
                     using=SPARSE,
-                    query_filter=qm.Filter(must=[*conditions, qm.HasIdCondition(has_id=list(unscored))]),
+                    # These ids came from the filtered query above: they are this tenant's.
+                    query_filter=qm.Filter(must=[qm.HasIdCondition(has_id=list(unscored))]),
                     limit=len(unscored),
                     with_payload=False,  # the scores alone: the payloads came with the first query
                 )

@@ -161,7 +161,7 @@ async def test_passages_another_model_embedded_are_left_out_until_ingested_again
     store: KnowledgeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A collection written by another model (the same dimensions, another space):
-    its passages would rank at random, so they are not searched, start-up says how many, and the
+    its passages would rank at random, so start-up says how many, they are not searched, and the
     next upsert of the document re-embeds it."""
     from qdrant_client import models as qm
 
@@ -191,10 +191,10 @@ async def test_passages_another_model_embedded_are_left_out_until_ingested_again
         ],
         wait=True,
     )
-    assert await store.search(col, "desconto no pix", top_k=3) == []
     with caplog.at_level("WARNING", logger="tiermesh.knowledge"):
-        await store._warn_of_other_models(store.cfg.qdrant_collection)
+        await store._warn_of_other_models(store.cfg.qdrant_collection)  # what opening the store does
     assert any("not searched until their documents are ingested again" in r.getMessage() for r in caplog.records)
+    assert await store.search(col, "desconto no pix", top_k=3) == []
     await store.upsert(col, [kstore.DocumentIn(PIX.id, PIX.text, PIX.title, {})])
     hits = await store.search(col, "desconto no pix", top_k=3)
     assert hits and hits[0].document_id == "pagamento-pix" and hits[0].chunk_id != "pagamento-pix#0-old"
