@@ -57,6 +57,7 @@ class GroundingSettings:
     intents: frozenset[str] = frozenset({"faq", "support", "sales", "technical"})
     collection: str = "default"
     top_k: int = 4
+    passages_per_document: int = 2
     min_score: float = 0.54
     deadline_s: float = 0.4
     max_context_chars: int = 6000
@@ -77,6 +78,7 @@ class GroundingSettings:
             intents=frozenset(intents),
             collection=collection,
             top_k=config.get_int(node, "top_k", 4, where=where, lo=1, hi=50),
+            passages_per_document=config.get_int(node, "passages_per_document", 2, where=where, lo=1, hi=50),
             min_score=config.get_float(node, "min_score", 0.54, where=where, lo=0, hi=1),
             deadline_s=config.get_int(node, "deadline_ms", 400, where=where, lo=1, hi=60_000) / 1000,
             max_context_chars=config.get_int(node, "max_context_chars", 6000, where=where, lo=200, hi=30_000),
@@ -102,6 +104,25 @@ def boundary(ids: str, texts: Sequence[str], key: bytes = _BOUNDARY_KEY) -> str:
         if not any(candidate in t for t in texts):
             return candidate
     raise AssertionError("no boundary found in 100 tries")  # 96 random bits each: never
+
+
+# Passages asked of Knowledge for each one a chat may use, so that the cap per document leaves
+# enough from other documents to fill `top_k` (Knowledge returns at most 50).
+_OVERFETCH = 3
+
+
+def spread(chunks: Sequence[kpb.Chunk], top_k: int, per_document: int) -> list[kpb.Chunk]:
+    """The best `top_k` passages (`chunks` best first) with at most `per_document` from any one
+    document, in the order they came."""
+    kept: list[kpb.Chunk] = []
+    taken: dict[str, int] = {}
+    for chunk in chunks:
+        if len(kept) == top_k:
+            break
+        if taken.get(chunk.document_id, 0) < per_document:
+            taken[chunk.document_id] = taken.get(chunk.document_id, 0) + 1
+            kept.append(chunk)
+    return kept
 
 
 def frame(chunks: Sequence[kpb.Chunk], max_chars: int, key: bytes = _BOUNDARY_KEY) -> Grounded:
@@ -175,8 +196,9 @@ class Grounding:
             KNOWLEDGE_SEARCHES.labels("skipped").inc()
             return Grounded(unavailable=True)
         timeout = s.deadline_s if remaining_s is None else max(0.001, min(s.deadline_s, remaining_s))
+        wanted = s.top_k if s.passages_per_document >= s.top_k else min(50, s.top_k * _OVERFETCH)
         request = kpb.SearchRequest(
-            collection=s.collection, query=question.strip()[:MAX_QUERY_CHARS], top_k=s.top_k, min_score=s.min_score
+            collection=s.collection, query=question.strip()[:MAX_QUERY_CHARS], top_k=wanted, min_score=s.min_score
         )
         try:
             response = await self.search(request, timeout=timeout, metadata=((identity.REQUEST_ID, request_id),))
@@ -189,6 +211,6 @@ class Grounding:
             KNOWLEDGE_SEARCHES.labels("unavailable").inc()
             return Grounded(unavailable=True)
         self.pause.succeeded()
-        grounded = frame(response.chunks, s.max_context_chars)
+        grounded = frame(spread(response.chunks, s.top_k, s.passages_per_document), s.max_context_chars)
         KNOWLEDGE_SEARCHES.labels("grounded" if grounded.citations else "no_match").inc()
         return grounded

@@ -145,6 +145,7 @@ SCHEMA: dict[str, Any] = {
                 "intents",
                 "collection",
                 "top_k",
+                "passages_per_document",
                 "min_score",
                 "deadline_ms",
                 "max_context_chars",

@@ -107,6 +107,19 @@ async def test_answer_streams_citations_before_tokens_and_the_prompt_holds_the_p
     )
 
 
+async def test_a_question_two_articles_answer_cites_both_whatever_their_language(grounded: Mesh) -> None:
+    """Asked in Portuguese about shipping to Lisbon and its price: the price article (Portuguese)
+    ranks first with all its passages, the Portugal article (English) right after. The prompt
+    takes at most two passages of one article, so both articles reach the model and are cited."""
+    question = "vcs entregam em lisboa? quanto custa o frete?"
+    events = await chat(grounded, question)
+    cited = [e.citation.document_id for e in events if e.HasField("citation")]
+    assert cited[:2] == ["frete-e-frete-gratis.pt", "shipping-to-portugal.en"], cited
+    assert all(len(e.citation.chunk_ids) <= 2 for e in events if e.HasField("citation"))
+    record = await grounded.sim_record(events[0].decision.request_id)
+    assert record["messages"][-2]["content"].count('id="shipping-to-portugal.en"') == 1
+
+
 async def test_questions_outside_the_knowledge_intents_are_not_grounded(grounded: Mesh) -> None:
     events = await chat(grounded, "olá, tudo bem?")
     assert events[0].decision.intent == c.INTENT_GREETING
