@@ -97,9 +97,9 @@ class Engine(Protocol):
 
 class UseEngine:
     """Google's Universal Sentence Encoder, multilingual v3 (services/runtime/use.py), loaded once
-    (1.5-2.5 s: its weights are unpacked; the Router starts the load on a thread of its own at
-    start-up, else the first call loads it). It reads the opening's words; one BLAS thread, as a
-    query takes a few milliseconds."""
+    (1.5-2.5 s: its weights are unpacked; the Router service loads it before it reports SERVING,
+    elsewhere the first call loads it). It reads the opening's words; one BLAS thread, as a query
+    takes a few milliseconds."""
 
     name = use.NAME
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 
 from tiermesh.analytics.v1 import analytics_service_pb2_grpc as apb_grpc
 from tiermesh.inference.v1 import inference_service_pb2 as ipb
@@ -49,10 +49,6 @@ async def main() -> None:
             "models": config.get_str(router_cfg, "models_path", "", where="router") or "shipped",
         },
     )
-    if router.second is not None:
-        # The second opinion's model loads beside start-up, not on the first unsure message: that
-        # message does not wait for it, and the memory the process holds is what it will keep.
-        threading.Thread(target=router.second.engine.model, name="embedding-load", daemon=True).start()
     channel = tls.channel(tree, "inference", "router")
     generate_raw = channel.unary_stream(
         "/tiermesh.inference.v1.InferenceService/Generate",
@@ -85,6 +81,15 @@ async def main() -> None:
         await knowledge_channel.close(None)
         await analytics_channel.close(None)
 
+    async def ready() -> bool:
+        # The second opinion's model loads before the Router reports SERVING (it listens, and is
+        # alive, meanwhile): no unsure message waits for it, the memory the process holds is what
+        # it will keep, and the seconds of CPU the load takes are not spent beside live traffic.
+        if router.second is not None:
+            await asyncio.to_thread(router.second.engine.model)
+            log.info("second opinion's model loaded", extra={"model": router.second.engine.name})
+        return True
+
     # Chat's encoder lets the events relayed from Inference through as they came, pre-encoded.
     served = contract.served(pb.DESCRIPTOR.services_by_name["RouterService"], servicer, {"Chat": serialize_chat})
     await serve(
@@ -92,6 +97,7 @@ async def main() -> None:
         tree,
         log,
         served,
+        ready=ready,
         on_stop=stop,
         callers={served.path("Chat"): CALLERS, served.path("Route"): CALLERS},
     )
