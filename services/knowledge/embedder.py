@@ -234,7 +234,7 @@ class USEEmbedder(_BatchingEmbedder):
         return approximate_tokens(texts)
 
     def _encode(self, texts: list[str], query: bool) -> Vectors:
-        vectors: Vectors = self._model.encode([e5.c_text(t) for t in texts])
+        vectors: Vectors = self._model.encode(texts)
         return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
 
 

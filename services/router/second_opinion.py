@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,9 +90,25 @@ class Engine(Protocol):
 
     name: str
 
-    def model(self) -> Any: ...
+    model: Callable[[], Any]  # loads the model once, then returns it
+
     def opening(self, text: str, length: int) -> str: ...
     def vectors(self, openings: Sequence[str]) -> list[list[float]]: ...
+
+
+class _Once:
+    """A model loaded by its first caller; callers meanwhile wait for it rather than load it too."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
 
 
 class UseEngine:
@@ -104,18 +120,11 @@ class UseEngine:
     name = use.NAME
 
     def __init__(self) -> None:
-        self._use: Any = None
-        self._lock = threading.Lock()
-
-    def model(self) -> Any:
-        with self._lock:
-            if self._use is None:
-                self._use = use.load(threads=1)
-            return self._use
+        self.model: Callable[[], Any] = _Once(lambda: use.load(threads=1))
 
     def opening(self, text: str, length: int = HEAD_WORDS) -> str:
         """The message's first `length` words (at most 160 characters, cut at a word), whitespace folded."""
-        words = e5.c_text(text).split()[:length]
+        words = text.split()[:length]
         opening = " ".join(words)
         if len(opening) > _HEAD_CHARS:
             cut = opening[: _HEAD_CHARS + 1].rsplit(" ", 1)[0]
@@ -135,14 +144,7 @@ class E5Engine:
 
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
-        self._e5: Any = None
-        self._lock = threading.Lock()
-
-    def model(self) -> Any:
-        with self._lock:
-            if self._e5 is None:
-                self._e5 = e5.load(threads=self.threads)
-            return self._e5
+        self.model: Callable[[], Any] = _Once(lambda: e5.load(threads=threads))
 
     def opening(self, text: str, length: int = HEAD_TOKENS) -> str:
         """The message's first `length` tokens (cut at a word), whitespace folded."""
