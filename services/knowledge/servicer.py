@@ -61,6 +61,7 @@ class KnowledgeServicer(pb_grpc.KnowledgeServiceServicer):
                 top_k=request.top_k or DEFAULT_TOP_K,
                 filters=dict(request.filters),
                 min_score=request.min_score,
+                per_document=request.max_per_document,
             )
         finally:
             metrics.SEARCH_DURATION.observe(time.perf_counter() - started)

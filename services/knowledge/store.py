@@ -344,9 +344,10 @@ class KnowledgeStore:
         top_k: int = 5,
         filters: Mapping[str, str] | None = None,
         min_score: float = 0.0,
+        per_document: int = 0,
     ) -> list[Hit]:
         found = await self.candidates(collection, query, filters, at_least=top_k)
-        return rank(self.cfg, keywords.language(query), found, top_k, min_score)
+        return rank(self.cfg, keywords.language(query), found, top_k, min_score, per_document)
 
     async def candidates(
         self, collection: str, query: str, filters: Mapping[str, str] | None = None, at_least: int = 0
@@ -419,9 +420,15 @@ class Candidate:
 
 
 def rank(
-    cfg: KnowledgeConfig, asked_in: str, found: Sequence[Candidate], top_k: int, min_score: float = 0.0
+    cfg: KnowledgeConfig,
+    asked_in: str,
+    found: Sequence[Candidate],
+    top_k: int,
+    min_score: float = 0.0,
+    per_document: int = 0,
 ) -> list[Hit]:
-    """Score and order the candidates of a question asked in language `asked_in` ('' unknown).
+    """Score and order the candidates of a question asked in language `asked_in` ('' unknown),
+    and keep the best `top_k` with at most `per_document` (0: any number) of one document.
 
     A passage's own score is semantic_weight * cosine + (1 - semantic_weight) * keyword (the BM25
     score squashed as s / (s + keyword_saturation)), with cross_language_boost on the cosine of a
@@ -446,7 +453,25 @@ def rank(
     )
     kept = [i for i, score in enumerate(blended) if score >= min_score]
     kept.sort(key=lambda i: (-blended[i], str(found[i].payload.get("chunk_id", ""))))
+    if per_document:
+        kept = _at_most_per_document(kept, [str(c.payload.get("document_id", "")) for c in found], per_document, top_k)
     return [_hit(found[i], blended[i], sat) for i in kept[:top_k]]
+
+
+def _at_most_per_document(ranked: Sequence[int], documents: Sequence[str], cap: int, top_k: int) -> list[int]:
+    """The first `top_k` of `ranked` (indices, best first) with at most `cap` of any one document.
+    A document's passages rank together (the article blend), so without a cap the best article
+    alone can fill every place and the next, often the one in the other language, goes unseen."""
+    out: list[int] = []
+    taken: dict[str, int] = {}
+    for i in ranked:
+        if len(out) == top_k:
+            break
+        doc = documents[i]
+        if taken.get(doc, 0) < cap:
+            taken[doc] = taken.get(doc, 0) + 1
+            out.append(i)
+    return out
 
 
 def _hit(c: Candidate, score: float, saturation: float) -> Hit:

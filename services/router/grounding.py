@@ -106,25 +106,6 @@ def boundary(ids: str, texts: Sequence[str], key: bytes = _BOUNDARY_KEY) -> str:
     raise AssertionError("no boundary found in 100 tries")  # 96 random bits each: never
 
 
-# Passages asked of Knowledge for each one a chat may use, so that the cap per document leaves
-# enough from other documents to fill `top_k` (Knowledge returns at most 50).
-_OVERFETCH = 3
-
-
-def spread(chunks: Sequence[kpb.Chunk], top_k: int, per_document: int) -> list[kpb.Chunk]:
-    """The best `top_k` passages (`chunks` best first) with at most `per_document` from any one
-    document, in the order they came."""
-    kept: list[kpb.Chunk] = []
-    taken: dict[str, int] = {}
-    for chunk in chunks:
-        if len(kept) == top_k:
-            break
-        if taken.get(chunk.document_id, 0) < per_document:
-            taken[chunk.document_id] = taken.get(chunk.document_id, 0) + 1
-            kept.append(chunk)
-    return kept
-
-
 def frame(chunks: Sequence[kpb.Chunk], max_chars: int, key: bytes = _BOUNDARY_KEY) -> Grounded:
     """Passages (best first) grouped by document, numbered in order of each document's best passage."""
     by_doc: dict[str, list[kpb.Chunk]] = {}
@@ -196,9 +177,12 @@ class Grounding:
             KNOWLEDGE_SEARCHES.labels("skipped").inc()
             return Grounded(unavailable=True)
         timeout = s.deadline_s if remaining_s is None else max(0.001, min(s.deadline_s, remaining_s))
-        wanted = s.top_k if s.passages_per_document >= s.top_k else min(50, s.top_k * _OVERFETCH)
         request = kpb.SearchRequest(
-            collection=s.collection, query=question.strip()[:MAX_QUERY_CHARS], top_k=wanted, min_score=s.min_score
+            collection=s.collection,
+            query=question.strip()[:MAX_QUERY_CHARS],
+            top_k=s.top_k,
+            min_score=s.min_score,
+            max_per_document=s.passages_per_document if s.passages_per_document < s.top_k else 0,
         )
         try:
             response = await self.search(request, timeout=timeout, metadata=((identity.REQUEST_ID, request_id),))
@@ -211,6 +195,6 @@ class Grounding:
             KNOWLEDGE_SEARCHES.labels("unavailable").inc()
             return Grounded(unavailable=True)
         self.pause.succeeded()
-        grounded = frame(spread(response.chunks, s.top_k, s.passages_per_document), s.max_context_chars)
+        grounded = frame(response.chunks, s.max_context_chars)
         KNOWLEDGE_SEARCHES.labels("grounded" if grounded.citations else "no_match").inc()
         return grounded

@@ -171,6 +171,21 @@ async def test_a_large_document_is_chunked_and_every_chunk_is_retrievable(knowle
     assert all(i in covered for i, ch in enumerate(text) if not ch.isspace())
 
 
+async def test_max_per_document_lets_the_next_documents_in(knowledge: Stub) -> None:
+    col = fresh()
+    step = "## Pix step {0}\n\nPix payment step {0}: open your bank app and scan the Pix QR code."
+    sections = [step.format(i) for i in range(6)]
+    long_pix = pb.Document(id="pix-guide", title="Pix, step by step", text="\n\n".join(sections))
+    reply = await upsert(knowledge, col, long_pix, PIX, BOLETO, RETURNS)
+    assert reply.chunks_written >= 6
+    question = "how do I pay with a Pix QR code?"
+    uncapped = await search(knowledge, col, question, top_k=4)
+    assert [h.document_id for h in uncapped].count("pix-guide") >= 3  # one article takes the places
+    capped = await search(knowledge, col, question, top_k=4, max_per_document=1)
+    assert len(capped) == 4 and len({h.document_id for h in capped}) == 4
+    assert [h.score for h in capped] == sorted((h.score for h in capped), reverse=True)
+
+
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
@@ -189,6 +204,7 @@ async def test_a_large_document_is_chunked_and_every_chunk_is_retrievable(knowle
         (pb.SearchRequest(collection="c", query="q" * 4097), "4096"),
         (pb.SearchRequest(collection="c", query="q", top_k=51), "top_k"),
         (pb.SearchRequest(collection="c", query="q", min_score=1.5), "min_score"),
+        (pb.SearchRequest(collection="c", query="q", max_per_document=51), "max_per_document"),
         (pb.DeleteDocumentsRequest(collection="c"), "document_ids"),
     ],
 )

@@ -102,3 +102,24 @@ def test_each_passage_is_blended_with_its_own_documents_best_others() -> None:
             others += [weakest] * max(0, exist - len(others))
             others += [s] * (siblings - len(others))
             assert got[i] == pytest.approx((s + 0.3 * sum(others) / siblings) / 1.3)
+
+
+def test_one_article_cannot_take_every_place() -> None:
+    """Passages of one article rank together: with a cap per document, the next articles (often
+    the one written in the other language) fill the places the best article would have taken,
+    and a passage the cap skips is never replaced by one scoring below `min_score`."""
+    flat = dataclasses.replace(CFG, document_weight=0.0)
+    found = [passage("frete", i, 0.9 - i * 0.01) for i in range(5)]
+    found += [passage("portugal", 0, 0.80, lang="pt"), passage("prazos", 0, 0.79)]
+    found += [passage("portugal", 1, 0.70, lang="pt"), passage("careers", 0, 0.2)]
+    ids = lambda hits: [h.chunk_id for h in hits]  # noqa: E731
+    assert ids(rank(flat, "en", found, 4)) == ["frete#0", "frete#1", "frete#2", "frete#3"]
+    capped = rank(flat, "en", found, 4, per_document=2)
+    assert ids(capped) == ["frete#0", "frete#1", "portugal#0", "prazos#0"]
+    assert [h.score for h in capped] == sorted((h.score for h in capped), reverse=True)
+    # 0 or a cap at top_k or above changes nothing; fewer passages than top_k are all kept.
+    assert ids(rank(flat, "en", found, 4, per_document=4)) == ids(rank(flat, "en", found, 4))
+    assert ids(rank(flat, "en", found[:3], 4, per_document=1)) == ["frete#0"]
+    assert rank(flat, "en", [], 4, per_document=2) == []
+    # The cap never lets in what min_score keeps out.
+    assert "careers#0" not in ids(rank(flat, "en", found, 8, min_score=0.5, per_document=1))

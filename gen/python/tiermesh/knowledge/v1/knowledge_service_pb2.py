@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tiermesh.common.v1 import limits_pb2 as tiermesh_dot_common_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tiermesh/knowledge/v1/knowledge_service.proto\x12\x15tiermesh.knowledge.v1\x1a\x1ftiermesh/common/v1/limits.proto\"\xd6\x01\n\x08\x44ocument\x12\x17\n\x02id\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x02\x12\x16\n\x05title\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x04\x12\x1a\n\x04text\x18\x03 \x01(\tB\x0c\xca\xf3\x18\x08\x08\x01\x10\x01\x18\x80\x89z\x12L\n\x08metadata\x18\x04 \x03(\x0b\x32-.tiermesh.knowledge.v1.Document.MetadataEntryB\x0b\xca\xf3\x18\x07  @@H\x80\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x16UpsertDocumentsRequest\x12\x1f\n\ncollection\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12=\n\tdocuments\x18\x02 \x03(\x0b\x32\x1f.tiermesh.knowledge.v1.DocumentB\t\xca\xf3\x18\x05\x08\x01 \x80\x02\"M\n\x17UpsertDocumentsResponse\x12\x1a\n\x12\x64ocuments_upserted\x18\x01 \x01(\r\x12\x16\n\x0e\x63hunks_written\x18\x02 \x01(\r\"Z\n\x16\x44\x65leteDocumentsRequest\x12\x1f\n\ncollection\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12\x1f\n\x0c\x64ocument_ids\x18\x02 \x03(\tB\t\xca\xf3\x18\x05\x08\x01 \x80\x08\"4\n\x17\x44\x65leteDocumentsResponse\x12\x19\n\x11\x64ocuments_deleted\x18\x01 \x01(\r\"\x9f\x02\n\rSearchRequest\x12\x1f\n\ncollection\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12\x1a\n\x05query\x18\x02 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80 \x12%\n\x05top_k\x18\x03 \x01(\rB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00I@\x12O\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x31.tiermesh.knowledge.v1.SearchRequest.FiltersEntryB\x0b\xca\xf3\x18\x07 \x10@@H\x80\x08\x12)\n\tmin_score\x18\x05 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xf0?\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x0eSearchResponse\x12,\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1c.tiermesh.knowledge.v1.Chunk\"\x94\x02\n\x05\x43hunk\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\r\x12\x0b\n\x03\x65nd\x18\x06 \x01(\r\x12\r\n\x05score\x18\x07 \x01(\x02\x12\x16\n\x0esemantic_score\x18\x08 \x01(\x02\x12\x15\n\rkeyword_score\x18\t \x01(\x02\x12<\n\x08metadata\x18\n \x03(\x0b\x32*.tiermesh.knowledge.v1.Chunk.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0c\x45mbedRequest\x12\x1e\n\x05texts\x18\x01 \x03(\tB\x0f\xca\xf3\x18\x0b\x08\x01\x10\x01\x18\x80\x80\x01 \x80\x02\x12\x16\n\x05model\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\"k\n\rEmbedResponse\x12\x34\n\nembeddings\x18\x01 \x03(\x0b\x32 .tiermesh.knowledge.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\".\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\xa1\x03\n\x10KnowledgeService\x12p\n\x0fUpsertDocuments\x12-.tiermesh.knowledge.v1.UpsertDocumentsRequest\x1a..tiermesh.knowledge.v1.UpsertDocumentsResponse\x12p\n\x0f\x44\x65leteDocuments\x12-.tiermesh.knowledge.v1.DeleteDocumentsRequest\x1a..tiermesh.knowledge.v1.DeleteDocumentsResponse\x12U\n\x06Search\x12$.tiermesh.knowledge.v1.SearchRequest\x1a%.tiermesh.knowledge.v1.SearchResponse\x12R\n\x05\x45mbed\x12#.tiermesh.knowledge.v1.EmbedRequest\x1a$.tiermesh.knowledge.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-tiermesh/knowledge/v1/knowledge_service.proto\x12\x15tiermesh.knowledge.v1\x1a\x1ftiermesh/common/v1/limits.proto\"\xd6\x01\n\x08\x44ocument\x12\x17\n\x02id\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x02\x12\x16\n\x05title\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x04\x12\x1a\n\x04text\x18\x03 \x01(\tB\x0c\xca\xf3\x18\x08\x08\x01\x10\x01\x18\x80\x89z\x12L\n\x08metadata\x18\x04 \x03(\x0b\x32-.tiermesh.knowledge.v1.Document.MetadataEntryB\x0b\xca\xf3\x18\x07  @@H\x80\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x16UpsertDocumentsRequest\x12\x1f\n\ncollection\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12=\n\tdocuments\x18\x02 \x03(\x0b\x32\x1f.tiermesh.knowledge.v1.DocumentB\t\xca\xf3\x18\x05\x08\x01 \x80\x02\"M\n\x17UpsertDocumentsResponse\x12\x1a\n\x12\x64ocuments_upserted\x18\x01 \x01(\r\x12\x16\n\x0e\x63hunks_written\x18\x02 \x01(\r\"Z\n\x16\x44\x65leteDocumentsRequest\x12\x1f\n\ncollection\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12\x1f\n\x0c\x64ocument_ids\x18\x02 \x03(\tB\t\xca\xf3\x18\x05\x08\x01 \x80\x08\"4\n\x17\x44\x65leteDocumentsResponse\x12\x19\n\x11\x64ocuments_deleted\x18\x01 \x01(\r\"\xd1\x02\n\rSearchRequest\x12\x1f\n\ncollection\x18\x01 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80\x01\x12\x1a\n\x05query\x18\x02 \x01(\tB\x0b\xca\xf3\x18\x07\x08\x01\x10\x01\x18\x80 \x12%\n\x05top_k\x18\x03 \x01(\rB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00I@\x12O\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x31.tiermesh.knowledge.v1.SearchRequest.FiltersEntryB\x0b\xca\xf3\x18\x07 \x10@@H\x80\x08\x12)\n\tmin_score\x18\x05 \x01(\x02\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00\xf0?\x12\x30\n\x10max_per_document\x18\x06 \x01(\rB\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00\x00I@\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x0eSearchResponse\x12,\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1c.tiermesh.knowledge.v1.Chunk\"\x94\x02\n\x05\x43hunk\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\r\x12\x0b\n\x03\x65nd\x18\x06 \x01(\r\x12\r\n\x05score\x18\x07 \x01(\x02\x12\x16\n\x0esemantic_score\x18\x08 \x01(\x02\x12\x15\n\rkeyword_score\x18\t \x01(\x02\x12<\n\x08metadata\x18\n \x03(\x0b\x32*.tiermesh.knowledge.v1.Chunk.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0c\x45mbedRequest\x12\x1e\n\x05texts\x18\x01 \x03(\tB\x0f\xca\xf3\x18\x0b\x08\x01\x10\x01\x18\x80\x80\x01 \x80\x02\x12\x16\n\x05model\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x02\"k\n\rEmbedResponse\x12\x34\n\nembeddings\x18\x01 \x03(\x0b\x32 .tiermesh.knowledge.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\".\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\xa1\x03\n\x10KnowledgeService\x12p\n\x0fUpsertDocuments\x12-.tiermesh.knowledge.v1.UpsertDocumentsRequest\x1a..tiermesh.knowledge.v1.UpsertDocumentsResponse\x12p\n\x0f\x44\x65leteDocuments\x12-.tiermesh.knowledge.v1.DeleteDocumentsRequest\x1a..tiermesh.knowledge.v1.DeleteDocumentsResponse\x12U\n\x06Search\x12$.tiermesh.knowledge.v1.SearchRequest\x1a%.tiermesh.knowledge.v1.SearchResponse\x12R\n\x05\x45mbed\x12#.tiermesh.knowledge.v1.EmbedRequest\x1a$.tiermesh.knowledge.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,6 +62,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHREQUEST'].fields_by_name['filters']._serialized_options = b'\312\363\030\007 \020@@H\200\010'
   _globals['_SEARCHREQUEST'].fields_by_name['min_score']._loaded_options = None
   _globals['_SEARCHREQUEST'].fields_by_name['min_score']._serialized_options = b'\312\363\030\022)\000\000\000\000\000\000\000\0001\000\000\000\000\000\000\360?'
+  _globals['_SEARCHREQUEST'].fields_by_name['max_per_document']._loaded_options = None
+  _globals['_SEARCHREQUEST'].fields_by_name['max_per_document']._serialized_options = b'\312\363\030\022)\000\000\000\000\000\000\000\0001\000\000\000\000\000\000I@'
   _globals['_CHUNK_METADATAENTRY']._loaded_options = None
   _globals['_CHUNK_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_EMBEDREQUEST'].fields_by_name['texts']._loaded_options = None
@@ -81,21 +83,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=615
   _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=667
   _globals['_SEARCHREQUEST']._serialized_start=670
-  _globals['_SEARCHREQUEST']._serialized_end=957
-  _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_start=911
-  _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_end=957
-  _globals['_SEARCHRESPONSE']._serialized_start=959
-  _globals['_SEARCHRESPONSE']._serialized_end=1021
-  _globals['_CHUNK']._serialized_start=1024
-  _globals['_CHUNK']._serialized_end=1300
+  _globals['_SEARCHREQUEST']._serialized_end=1007
+  _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_start=961
+  _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_end=1007
+  _globals['_SEARCHRESPONSE']._serialized_start=1009
+  _globals['_SEARCHRESPONSE']._serialized_end=1071
+  _globals['_CHUNK']._serialized_start=1074
+  _globals['_CHUNK']._serialized_end=1350
   _globals['_CHUNK_METADATAENTRY']._serialized_start=273
   _globals['_CHUNK_METADATAENTRY']._serialized_end=320
-  _globals['_EMBEDREQUEST']._serialized_start=1302
-  _globals['_EMBEDREQUEST']._serialized_end=1372
-  _globals['_EMBEDRESPONSE']._serialized_start=1374
-  _globals['_EMBEDRESPONSE']._serialized_end=1481
-  _globals['_EMBEDDING']._serialized_start=1483
-  _globals['_EMBEDDING']._serialized_end=1529
-  _globals['_KNOWLEDGESERVICE']._serialized_start=1532
-  _globals['_KNOWLEDGESERVICE']._serialized_end=1949
+  _globals['_EMBEDREQUEST']._serialized_start=1352
+  _globals['_EMBEDREQUEST']._serialized_end=1422
+  _globals['_EMBEDRESPONSE']._serialized_start=1424
+  _globals['_EMBEDRESPONSE']._serialized_end=1531
+  _globals['_EMBEDDING']._serialized_start=1533
+  _globals['_EMBEDDING']._serialized_end=1579
+  _globals['_KNOWLEDGESERVICE']._serialized_start=1582
+  _globals['_KNOWLEDGESERVICE']._serialized_end=1999
 # @@protoc_insertion_point(module_scope)

@@ -211,6 +211,7 @@ class SearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     FILTERS_FIELD_NUMBER: _builtins.int
     MIN_SCORE_FIELD_NUMBER: _builtins.int
+    MAX_PER_DOCUMENT_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """collection is the tenant's collection name: 1 to 128 code points."""
     query: _builtins.str
@@ -219,6 +220,10 @@ class SearchRequest(_message.Message):
     """top_k is the number of chunks to return: 0 (default 5) to 50."""
     min_score: _builtins.float
     """min_score drops chunks whose `score` is below it: 0 (keep all) to 1."""
+    max_per_document: _builtins.int
+    """max_per_document keeps at most this many chunks of any one document, so the next documents
+    fill the rest of top_k: 0 (no cap) to 50. Chunks of one document tend to rank together.
+    """
     @_builtins.property
     def filters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """filters keeps only chunks whose document metadata has these exact values: at most 16."""
@@ -231,10 +236,11 @@ class SearchRequest(_message.Message):
         top_k: _builtins.int = ...,
         filters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         min_score: _builtins.float = ...,
+        max_per_document: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filters", b"filters", "min_score", b"min_score", "query", b"query", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "filters", b"filters", "max_per_document", b"max_per_document", "min_score", b"min_score", "query", b"query", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
