@@ -1,12 +1,12 @@
 """How the second opinion's settings were chosen: 5-fold cross-validation on the train split.
 
-`python -m bench.router_select [--model M] [--tokens 6,9,12,16,24,40]` refits both fast models
-and both second-opinion heads on four fifths of the train split, decides the fifth, and prints
-tier, intent and complexity accuracy (standard users) and the slow path's share for each opening
-length (USE: words; `--model multilingual-e5-small`: e5's tokens), gate and mix; the shipped test
-split is decided by models fitted on the whole train split, beside it. The independent split is
-never read. Embeddings are cached in the data dir (`.tiermesh/router-embeddings-<model>-<length>.npz`),
-so a second run takes the fast models' fitting only.
+`python -m bench.router_select [--model M] [--tokens 6,9,12,16,24,40] [--l2 ...] [--epochs ...]`
+refits both fast models and both second-opinion heads on four fifths of the train split, decides
+the fifth, and prints tier, intent and complexity accuracy (standard users) and the slow path's
+share for each opening length (USE: words; `--model multilingual-e5-small`: e5's tokens), heads'
+L2 penalty and epochs, gate and mix; the shipped test split is decided by models fitted on the
+whole train split, beside it. The independent split is never read. Embeddings are cached in the
+data dir (`.tiermesh/router-embeddings-<model>-<length>.npz`), so a second run takes the fast models' fitting only.
 
 The train split holds the hard cases (short asks for big jobs, the breadth set), so its
 cross-validated accuracy is lower than the test split's; it is the one that tells settings apart.
@@ -51,8 +51,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="6,9,12,16,24,40",
         help="opening lengths to try, comma-separated (USE: words; multilingual-e5-small: its tokens)",
     )
+    parser.add_argument(
+        "--l2",
+        default=str(SECOND_OPINION_PARAMS["l2"]),
+        help="the heads' L2 penalties to try, comma-separated",
+    )
+    parser.add_argument(
+        "--epochs",
+        default=str(SECOND_OPINION_PARAMS["epochs"]),
+        help="the heads' training epochs to try, comma-separated",
+    )
     args = parser.parse_args(argv)
     lengths = [int(n) for n in args.tokens.split(",")]
+    fits = [{"l2": float(l2), "epochs": int(e)} for l2 in args.l2.split(",") for e in args.epochs.split(",")]
 
     policy = load_policy(POLICY_PATH)
     train_rows = load_rows("train")
@@ -85,8 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fast models fitted for {name}", flush=True)
 
     engine = second_opinion.engine(args.model)
-    print(f"\n{'length':>6} gate  mix  | cross-validated tier intent complexity slow | test tier slow")
-    for tokens in lengths:
+    print(
+        f"\n{'length':>6} {'l2':>7} {'epochs':>6} gate  mix  | "
+        "cross-validated tier intent complexity slow | test tier slow"
+    )
+    for tokens, fit in ((t, f) for t in lengths for f in fits):
         cache = REPO_ROOT / ".tiermesh" / f"router-embeddings-{args.model}-{tokens}.npz"
         vectors = embed_openings(engine, [engine.opening(r["text"], tokens) for r in rows], cache)
         inputs = [second_opinion.inputs(v, f, names) for v, f in zip(vectors, cx_x, strict=True)]
@@ -94,9 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opinions: dict[str, list[second_opinion.Opinion]] = {}
         for name, fitted, decided in sets:
             ih, ch = (
-                second_opinion.fit_head(
-                    [inputs[i] for i in fitted], [y[i] for i in fitted], labels, **SECOND_OPINION_PARAMS
-                )
+                second_opinion.fit_head([inputs[i] for i in fitted], [y[i] for i in fitted], labels, **fit)
                 for y, labels in ((y_intent, intent.INTENTS), (y_cx, complexity.LEVELS))
             )
             heads[name] = (ih, ch)
@@ -127,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cv = [sum(t[i] for t in folds) / total for i in range(4)]
                 test = tally["test"]
                 print(
-                    f"{tokens:>6} {gate:<5} {mix:<4} | {cv[0]:>20.4f} {cv[1]:.4f} {cv[2]:.4f} {cv[3]:>10.3f}"
-                    f" | {test[0] / test[4]:.4f} {test[3] / test[4]:.3f}",
+                    f"{tokens:>6} {fit['l2']:>7g} {fit['epochs']:>6} {gate:<5} {mix:<4} | {cv[0]:>20.4f} "
+                    f"{cv[1]:.4f} {cv[2]:.4f} {cv[3]:>10.3f} | {test[0] / test[4]:.4f} {test[3] / test[4]:.3f}",
                     flush=True,
                 )
     return 0

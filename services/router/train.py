@@ -35,7 +35,9 @@ INTENT_PARAMS: dict[str, Any] = {
     "average_from": 0.5,
 }
 COMPLEXITY_PARAMS: dict[str, Any] = {"epochs": 100, "l2": 1e-5, "learning_rate": 1.0, "seed": 7}
-SECOND_OPINION_PARAMS: dict[str, Any] = {"epochs": 600, "l2": 1e-3}
+# The heads' L2 penalty and epochs, cross-validated beside the gate and mix (bench/router_select.py
+# --l2 --epochs): less penalty read USE's embeddings better (L2 1e-2 to 1e-4, 600 and 2,000 epochs).
+SECOND_OPINION_PARAMS: dict[str, Any] = {"epochs": 2000, "l2": 3e-4}
 
 
 def load_rows(split: str) -> list[dict[str, str]]:
