@@ -120,14 +120,17 @@ async def ingest(paths: Sequence[str], collection: str | None, target: str | Non
     return 0 if not skipped else 3
 
 
-async def search(query: str, top_k: int, collection: str | None, target: str | None, as_json: bool) -> int:
+async def search(
+    query: str, top_k: int, collection: str | None, target: str | None, as_json: bool, per_document: int = 0
+) -> int:
     tree = config.load()
     collection = collection or config.default_collection(tree)
     addr = _target(tree, target)
     async with tls.channel(tree, "knowledge", tls.OPERATOR, target=addr) as channel:
         try:
             reply = await pb_grpc.KnowledgeServiceStub(channel).Search(
-                pb.SearchRequest(collection=collection, query=query, top_k=top_k), timeout=30
+                pb.SearchRequest(collection=collection, query=query, top_k=top_k, max_per_document=per_document),
+                timeout=30,
             )
         except grpc.aio.AioRpcError as exc:
             hint = (

@@ -67,7 +67,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from services.cli.knowledge import search
 
-    return asyncio.run(search(" ".join(args.query), args.top_k, args.collection, args.target, args.json))
+    return asyncio.run(
+        search(" ".join(args.query), args.top_k, args.collection, args.target, args.json, args.per_document)
+    )
 
 
 def _cmd_spend(args: argparse.Namespace) -> int:
@@ -98,6 +100,13 @@ def _top_k(raw: str) -> int:
     value = int(raw)
     if not 1 <= value <= 50:
         raise argparse.ArgumentTypeError(f"must be 1 to 50, got {value}")
+    return value
+
+
+def _per_document(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 50:
+        raise argparse.ArgumentTypeError(f"must be 0 (no cap) to 50, got {value}")
     return value
 
 
@@ -210,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="search the knowledge base")
     search.add_argument("query", nargs="+", help="what to look for")
     search.add_argument("--top-k", type=_top_k, default=5, help="passages to show, 1 to 50 (default 5)")
+    search.add_argument(
+        "--per-document",
+        type=_per_document,
+        default=0,
+        help="at most this many passages of one document, 0 (no cap, the default) to 50; "
+        "router.knowledge.passages_per_document is what chats use",
+    )
     search.add_argument("--collection", help="the tenant's collection (default: knowledge.default_collection)")
     search.add_argument("--target", help="Knowledge address host:port (default: services.knowledge from config)")
     search.add_argument("--json", action="store_true", help="print one JSON array")

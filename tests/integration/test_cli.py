@@ -136,6 +136,18 @@ def _up_then_chat_and_health(tmp_path: Path, database: str) -> None:
         assert len(rows) == 2 and rows[0]["document_id"] == "boleto-bancario.pt"
         assert set(rows[0]) >= {"document_id", "chunk_id", "title", "score", "text", "start", "end"}
 
+        # What a chat is given: at most one passage of each article, so the next articles get in.
+        capped = subprocess.run(
+            [*enter, TIERMESH, "search", "frete para lisboa", "--top-k", "4", "--per-document", "1", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert capped.returncode == 0, capped.stderr
+        docs = [row["document_id"] for row in json.loads(capped.stdout)]
+        assert len(docs) == 4 and len(set(docs)) == 4, docs
+
         # `tiermesh search ... | head`: the reader goes away before the results are written.
         piped = subprocess.Popen(
             [*enter, TIERMESH, "search", "pix", "--top-k", "10"],
