@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from services.runtime import config
 
@@ -96,18 +96,20 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return asyncio.run(keys(args))
 
 
-def _top_k(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= 50:
-        raise argparse.ArgumentTypeError(f"must be 1 to 50, got {value}")
-    return value
+def _int_from(lo: int, hi: int, low_means: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from `lo` to `hi` (`low_means` says what `lo` does)."""
+    what = f"{lo} ({low_means})" if low_means else str(lo)
 
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {what} to {hi}, got {raw[:40]!r}")
+        return value
 
-def _per_document(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 50:
-        raise argparse.ArgumentTypeError(f"must be 0 (no cap) to 50, got {value}")
-    return value
+    return parse
 
 
 def _cmd_render_envoy(args: argparse.Namespace) -> int:
@@ -218,10 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="search the knowledge base")
     search.add_argument("query", nargs="+", help="what to look for")
-    search.add_argument("--top-k", type=_top_k, default=5, help="passages to show, 1 to 50 (default 5)")
+    search.add_argument("--top-k", type=_int_from(1, 50), default=5, help="passages to show, 1 to 50 (default 5)")
     search.add_argument(
         "--per-document",
-        type=_per_document,
+        type=_int_from(0, 50, "no cap"),
         default=0,
         help="at most this many passages of one document, 0 (no cap, the default) to 50; "
         "router.knowledge.passages_per_document is what chats use",
