@@ -36,6 +36,7 @@ from services.runtime.config import REPO_ROOT
 FOLDS = 5
 GATES = (0.6, 0.65, 0.7, 0.8)
 MIXES = (0.0, 0.5, 0.6, 0.7, 0.8, 1.0)  # 0: the fast path alone
+SLOW_SHARE = 0.25  # the slow path's budget: at most a quarter of messages
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n{'length':>6} {'l2':>7} {'epochs':>6} gate  mix  | "
         "cross-validated tier intent complexity slow | test tier slow"
     )
+    best: tuple[float, str] | None = None  # the rule's choice: (cross-validated tier, setting)
     for tokens, fit in ((t, f) for t in lengths for f in fits):
         cache = REPO_ROOT / ".tiermesh" / f"router-embeddings-{args.model}-{tokens}.npz"
         vectors = embed_openings(engine, [engine.opening(r["text"], tokens) for r in rows], cache)
@@ -138,11 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 total = sum(t[4] for t in folds)
                 cv = [sum(t[i] for t in folds) / total for i in range(4)]
                 test = tally["test"]
+                setting = f"{tokens:>6} {fit['l2']:>7g} {fit['epochs']:>6} {gate:<5} {mix:<4}"
                 print(
-                    f"{tokens:>6} {fit['l2']:>7g} {fit['epochs']:>6} {gate:<5} {mix:<4} | {cv[0]:>20.4f} "
-                    f"{cv[1]:.4f} {cv[2]:.4f} {cv[3]:>10.3f} | {test[0] / test[4]:.4f} {test[3] / test[4]:.3f}",
+                    f"{setting} | {cv[0]:>20.4f} {cv[1]:.4f} {cv[2]:.4f} {cv[3]:>10.3f} | "
+                    f"{test[0] / test[4]:.4f} {test[3] / test[4]:.3f}",
                     flush=True,
                 )
+                if mix and cv[3] <= SLOW_SHARE and (best is None or cv[0] > best[0] + 1e-9):
+                    best = (cv[0], setting)
+    if best is not None:
+        print(f"\nthe rule's choice (best tier with the slow path for at most {SLOW_SHARE:.0%} of messages):")
+        print(f"{best[1]} | {best[0]:>20.4f}")
     return 0
 
 
