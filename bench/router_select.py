@@ -29,6 +29,7 @@ from services.router.train import (
     INTENT_PARAMS,
     SECOND_OPINION_PARAMS,
     embed_openings,
+    embeddings_cache,
     load_rows,
 )
 from services.runtime.config import REPO_ROOT
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     best: tuple[float, str] | None = None  # the rule's choice: (cross-validated tier, setting)
     for tokens, fit in ((t, f) for t in lengths for f in fits):
-        cache = REPO_ROOT / ".tiermesh" / f"router-embeddings-{args.model}-{tokens}.npz"
+        cache = embeddings_cache(REPO_ROOT / ".tiermesh", args.model, tokens)
         vectors = embed_openings(engine, [engine.opening(r["text"], tokens) for r in rows], cache)
         inputs = [second_opinion.inputs(v, f, names) for v, f in zip(vectors, cx_x, strict=True)]
         heads: dict[str, tuple[second_opinion.Head, second_opinion.Head]] = {}

@@ -59,8 +59,7 @@ def train_router(data: str, out: str | None) -> int:
     shipped = Router.from_config({**tree, "router": {**config.section(tree, "router"), "models_path": ""}})
     rows = [{"text": r.text, "intent": r.intent, "complexity": r.complexity} for r in usable]
     intent_model, cx_model = train.fit(rows)
-    # The cache is the embedding model's own: another model's vectors are not these.
-    embeddings = config.data_dir(tree) / f"router-embeddings-{EMBEDDING_MODEL}-{HEAD_WORDS}.npz"
+    embeddings = train.embeddings_cache(config.data_dir(tree), EMBEDDING_MODEL, HEAD_WORDS)
     second = train.fit_second_opinion(rows, embeddings) if shipped.second is not None else None
     policy = shipped.policy
     candidate = Router(

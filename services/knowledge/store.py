@@ -444,17 +444,14 @@ def rank(
         # two: a passage written in the other language gets that back.
         crossing = cfg.cross_language_boost if asked_in and written_in and written_in != asked_in else 0.0
         own.append(w * max(c.cosine + crossing, 0.0) + (1 - w) * _squashed(c.keyword, sat))
+    documents = [str(c.payload.get("document_id", "")) for c in found]
     blended = with_document_context(
-        own,
-        [str(c.payload.get("document_id", "")) for c in found],
-        [_passage_count(c.payload) for c in found],
-        cfg.document_weight,
-        cfg.document_passages,
+        own, documents, [_passage_count(c.payload) for c in found], cfg.document_weight, cfg.document_passages
     )
     kept = [i for i, score in enumerate(blended) if score >= min_score]
     kept.sort(key=lambda i: (-blended[i], str(found[i].payload.get("chunk_id", ""))))
     if per_document:
-        kept = _at_most_per_document(kept, [str(c.payload.get("document_id", "")) for c in found], per_document, top_k)
+        kept = _at_most_per_document(kept, documents, per_document, top_k)
     return [_hit(found[i], blended[i], sat) for i in kept[:top_k]]
 
 

@@ -82,6 +82,12 @@ def fit(extra: Sequence[Mapping[str, str]] = ()) -> tuple[LinearModel, LinearMod
     return intent_model, cx_model
 
 
+def embeddings_cache(folder: Path, model: str, length: int) -> Path:
+    """Where the openings' embeddings of `model` at `length` are kept: a file per model and
+    opening length, as another model's vectors, or another opening's, are not these."""
+    return folder / f"router-embeddings-{model}-{length}.npz"
+
+
 def embed_openings(engine: Any, openings: Sequence[str], cache: Path | None) -> list[list[float]]:
     """The openings' embeddings, reusing those `cache` (an .npz by opening) already holds: embedding
     the project's 2,000 messages takes a minute here, and they change only with the data."""
