@@ -257,7 +257,8 @@ def report(r: Run, verbose: bool = True) -> None:
             s = score(subset)
             print(f"{split:<7} {name:<6} {s.n:>4} {s.recall_1:>9.3f} {s.recall_5:>9.3f} {s.mrr:>7.3f}")
     p50, p99 = percentile(r.latencies, 50) * 1000, percentile(r.latencies, 99) * 1000
-    print(f"search latency in-process (embed + Qdrant local): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    where = "embed + the embedded store's search in memory"
+    print(f"search latency in-process ({where}): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     if not verbose:
         return
     for split, results in r.results.items():

@@ -8,6 +8,9 @@ A document's passages have deterministic point ids (tenant, document, position).
 document overwrites its passages in place and then removes the ones past its new length, so a
 search during the replacement finds the old or the new text, never nothing. A document whose
 content (and the settings that shape its passages) did not change is not embedded again.
+
+In embedded local mode searches read a copy of the passages kept in memory (memory_index.py),
+re-read from Qdrant after every write; a Qdrant server is asked directly.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from services.knowledge import keywords
 from services.knowledge.chunking import Chunker, Passage
 from services.knowledge.config import KnowledgeConfig
 from services.knowledge.embedder import Embedder
+from services.knowledge.memory_index import MemoryIndex
+from services.knowledge.memory_index import Passage as Stored
 from services.runtime.config import ConfigError
 from services.runtime.errors import InvalidArgument, Unavailable
 
@@ -42,6 +47,7 @@ DENSE, SPARSE = "dense", "keywords"
 _POINT_NAMESPACE = uuid.UUID("0b9d1d44-2a5e-4b8e-9d0e-7f3c1c6a4e21")
 METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WRITE_BATCH = 128
+_READ_PAGE = 512
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,8 @@ class KnowledgeStore:
         self._locks = _KeyedLocks()
         self._fingerprint = ""
         self._one_model = False  # every stored passage is known to be this model's (local mode)
+        # Embedded local mode searches a copy of its points in memory (services.knowledge.memory_index).
+        self._memory: MemoryIndex | None = None
 
     @property
     def local(self) -> bool:
@@ -138,6 +146,48 @@ class KnowledgeStore:
                 url=self.cfg.qdrant_url, api_key=self.cfg.qdrant_api_key or None, timeout=10
             )
         await self._ensure_collection()
+        if self.local:
+            self._memory = MemoryIndex(self.embedder.dimension)
+            await self._remember(None)
+            log.info("passages held in memory for search", extra={"passages": len(self._memory)})
+
+    async def _remember(self, collection: str | None, document_ids: Sequence[str] = ()) -> None:
+        """Read what Qdrant now stores for these documents of `collection` (every point when
+        `collection` is None) into the memory index, dropping what it held for them."""
+        if self._memory is None:
+            return
+        client = self._client()
+        flt = None
+        if collection is not None:
+            flt = qm.Filter(
+                must=[
+                    _tenant(collection),
+                    qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(document_ids))),
+                ]
+            )
+        kept: list[tuple[str, Stored]] = []
+        offset: Any = None
+        while True:
+            points, offset = await client.scroll(
+                self.cfg.qdrant_collection,
+                scroll_filter=flt,
+                limit=_READ_PAGE,
+                offset=offset,
+                with_payload=True,
+                with_vectors=True,
+            )
+            for p in points:
+                vectors = p.vector if isinstance(p.vector, dict) else {}
+                sparse = vectors.get(SPARSE)
+                dense = vectors.get(DENSE)
+                if not isinstance(dense, list):
+                    continue  # nothing to search it by
+                words = sparse if isinstance(sparse, qm.SparseVector) else qm.SparseVector(indices=[], values=[])
+                kept.append((str(p.id), Stored.of(p.payload or {}, dense, words.indices, words.values)))
+            if offset is None:
+                break
+        drop = [] if collection is None else self._memory.ids_where(collection, document_ids)
+        self._memory.replace(kept, drop)
 
     async def _ensure_collection(self) -> None:
         assert self.client is not None
@@ -312,15 +362,19 @@ class KnowledgeStore:
                         )
                     )
                     row += 1
-            for i in range(0, len(points), _WRITE_BATCH):
-                await client.upsert(self.cfg.qdrant_collection, points[i : i + _WRITE_BATCH], wait=True)
-            for (doc, _), passages in zip(changed, cut, strict=True):
-                if doc.id in stored:  # the old version may have had more passages
-                    await self._delete_where(
-                        _tenant(collection),
-                        qm.FieldCondition(key="document_id", match=qm.MatchValue(value=doc.id)),
-                        qm.FieldCondition(key="chunk_index", range=qm.Range(gte=len(passages))),
-                    )
+            try:
+                for i in range(0, len(points), _WRITE_BATCH):
+                    await client.upsert(self.cfg.qdrant_collection, points[i : i + _WRITE_BATCH], wait=True)
+                for (doc, _), passages in zip(changed, cut, strict=True):
+                    if doc.id in stored:  # the old version may have had more passages
+                        await self._delete_where(
+                            _tenant(collection),
+                            qm.FieldCondition(key="document_id", match=qm.MatchValue(value=doc.id)),
+                            qm.FieldCondition(key="chunk_index", range=qm.Range(gte=len(passages))),
+                        )
+            finally:  # searched as stored, a write that failed part way included
+                if changed:
+                    await self._remember(collection, [d.id for d, _ in changed])
         return len(documents), len(points)
 
     async def _delete_where(self, *conditions: qm.FieldCondition) -> None:
@@ -332,9 +386,13 @@ class KnowledgeStore:
         async with self._locks.hold([(collection, i) for i in ids]):
             existing = await self._stored_hashes(collection, ids)
             if existing:
-                await self._delete_where(
-                    _tenant(collection), qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(existing)))
-                )
+                try:
+                    await self._delete_where(
+                        _tenant(collection),
+                        qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(existing))),
+                    )
+                finally:
+                    await self._remember(collection, list(existing))
         return len(existing)
 
     async def search(
@@ -356,16 +414,20 @@ class KnowledgeStore:
         meaning and as many best by keywords, each with its cosine and its raw keyword score. What they
         are does not depend on the ranking's weights (`rank` applies those)."""
         client = self._client()
+        dense = (await self.embedder.embed([query], query=True))[0]
+        sparse = keywords.query_vector(query, self.synonyms)
+        limit = max(self.cfg.candidates, at_least)
+        model = None if self._one_model else self.embedder.name
+        if self._memory is not None:
+            found = self._memory.search(dense, (sparse.indices, sparse.values), collection, limit, model, filters)
+            return [Candidate(f.payload, f.cosine, f.keyword) for f in found]
         conditions: list[qm.Condition] = [_tenant(collection)]
-        if not self._one_model:
-            conditions.append(qm.FieldCondition(key="model", match=qm.MatchValue(value=self.embedder.name)))
+        if model is not None:
+            conditions.append(qm.FieldCondition(key="model", match=qm.MatchValue(value=model)))
         conditions += [
             qm.FieldCondition(key=f"meta.{k}", match=qm.MatchValue(value=v)) for k, v in (filters or {}).items()
         ]
         flt = qm.Filter(must=conditions)
-        dense = (await self.embedder.embed([query], query=True))[0]
-        sparse = keywords.query_vector(query, self.synonyms)
-        limit = max(self.cfg.candidates, at_least)
         requests = [qm.QueryRequest(query=dense.tolist(), using=DENSE, filter=flt, limit=limit, with_payload=True)]
         if sparse.indices:
             requests.append(
