@@ -95,7 +95,7 @@ def features(a: Analysis) -> dict[str, float]:
         "list_items": min(a.list_items, 8) / 8,
         "technical_terms": min(a.tech_density * 4, 1.0),
     }
-    analytical = len(_ANALYTICAL_WORDS.intersection(a.words)) + sum(p in a.prose for p in _ANALYTICAL_PHRASES)
+    analytical = len(_ANALYTICAL_WORDS.intersection(a.words)) + sum(map(a.prose.__contains__, _ANALYTICAL_PHRASES))
     if analytical:
         f["analytical_asks"] = min(analytical, 3) / 3
     if a.code:

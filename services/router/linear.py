@@ -27,12 +27,10 @@ class LinearModel:
     def scores(self, features: Features) -> list[float]:
         out = list(self.bias)
         weights = self.weights
-        n = len(out)
         for name, value in features.items():
             w = weights.get(name)
             if w is not None:
-                for k in range(n):
-                    out[k] += w[k] * value
+                out = [o + x * value for o, x in zip(out, w, strict=True)]
         return out
 
     def predict(self, features: Features) -> tuple[int, list[float]]:
