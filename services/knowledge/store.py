@@ -36,7 +36,7 @@ from services.knowledge import keywords
 from services.knowledge.chunking import Chunker, Passage
 from services.knowledge.config import KnowledgeConfig
 from services.knowledge.embedder import Embedder
-from services.knowledge.memory_index import MemoryIndex
+from services.knowledge.memory_index import Candidate, MemoryIndex
 from services.knowledge.memory_index import Passage as Stored
 from services.runtime.config import ConfigError
 from services.runtime.errors import InvalidArgument, Unavailable
@@ -419,8 +419,7 @@ class KnowledgeStore:
         limit = max(self.cfg.candidates, at_least)
         model = None if self._one_model else self.embedder.name
         if self._memory is not None:
-            found = self._memory.search(dense, (sparse.indices, sparse.values), collection, limit, model, filters)
-            return [Candidate(f.payload, f.cosine, f.keyword) for f in found]
+            return self._memory.search(dense, (sparse.indices, sparse.values), collection, limit, model, filters)
         conditions: list[qm.Condition] = [_tenant(collection)]
         if model is not None:
             conditions.append(qm.FieldCondition(key="model", match=qm.MatchValue(value=model)))
@@ -470,15 +469,6 @@ class KnowledgeStore:
                 )
                 keyword.update({str(p.id): float(p.score) for p in extra.points})
         return [Candidate(payload, semantic.get(pid, 0.0), keyword.get(pid, 0.0)) for pid, payload in payloads.items()]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A passage found for a query, before ranking: its payload, cosine and raw BM25 score."""
-
-    payload: Mapping[str, Any]
-    cosine: float
-    keyword: float
 
 
 def rank(

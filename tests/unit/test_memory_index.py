@@ -81,8 +81,9 @@ def test_replacing_a_document_drops_its_old_passages_and_vectors_are_kept_unit_l
 
 
 def test_bad_vectors_are_refused() -> None:
-    index = MemoryIndex(DIM)
+    index = index_of(kept=passage("shop", "kept", [1, 0, 0, 0], {}))
     with pytest.raises(ValueError, match="4-wide"):
-        index.replace([("p", passage("shop", "a", [1, 0, 0], {}))])
+        index.replace([("ok", passage("shop", "a", [1, 0, 0, 0], {})), ("p", passage("shop", "a", [1, 0, 0], {}))])
+    assert len(index) == 1 and set(found(index, [1, 0, 0, 0], {}, limit=5)) == {"kept"}  # nothing half-done
     with pytest.raises(ValueError, match="one value per index"):
         Passage.of({}, [1, 0, 0, 0], [1, 2], [1.0])
