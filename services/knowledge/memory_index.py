@@ -75,8 +75,10 @@ class _Arrays:
             if rows
             else np.zeros((0, dimension), dtype=np.float32)
         )
-        self.tenants = np.array([str(p.payload.get("collection", "")) for p in rows], dtype=object)
-        self.models = np.array([str(p.payload.get("model", "")) for p in rows], dtype=object)
+        tenants: dict[str, list[int]] = {}
+        for row, p in enumerate(rows):
+            tenants.setdefault(str(p.payload.get("collection", "")), []).append(row)
+        self.tenant_rows = {tenant: np.array(at, dtype=np.intp) for tenant, at in tenants.items()}
         lengths = np.array([p.indices.size for p in rows], dtype=np.intp)
         terms = np.concatenate([p.indices for p in rows] or [np.zeros(0, np.int64)])
         weights = np.concatenate([p.values for p in rows] or [np.zeros(0)])
@@ -146,16 +148,21 @@ class MemoryIndex:
         (those that share a word with the query), each with both scores. `model`: only passages
         that model embedded; `meta`: only passages whose metadata has each key at that value."""
         a = self._built()
-        if not a.size or limit <= 0:
+        allowed = a.tenant_rows.get(collection)
+        if allowed is None or limit <= 0:
             return []
-        mask = a.tenants == collection
-        if model is not None:
-            mask &= a.models == model
-        for key, value in (meta or {}).items():
-            mask &= np.fromiter(((p.get("meta") or {}).get(key) == value for p in a.payloads), dtype=bool, count=a.size)
-        allowed = np.flatnonzero(mask)
-        if not allowed.size:
-            return []
+        if model is not None or meta:
+            # Checked on the tenant's passages only; most searches name neither.
+            wanted = (meta or {}).items()
+            allowed = allowed[
+                [
+                    (model is None or payload.get("model") == model)
+                    and all((payload.get("meta") or {}).get(k) == v for k, v in wanted)
+                    for payload in map(a.payloads.__getitem__, allowed.tolist())
+                ]
+            ]
+            if not allowed.size:
+                return []
         norm = float(np.linalg.norm(dense))
         query = (dense / norm if norm > 0 else dense).astype(np.float32, copy=False)
         cosines = a.matrix @ query
