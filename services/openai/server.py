@@ -222,7 +222,7 @@ def _dumps(obj: Any) -> str:
 
 def build(tree: Mapping[str, Any]) -> OpenAIApi:
     """The API over a channel to the Router, calling as the `openai` role."""
-    channel = tls.channel(dict(tree), "router", tls.OPENAI)
+    channel = tls.channel(dict(tree), "router", tls.OPENAI, options=config.QUICK_RECONNECT)
     timeout_s = config.get_float(config.section(tree, "openai"), "timeout_s", 600.0, where="openai", lo=1, hi=86_400)
     knowledge = tls.channel(dict(tree), "knowledge", tls.OPENAI, options=config.QUICK_RECONNECT)
     embed = kpb_grpc.KnowledgeServiceStub(knowledge).Embed

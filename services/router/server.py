@@ -49,7 +49,9 @@ async def main() -> None:
             "models": config.get_str(router_cfg, "models_path", "", where="router") or "shipped",
         },
     )
-    channel = tls.channel(tree, "inference", "router")
+    # A replica back from a restart rejoins the rotation within the short backoff, not the
+    # default's (which grows to two minutes while it was away).
+    channel = tls.channel(tree, "inference", "router", options=config.QUICK_RECONNECT)
     generate_raw = channel.unary_stream(
         "/tiermesh.inference.v1.InferenceService/Generate",
         request_serializer=ipb.GenerateRequest.SerializeToString,
